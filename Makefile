@@ -1,0 +1,47 @@
+# wsss_fast — set up, build, test, benchmark and run the demo.
+#   make demo   set up a .venv and run the whole pipeline on built-in synthetic data
+#   make test   set up a .venv and run the test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+export CUDA_HOME ?= /usr/local/cuda
+export MAX_JOBS ?= 2
+CSRC := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null)
+PYTEST_ARGS ?=
+DEMO_OUT ?= demo_out
+
+.PHONY: venv build test bench demo clean gpu-check
+
+venv: $(VENV)/.stamp
+
+$(VENV)/.stamp: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip>=24" "setuptools>=68" wheel ninja
+	$(PIP) install -q $(TORCH_PINS)
+	WSSS_FAST_NO_EXT=1 $(PIP) install -q --no-build-isolation -e ".[test]"
+	touch $@
+
+# Incremental in-place build of wsss_fast._C (ninja keeps its state under build/).
+build: wsss_fast/.build-stamp
+
+wsss_fast/.build-stamp: $(VENV)/.stamp setup.py $(CSRC)
+	$(PY) setup.py -q build_ext --inplace
+	touch $@
+
+test: build
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: build
+	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=min,median,mean,rounds -q $(PYTEST_ARGS)
+
+demo: build
+	$(VENV)/bin/wsss-fast demo --out $(DEMO_OUT)
+
+gpu-check:
+	bash benchmarks/gpu_check.sh
+
+clean:
+	rm -rf build wsss_fast/_C*.so wsss_fast/.build-stamp

@@ -1,0 +1,1 @@
+"""Command-line interface: ``wsss-fast <command> --config FILE --out DIR [key=value ...]``."""

@@ -1,0 +1,1 @@
+"""wsss_fast.data."""

@@ -1,0 +1,30 @@
+"""Fast operators with CPU and CUDA kernels (``torch.ops.wsss_fast.*``).
+
+Each public function lives in its own module, registers its fake (meta) kernel and
+autograd formula through :mod:`torch.library`, and falls back to the pure-PyTorch
+reference of the same name in :mod:`wsss_fast.reference` when the compiled extension
+is missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_OPS = {
+    "drop_block2d": "drop_block2d",
+    "search_offsets": "path_affinity",
+    "path_affinity": "path_affinity",
+    "irnet_affinity_layout": "path_affinity",
+    "random_walk": "random_walk",
+    "gradcampp_weights": "gradcampp_weights",
+    "weighted_cam": "weighted_cam",
+}
+
+__all__ = sorted(_OPS)
+
+
+def __getattr__(name: str):
+    if name in _OPS:
+        module = importlib.import_module(f".{_OPS[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module 'wsss_fast.ops' has no attribute '{name}'")
