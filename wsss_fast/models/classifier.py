@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 import torchvision
+from torchvision.models import vgg as _tv_vgg
 from torch import nn
 
 from .weights import load_torchvision_weights
@@ -114,7 +115,14 @@ def _resnet_features(arch: str, pretrained_path: str | Path | None) -> tuple[lis
 
 
 def _vgg16_d1_features(pretrained_path: str | Path | None) -> tuple[list, int]:
-    net = torchvision.models.vgg16_bn(weights=None)
+    # torchvision's vgg16_bn without its 120M-parameter ImageNet classifier (state-dict keys
+    # ``features.N.*`` stay those of torchvision's file)
+    net = nn.Module()
+    net.features = _tv_vgg.make_layers(_tv_vgg.cfgs["D"], batch_norm=True)
+    for m in net.features.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
     if pretrained_path:
         load_torchvision_weights(net, pretrained_path, ignore_prefixes=("classifier.",))
     f = list(net.features)  # conv(3) x2, M, x2, M, x3, M, x3, M(33), x3 (34..42), M(43)
