@@ -1,4 +1,4 @@
-"""Small helpers shared by the IRNet step: PNG I/O, resizing, dataset access, sharding."""
+"""Small helpers shared by the IRNet step: PNG I/O, resizing, dataset access."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from ..config import get
 from ..runs import RunPaths, atomic_write_bytes
 
 
@@ -62,13 +61,6 @@ def build_split(cfg: dict, split: str, paths: RunPaths, train: bool = False):
     return build_dataset(cfg, split, paths, train=train)
 
 
-def shard_indices(n: int, shard: int, num_shards: int) -> list[int]:
-    """Indices ``shard, shard + num_shards, ...`` of ``range(n)``."""
-    if not 0 <= shard < num_shards:
-        raise ValueError(f"shard must be in [0, {num_shards}), got {shard}")
-    return list(range(shard, n, num_shards))
-
-
 def as_list(value, default: Sequence[str]) -> list[str]:
     """A config value that may be a string or a list, as a list."""
     if value is None:
@@ -80,8 +72,3 @@ def as_list(value, default: Sequence[str]) -> list[str]:
 
 def cam_path(paths: RunPaths, image_id: str) -> Path:
     return paths.cam / f"{image_id}.npy"
-
-
-def worker_count(cfg: dict, key: str) -> int:
-    """``cfg[key]`` or the global ``num_workers``, at least 0."""
-    return max(0, int(get(cfg, key, None) if get(cfg, key, None) is not None else cfg.get("num_workers", 0)))

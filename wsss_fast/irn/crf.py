@@ -119,6 +119,8 @@ def crf_inference_label(img: np.ndarray, labels: np.ndarray, n_labels: int,
                               zero_unsure=False)
     d.setUnaryEnergy(np.ascontiguousarray(unary))
     d.addPairwiseGaussian(sxy=params.gauss_sxy, compat=params.gauss_compat)
+    if not img.flags["WRITEABLE"]:  # pydensecrf's memoryview rejects read-only buffers
+        img = img.copy()
     d.addPairwiseBilateral(sxy=params.bilateral_sxy, srgb=params.bilateral_srgb, rgbim=img,
                            compat=params.bilateral_compat)
     q = d.inference(int(params.iterations))

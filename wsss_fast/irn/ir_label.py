@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from ..config import get
 from ..runs import RunPaths, load_cam_file
-from .common import as_list, build_split, cam_path, resize_image_uint8, write_png
+from . import common
+from .common import as_list, cam_path, resize_image_uint8, write_png
 from .crf import CRFParams, crf_inference_label, to_rgb_uint8
 
 
@@ -104,7 +105,7 @@ _WORKER: dict = {}
 
 def _init_worker(cfg: dict, root: str, split: str) -> None:
     paths = RunPaths(root)
-    _WORKER.update(cfg=cfg, paths=paths, ds=build_split(cfg, split, paths, train=False))
+    _WORKER.update(cfg=cfg, paths=paths, ds=common.build_split(cfg, split, paths, train=False))
 
 
 def _process(index: int) -> str:
@@ -118,7 +119,7 @@ def _process(index: int) -> str:
 
 
 def _run_split(cfg: dict, paths: RunPaths, split: str, workers: int) -> int:
-    ds = build_split(cfg, split, paths, train=False)
+    ds = common.build_split(cfg, split, paths, train=False)
     ids = list(ds.image_ids)
     missing = [i for i in ids if not cam_path(paths, i).exists()]
     if missing:

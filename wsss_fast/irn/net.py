@@ -89,38 +89,28 @@ class IRNet(nn.Module):
         self.arch = backbone
         net = build_backbone(backbone, pretrained_path)
         c1, c2, c3, c4, c5 = STAGE_CHANNELS[backbone]
-        self.stage1 = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
-        self.stage2 = nn.Sequential(net.layer1)
-        self.stage3 = nn.Sequential(net.layer2)
-        self.stage4 = nn.Sequential(net.layer3)
-        self.stage5 = nn.Sequential(net.layer4)
-        # class boundary branch
-        self.fc_edge1 = _block(c1, 32, 4)
-        self.fc_edge2 = _block(c2, 32, 4)
-        self.fc_edge3 = _block(c3, 32, 4, up=2)
-        self.fc_edge4 = _block(c4, 32, 4, up=4)
-        self.fc_edge5 = _block(c5, 32, 4, up=4)
-        self.fc_edge6 = nn.Conv2d(160, 1, 1, bias=True)
-        # displacement field branch
-        self.fc_dp1 = _block(c1, 64, 8)
-        self.fc_dp2 = _block(c2, 128, 16)
-        self.fc_dp3 = _block(c3, 256, 16)
-        self.fc_dp4 = _block(c4, 256, 16, up=2)
-        self.fc_dp5 = _block(c5, 256, 16, up=2)
-        self.fc_dp6 = _block(768, 256, 16, up=2)
-        self.fc_dp7 = nn.Sequential(nn.Conv2d(448, 256, 1, bias=False), nn.GroupNorm(16, 256),
-                                    nn.ReLU(inplace=True), nn.Conv2d(256, 2, 1, bias=False), MeanShift(2))
-        self.backbone = nn.ModuleList([self.stage1, self.stage2, self.stage3, self.stage4, self.stage5])
-        self.edge_layers = nn.ModuleList([self.fc_edge1, self.fc_edge2, self.fc_edge3, self.fc_edge4,
-                                          self.fc_edge5, self.fc_edge6])
-        self.dp_layers = nn.ModuleList([self.fc_dp1, self.fc_dp2, self.fc_dp3, self.fc_dp4, self.fc_dp5,
-                                        self.fc_dp6, self.fc_dp7])
+        self.backbone = nn.ModuleList([
+            nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool),
+            net.layer1, net.layer2, net.layer3, net.layer4,
+        ])
+        # class boundary branch: 5 x (1x1 conv -> 32, GroupNorm, upsample to stride 4, ReLU), 1x1 conv
+        self.edge_layers = nn.ModuleList([
+            _block(c1, 32, 4), _block(c2, 32, 4), _block(c3, 32, 4, up=2), _block(c4, 32, 4, up=4),
+            _block(c5, 32, 4, up=4), nn.Conv2d(160, 1, 1, bias=True),
+        ])
+        # displacement field branch (IRNet's fc_dp1 .. fc_dp7), ending in the 2-channel mean shift
+        self.dp_layers = nn.ModuleList([
+            _block(c1, 64, 8), _block(c2, 128, 16), _block(c3, 256, 16), _block(c4, 256, 16, up=2),
+            _block(c5, 256, 16, up=2), _block(768, 256, 16, up=2),
+            nn.Sequential(nn.Conv2d(448, 256, 1, bias=False), nn.GroupNorm(16, 256), nn.ReLU(inplace=True),
+                          nn.Conv2d(256, 2, 1, bias=False), MeanShift(2)),
+        ])
         for p in self.backbone.parameters():
             p.requires_grad_(False)
 
     @property
     def mean_shift(self) -> MeanShift:
-        return self.fc_dp7[-1]
+        return self.dp_layers[6][-1]
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The five (detached) stage outputs."""
@@ -133,17 +123,15 @@ class IRNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x1, x2, x3, x4, x5 = self.features(x)
+        e, d = self.edge_layers, self.dp_layers
         h, w = x2.shape[-2:]
-        edge = torch.cat([self.fc_edge1(x1), self.fc_edge2(x2), self.fc_edge3(x3)[..., :h, :w],
-                          self.fc_edge4(x4)[..., :h, :w], self.fc_edge5(x5)[..., :h, :w]], dim=1)
-        edge = self.fc_edge6(edge)
-        dp3 = self.fc_dp3(x3)
+        edge = torch.cat([e[0](x1), e[1](x2), _fit(e[2](x3), h, w), _fit(e[3](x4), h, w),
+                          _fit(e[4](x5), h, w)], dim=1)
+        edge = e[5](edge)
+        dp3 = d[2](x3)
         h3, w3 = dp3.shape[-2:]
-        dp4 = self.fc_dp4(x4)[..., :h3, :w3]
-        dp5 = self.fc_dp5(x5)[..., :h3, :w3]
-        up3 = self.fc_dp6(torch.cat([dp3, dp4, dp5], dim=1))
-        up3 = _fit(up3, h, w)
-        dp = self.fc_dp7(torch.cat([self.fc_dp1(x1), self.fc_dp2(x2), up3], dim=1))
+        up3 = d[5](torch.cat([dp3, _fit(d[3](x4), h3, w3), _fit(d[4](x5), h3, w3)], dim=1))
+        dp = d[6](torch.cat([d[0](x1), d[1](x2), _fit(up3, h, w)], dim=1))
         return edge, dp
 
     def trainable_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
