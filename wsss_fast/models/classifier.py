@@ -23,7 +23,6 @@ module whose output, the last feature map before GAP, is the CAM target layer) a
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -105,7 +104,7 @@ def _resnet_features(arch: str, pretrained_path: str | Path | None) -> tuple[lis
     else:
         net = ctor(weights=None)
     if pretrained_path:
-        load_torchvision_weights(net, pretrained_path, ignore_prefixes=("fc.",))
+        load_torchvision_weights(net, pretrained_path, ignore_prefixes=("fc.",), name=arch)
     if arch != "resnet50":
         _dilate_basic_layer(net.layer3, 1, 2)
         _dilate_basic_layer(net.layer4, 2, 4)
@@ -124,7 +123,8 @@ def _vgg16_d1_features(pretrained_path: str | Path | None) -> tuple[list, int]:
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(m.bias)
     if pretrained_path:
-        load_torchvision_weights(net, pretrained_path, ignore_prefixes=("classifier.",))
+        load_torchvision_weights(net, pretrained_path, ignore_prefixes=("classifier.",),
+                                 name="vgg16_bn")
     f = list(net.features)  # conv(3) x2, M, x2, M, x3, M, x3, M(33), x3 (34..42), M(43)
     f[33] = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)  # pool4 -> 3x3 stride 1
     for idx in (34, 37, 40):  # conv5_x dilated by 2
@@ -165,7 +165,7 @@ class Classifier(nn.Module):
 
     Shapes:
         input ``[B, 3, H, W]`` -> logits ``[B, N]``; CAM layer output ``[B, head_channels,
-        ceil(H/8), ceil(W/8)]`` (exact for H, W multiples of 8).
+        H/8, W/8]`` for H, W multiples of 8 (otherwise ResNets round up, VGG16 rounds down).
     """
 
     cam_layer = "head"
@@ -243,14 +243,4 @@ class Classifier(nn.Module):
         head = [p for p in self.parameters() if id(p) in new]
         return [{"params": backbone, "lr": lr, "name": "backbone"},
                 {"params": head, "lr": lr * head_lr_mult, "name": "head"}]
-
-
-def feature_stride(model: nn.Module, size: int = 64) -> float:
-    """Measured output stride of ``model.feature_map`` for a square input of ``size`` pixels."""
-    with torch.no_grad():
-        was = model.training
-        model.eval()
-        h = model.feature_map(torch.zeros(1, 3, size, size)).shape[-1]
-        model.train(was)
-    return size / h if h else math.inf
 

@@ -53,7 +53,8 @@ def _fmt(items: list[str], limit: int = 12) -> str:
 
 
 def load_torchvision_weights(model: nn.Module, path: str | Path,
-                             ignore_prefixes: Iterable[str] = ("fc.", "classifier.")) -> None:
+                             ignore_prefixes: Iterable[str] = ("fc.", "classifier."),
+                             name: str | None = None) -> None:
     """Load a torchvision state dict into ``model`` (a torchvision model), strictly.
 
     Keys starting with one of ``ignore_prefixes`` (the ImageNet classification head) are
@@ -64,6 +65,7 @@ def load_torchvision_weights(model: nn.Module, path: str | Path,
         model: the torchvision model the file was saved from (e.g. ``torchvision.models.resnet50()``).
         path: the local ``.pth`` file.
         ignore_prefixes: key prefixes not loaded.
+        name: the architecture's name for error messages (default: the model's class name).
 
     Raises:
         FileNotFoundError: the file is missing.
@@ -78,7 +80,7 @@ def load_torchvision_weights(model: nn.Module, path: str | Path,
     shapes = sorted(f"{k}: file {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}"
                     for k in given if k in expected and given[k].shape != expected[k].shape)
     if missing or unexpected or shapes:
-        parts = [f"weights file '{path}' does not match {type(model).__name__}:"]
+        parts = [f"weights file '{path}' does not match {name or type(model).__name__}:"]
         if missing:
             parts.append(f"{len(missing)} missing keys [{_fmt(missing)}]")
         if unexpected:
