@@ -39,7 +39,9 @@ inline Geometry make_geometry(const at::Tensor& x, int64_t block_size, bool shar
   g.Hs = paper ? g.H - g.bs + 1 : g.H;
   g.Ws = paper ? g.W - g.bs + 1 : g.W;
   g.shift = paper ? 0 : (g.bs - 1) / 2;
-  TORCH_CHECK(g.Hs * g.Ws < (int64_t(1) << 32) && g.N * g.Cm < (int64_t(1) << 32), op,
+  TORCH_CHECK(g.Hs * g.Ws < (int64_t(1) << 32) && g.N * g.Cm < (int64_t(1) << 32) && g.H < (int64_t(1) << 30) &&
+                  g.W < (int64_t(1) << 30),
+              op,
               ": x is too large for the 32-bit seed counter, got shape ", shape_str(x));
   return g;
 }

@@ -29,6 +29,41 @@ using dropblock::Geometry;
 
 std::string_view sv(c10::string_view s) { return std::string_view(s.data(), s.size()); }
 
+// Seed bits of one seed row (positions base .. base + Ws - 1 of a map); returns whether any
+// is set. Cloned for AVX2 (8 hashes per instruction) with a generic fallback.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+bool fill_hash_row(uint32_t base, int64_t Ws, uint32_t ka, uint32_t kb, uint64_t thresh, uint8_t* row) {
+  const dropblock::MapKey key{ka, kb};
+  if (thresh >= 4294967296ull) {
+    std::fill(row, row + Ws, uint8_t(1));
+    return Ws > 0;
+  }
+  const uint32_t t = static_cast<uint32_t>(thresh);
+  uint8_t any = 0;
+  for (int64_t b = 0; b < Ws; ++b) {
+    const uint8_t v = dropblock::pos_hash(base + static_cast<uint32_t>(b), key) < t;
+    row[b] = v;
+    any |= v;
+  }
+  return any != 0;
+}
+
+// One output row of the keep mask: kept iff the last seed row hitting the column is < lo.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+int64_t emit_row(const int32_t* last, int32_t lo, uint8_t* orow, int64_t W) {
+  int32_t k = 0;
+  for (int64_t c = 0; c < W; ++c) {
+    const uint8_t keep = last[c] < lo;
+    orow[c] = keep;
+    k += keep;
+  }
+  return k;
+}
+
 // Builds the keep mask of every map. fill_row(m, a, row) writes the Ws seed bits of seed
 // row a of map m into row and returns whether any is set. Returns the total kept count.
 template <typename FillRow>
@@ -37,10 +72,10 @@ int64_t build_mask(const Geometry& g, uint8_t* mask, const FillRow& fill_row) {
   std::atomic<int64_t> total{0};
   at::parallel_for(0, M, 1, [&](int64_t m0, int64_t m1) {
     std::vector<uint8_t> row(static_cast<size_t>(std::max<int64_t>(Ws, 1)));
-    std::vector<int64_t> last(static_cast<size_t>(W));
+    std::vector<int32_t> last(static_cast<size_t>(W));
     int64_t kept = 0;
     for (int64_t m = m0; m < m1; ++m) {
-      std::fill(last.begin(), last.end(), std::numeric_limits<int64_t>::min() / 2);
+      std::fill(last.begin(), last.end(), std::numeric_limits<int32_t>::min() / 2);
       uint8_t* out = mask + m * H * W;
       int64_t next_a = 0;
       for (int64_t r = 0; r < H; ++r) {
@@ -55,19 +90,11 @@ int64_t build_mask(const Geometry& g, uint8_t* mask, const FillRow& fill_row) {
             for (; b <= b_max; ++b) {
               if (row[b]) last_b = b;
             }
-            if (last_b >= c - bs + 1 + shift) last[c] = next_a;
+            if (last_b >= c - bs + 1 + shift) last[c] = static_cast<int32_t>(next_a);
           }
         }
         // Vertical: dropped iff the last hitting seed row is >= r - bs + 1 + shift.
-        const int64_t lo = r - bs + 1 + shift;
-        uint8_t* orow = out + r * W;
-        int64_t k = 0;
-        for (int64_t c = 0; c < W; ++c) {
-          const uint8_t keep = last[c] < lo;
-          orow[c] = keep;
-          k += keep;
-        }
-        kept += k;
+        kept += emit_row(last.data(), static_cast<int32_t>(r - bs + 1 + shift), out + r * W, W);
       }
     }
     total += kept;
@@ -143,14 +170,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> drop_block2d_cpu(const at::Tensor
   const int64_t count = build_mask(g, mask.data_ptr<uint8_t>(), [&](int64_t m, int64_t a, uint8_t* row) {
     if (thresh == 0) return false;
     const dropblock::MapKey key = dropblock::map_key(static_cast<uint32_t>(m), k0, k1);
-    const uint32_t base = static_cast<uint32_t>(a * Ws);
-    uint8_t any = 0;
-    for (int64_t b = 0; b < Ws; ++b) {
-      const uint8_t v = static_cast<uint64_t>(dropblock::pos_hash(base + static_cast<uint32_t>(b), key)) < thresh;
-      row[b] = v;
-      any |= v;
-    }
-    return any != 0;
+    return fill_hash_row(static_cast<uint32_t>(a * Ws), Ws, key.ka, key.kb, thresh, row);
   });
   return finish(x, g, mask, count);
 }
