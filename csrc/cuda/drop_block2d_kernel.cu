@@ -79,7 +79,8 @@ __global__ void mask_kernel(Seeds src, uint8_t* __restrict__ mask, unsigned long
   const int64_t m = t / tiles_y;
   src.init(m, Hs, Ws);
 
-  const int64_t r0 = ty * TH, r_end = min(r0 + TH, H) - 1;
+  const int64_t r0 = ty * TH;
+  const int64_t r_end = (r0 + TH < H ? r0 + TH : H) - 1;
   const int64_t c0 = tx * BW, c = c0 + tid;
   const int64_t b_start = c0 - bs + 1 + shift;  // seed column of bit 0
   const int nbits = BW + bs - 1;
@@ -93,7 +94,8 @@ __global__ void mask_kernel(Seeds src, uint8_t* __restrict__ mask, unsigned long
   int last = INT_MIN / 2;  // last seed row (relative to r0) whose bit row hit this column
   unsigned int kept = 0;
   uint8_t* mrow = mask + m * H * W;
-  const int64_t a_begin = max<int64_t>(0, r0 - bs + 1 + shift);
+  const int64_t a_first = r0 - bs + 1 + shift;
+  const int64_t a_begin = a_first > 0 ? a_first : 0;
   const int64_t a_stop = r_end + shift;
   int buf = 0;
   for (int64_t a = a_begin; a <= a_stop; ++a) {
