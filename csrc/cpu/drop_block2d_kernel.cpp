@@ -27,6 +27,13 @@ namespace {
 
 using dropblock::Geometry;
 
+// Elements per parallel task: small inputs run inline instead of waking the thread pool.
+constexpr int64_t kGrainElems = 32768;
+
+int64_t grain_for(int64_t elems_per_item) {
+  return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, elems_per_item));
+}
+
 std::string_view sv(c10::string_view s) { return std::string_view(s.data(), s.size()); }
 
 // Seed bits of one seed row (positions base .. base + Ws - 1 of a map); returns whether any
@@ -70,7 +77,7 @@ template <typename FillRow>
 int64_t build_mask(const Geometry& g, uint8_t* mask, const FillRow& fill_row) {
   const int64_t M = g.N * g.Cm, H = g.H, W = g.W, Hs = g.Hs, Ws = g.Ws, bs = g.bs, shift = g.shift;
   std::atomic<int64_t> total{0};
-  at::parallel_for(0, M, 1, [&](int64_t m0, int64_t m1) {
+  at::parallel_for(0, M, grain_for(H * W), [&](int64_t m0, int64_t m1) {
     std::vector<uint8_t> row(static_cast<size_t>(std::max<int64_t>(Ws, 1)));
     std::vector<int32_t> last(static_cast<size_t>(W));
     int64_t kept = 0;
@@ -115,7 +122,7 @@ void apply_mask(const at::Tensor& in, at::Tensor& out, const at::Tensor& mask, i
     const scalar_t* x = in.const_data_ptr<scalar_t>();
     scalar_t* y = out.mutable_data_ptr<scalar_t>();
     if (fmt == at::MemoryFormat::Contiguous) {
-      at::parallel_for(0, N * C, 1, [&](int64_t i0, int64_t i1) {
+      at::parallel_for(0, N * C, grain_for(HW), [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i) {
           const uint8_t* mrow = mk + (Cm == 1 ? i / C : i) * HW;
           const scalar_t* xr = x + i * HW;
@@ -127,7 +134,7 @@ void apply_mask(const at::Tensor& in, at::Tensor& out, const at::Tensor& mask, i
         }
       });
     } else {  // channels_last: element (n, hw, c)
-      at::parallel_for(0, N * HW, 64, [&](int64_t q0, int64_t q1) {
+      at::parallel_for(0, N * HW, grain_for(C), [&](int64_t q0, int64_t q1) {
         for (int64_t q = q0; q < q1; ++q) {
           const int64_t n = q / HW, hw = q % HW;
           const uint8_t* mp = mk + n * Cm * HW + hw;
