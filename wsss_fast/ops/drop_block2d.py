@@ -180,14 +180,19 @@ if _HAS_OP:
     def _setup_context(ctx, inputs, output):
         _, mask, count = output
         ctx.save_for_backward(mask, count)
+        ctx.set_materialize_grads(False)  # no zero-filled gradients for mask and count
+
+    def _grad_x(ctx, grad_out):
+        if grad_out is None:
+            return None
+        mask, count = ctx.saved_tensors
+        return torch.ops.wsss_fast.drop_block2d_backward(grad_out, mask, count)
 
     def _backward_drop_block2d(ctx, grad_out, grad_mask, grad_count):
-        mask, count = ctx.saved_tensors
-        return torch.ops.wsss_fast.drop_block2d_backward(grad_out, mask, count), None, None, None, None, None
+        return _grad_x(ctx, grad_out), None, None, None, None, None
 
     def _backward_from_seeds(ctx, grad_out, grad_mask, grad_count):
-        mask, count = ctx.saved_tensors
-        return torch.ops.wsss_fast.drop_block2d_backward(grad_out, mask, count), None, None, None
+        return _grad_x(ctx, grad_out), None, None, None
 
     def _setup_backward(ctx, inputs, output):
         _, mask, count = inputs
