@@ -28,3 +28,17 @@ def __getattr__(name: str):
         module = importlib.import_module(f".{_OPS[name]}", __name__)
         return getattr(module, name)
     raise AttributeError(f"module 'wsss_fast.ops' has no attribute '{name}'")
+
+
+def _bind_same_named_ops() -> None:
+    # ``from wsss_fast.ops import path_affinity`` imports the *submodule* of that name
+    # when the package attribute is missing, and the import system rebinds the package
+    # attribute to the submodule. Import such modules eagerly and bind the functions.
+    import importlib.util
+
+    for name, module in _OPS.items():
+        if name == module and importlib.util.find_spec(f"{__name__}.{module}") is not None:
+            globals()[name] = getattr(importlib.import_module(f".{module}", __name__), name)
+
+
+_bind_same_named_ops()

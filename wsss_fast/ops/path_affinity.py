@@ -1,0 +1,86 @@
+"""Boundary-aware path affinity of IRNet, with CPU and CUDA kernels.
+
+The affinity of a pixel p and its neighbour p + (dy, dx) in a half disk of radius r is
+``1 - max`` of the boundary map over the pixels on the line between them (IRNet's
+"path"); a pair whose path leaves the image has affinity 0. The compiled op computes it
+without materializing the path gathers, and its backward sends the gradient to the path
+point that attains the max.
+
+Reference:
+    J. Ahn, S. Cho, S. Kwak. "Weakly Supervised Learning of Instance Segmentation
+    with Inter-pixel Relations." CVPR 2019.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _ext
+from ..reference import path_affinity as _ref
+from ..reference.path_affinity import irnet_affinity_layout, search_offsets
+
+__all__ = ["search_offsets", "path_affinity", "irnet_affinity_layout"]
+
+
+def _validate(edge: torch.Tensor, radius: int) -> None:
+    _ref._check_radius(radius)
+    _ref._as_bhw(edge)
+
+
+def path_affinity(edge: torch.Tensor, radius: int) -> torch.Tensor:
+    """Affinity of every pixel and its half-disk neighbours, from a boundary map.
+
+    ``out[b, k, y, x] = 1 - max_{q on path k} edge[b, y + q_y, x + q_x]`` where path k
+    joins (0, 0) and ``search_offsets(radius)[k]``; pixels outside the image count as 1,
+    so pairs that leave the image have affinity 0. Differentiable with respect to
+    ``edge``: the gradient of each output goes to the path point that attains the max
+    (on ties, the first one in IRNet's path order, which starts at the destination and
+    ends at the source; no gradient when that point lies outside the image).
+
+    Args:
+        edge: boundary map ``[B, H, W]`` or ``[B, 1, H, W]``, floating point
+            (float32/float64 on CPU; float32/float16/bfloat16 on CUDA).
+        radius: search radius r >= 1 (IRNet: 5 at inference, 10 in training).
+
+    Returns:
+        Tensor ``[B, D, H, W]`` in edge's dtype, D = ``len(search_offsets(radius))``
+        (34 for r = 5, 152 for r = 10).
+
+    Raises:
+        TypeError: edge is not a floating-point tensor, or radius is not an int.
+        ValueError: radius < 1 or edge has the wrong shape.
+    """
+    _validate(edge, radius)
+    if _ext.has_op("path_affinity"):
+        return torch.ops.wsss_fast.path_affinity(edge, radius)
+    _ext.warn_fallback("path_affinity")
+    return _ref.path_affinity(edge, radius)
+
+
+def _register() -> None:
+    @torch.library.register_fake("wsss_fast::path_affinity")
+    def _fake(edge, radius):
+        b, h, w = edge.shape[0], edge.shape[-2], edge.shape[-1]
+        d = len(_ref._offsets(radius)) if radius >= 1 else 0
+        return edge.new_empty(b, d, h, w)
+
+    @torch.library.register_fake("wsss_fast::path_affinity_backward")
+    def _fake_backward(grad, edge, radius):
+        return torch.empty_like(edge, memory_format=torch.contiguous_format)
+
+    def _setup_context(ctx, inputs, output):
+        edge, radius = inputs
+        ctx.save_for_backward(edge)
+        ctx.radius = radius
+
+    def _backward(ctx, grad):
+        (edge,) = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        return torch.ops.wsss_fast.path_affinity_backward(grad, edge, ctx.radius), None
+
+    torch.library.register_autograd("wsss_fast::path_affinity", _backward, setup_context=_setup_context)
+
+
+if _ext.has_op("path_affinity"):
+    _register()
