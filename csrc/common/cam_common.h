@@ -64,6 +64,9 @@ inline void check_weighted_cam_args(const at::Tensor& activations, const at::Ten
 inline at::Tensor weighted_cam_post(at::Tensor cam, at::OptionalIntArrayRef out_size, bool normalize,
                                     at::ScalarType out_dtype) {
   if (out_size.has_value()) {
+    if (cam.numel() == 0) {  // upsample_bilinear2d rejects empty batches/channels
+      return at::zeros({cam.size(0), cam.size(1), (*out_size)[0], (*out_size)[1]}, cam.options().dtype(out_dtype));
+    }
     cam = at::upsample_bilinear2d(cam, *out_size, /*align_corners=*/false);
   }
   if (normalize && cam.numel() > 0) {

@@ -28,7 +28,9 @@ def test_matches_reference(compiled_ops, device, variant, dtype, gscale):
     out = torch.ops.wsss_fast.gradcampp_weights(a, g, variant, None)
     ref = ref_weights(a, g, variant=variant)
     assert out.shape == (2, 3, 5) and out.dtype == dtype
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-12)
+    # fp32: summation order differs (and sum(A * g^3) cancels for "wsmis")
+    rtol = 1e-4 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(out, ref, rtol=rtol, atol=rtol * float(ref.abs().max()))
     assert out.abs().sum() > 0
 
 
@@ -71,7 +73,7 @@ def test_eps_is_used(compiled_ops, device):
 def test_noncontiguous_inputs(compiled_ops, device):
     a, g = _inputs(b=3, c=2, k=6, device=device)
     g_cb = g.transpose(0, 1).contiguous().transpose(0, 1)  # [C, B, ...] storage, permuted view
-    a_nc = torch.cat([a, a], dim=1)[:, ::2]  # strided channels
+    a_nc = torch.stack([a, a], dim=2).flatten(1, 2)[:, ::2]  # strided channels
     assert not g_cb.is_contiguous() and not a_nc.is_contiguous()
     ref = ref_weights(a, g)
     torch.testing.assert_close(gradcampp_weights(a_nc, g_cb), ref)
