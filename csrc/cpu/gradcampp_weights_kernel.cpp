@@ -32,32 +32,29 @@ void gradcampp_cpu_impl(const at::Tensor& act, const at::Tensor& grads, at::Tens
       const scalar_t* a = A + b * a_sb + k * a_sk;
       acc s = 0;
       if (paper) {
+#pragma omp simd reduction(+ : s)
         for (int64_t p = 0; p < HW; ++p) s += static_cast<acc>(a[p]);
       }
       for (int64_t c = 0; c < C; ++c) {
         const scalar_t* g = G + b * g_sb + c * g_sc + k * g_sk;
-        acc w = 0;
-        if (paper) {
-          for (int64_t p = 0; p < HW; ++p) {
-            const acc gv = static_cast<acc>(g[p]);
-            if (gv > acc(0)) {
-              const acc g2 = gv * gv;
-              w += g2 / (acc(2) * g2 + s * (g2 * gv) + eps) * gv;
-            }
-          }
-        } else {
-          acc d = 0;
+        acc d = 0;
+        if (!paper) {
+#pragma omp simd reduction(+ : d)
           for (int64_t p = 0; p < HW; ++p) {
             const acc gv = static_cast<acc>(g[p]);
             d += static_cast<acc>(a[p]) * (gv * gv * gv);
           }
-          for (int64_t p = 0; p < HW; ++p) {
-            const acc gv = static_cast<acc>(g[p]);
-            if (gv > acc(0)) {
-              const acc g2 = gv * gv;
-              w += g2 / (acc(2) * g2 + d + eps) * gv;
-            }
-          }
+        }
+        // Branch-free so that it vectorizes: terms with g <= 0 contribute exactly 0 (their
+        // denominator is replaced by 1 so a vanishing one cannot produce 0 * inf).
+        acc w = 0;
+#pragma omp simd reduction(+ : w)
+        for (int64_t p = 0; p < HW; ++p) {
+          const acc gv = static_cast<acc>(g[p]);
+          const bool pos = gv > acc(0);
+          const acc g2 = gv * gv;
+          const acc den = paper ? (acc(2) * g2 + s * (g2 * gv) + eps) : (acc(2) * g2 + d + eps);
+          w += g2 / (pos ? den : acc(1)) * (pos ? gv : acc(0));
         }
         O[(b * C + c) * K + k] = static_cast<scalar_t>(w);
       }

@@ -67,7 +67,9 @@ __global__ void gradcampp_kernel(const scalar_t* __restrict__ A, const scalar_t*
 
 at::Tensor gradcampp_weights_cuda(const at::Tensor& activations, const at::Tensor& grads,
                                   c10::string_view variant, std::optional<double> eps) {
-  const auto [paper, e] = check_gradcampp_args(activations, grads, variant, eps);
+  const auto args = check_gradcampp_args(activations, grads, variant, eps);
+  const bool paper = args.first;
+  const double e = args.second;
   WSSS_CHECK_CUDA("gradcampp_weights", "activations", activations);
   const c10::cuda::CUDAGuard guard(activations.device());
   const auto act = with_inner_hw_contiguous(activations);

@@ -250,3 +250,18 @@ def test_bad_inputs(resnet, images):
     with pytest.raises(TypeError, match=r"must output a 4-D tensor"):
         CAMExtractor(model, "fc")(torch.randn(1, 3, 16, 16))
     assert not any(m._forward_hooks for m in model.modules())  # removed on error too
+
+
+def test_project_classifier_head():
+    from wsss_fast.models.classifier import Classifier
+
+    torch.manual_seed(0)
+    model = Classifier("resnet18", num_classes=3, head_channels=32).eval()
+    x = torch.randn(2, 3, 48, 40)
+    labels = torch.tensor([[1, 0, 1], [0, 1, 0]])
+    cam = CAMExtractor(model, model.cam_layer, "cam").layer_cams(x, labels)
+    grad = CAMExtractor(model, model.cam_layer, "gradcam").layer_cams(x, labels)
+    assert cam.maps.shape == (2, 2, 6, 5)
+    torch.testing.assert_close(_minmax(cam.maps), _minmax(grad.maps), atol=1e-5, rtol=1e-4)
+    res = CAMExtractor(model, "head")(x, labels, scales=(1.0, 0.5), flip=True)
+    assert res.cams.shape == (3, 12, 10) and res.keys.tolist() == [0, 2, 1]
