@@ -216,7 +216,12 @@ def test_device_matches_cpu(device, resnet, images):
     model = torchvision.models.resnet18(num_classes=N_CLS)
     model.load_state_dict(resnet.state_dict())
     model = model.to(device).eval()
-    res = CAMExtractor(model, "layer4")(images.to(device), labels.to(device), scales=(1.0, 0.5), flip=True)
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # compare in true fp32
+    try:
+        res = CAMExtractor(model, "layer4")(images.to(device), labels.to(device), scales=(1.0, 0.5), flip=True)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     assert res.cams.device.type == device
     torch.testing.assert_close(res.cams.cpu(), res_cpu.cams, rtol=1e-3, atol=2e-3)
     torch.testing.assert_close(res.high_res.cpu(), res_cpu.high_res, rtol=1e-3, atol=2e-3)
