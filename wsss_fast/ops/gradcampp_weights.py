@@ -135,11 +135,11 @@ def _backward_formula(a: Tensor, g: Tensor, gw: Tensor, variant: str, eps: float
 if _ext.has_op("gradcampp_weights"):
 
     @torch.library.register_fake("wsss_fast::gradcampp_weights")
-    def _fake(activations, grads, variant, eps):
+    def _fake(activations, grads, variant="paper", eps=None):
         return grads.new_empty((grads.shape[0], grads.shape[1], grads.shape[2]))
 
     def _setup_context(ctx, inputs, output):
-        activations, grads, variant, eps = inputs
+        activations, grads, variant, eps = (tuple(inputs) + ("paper", None))[:4]
         ctx.save_for_backward(activations, grads)
         ctx.variant = variant
         ctx.eps = DEFAULT_EPS[variant] if eps is None else float(eps)

@@ -101,11 +101,19 @@ def weighted_cam(
     return _ref.weighted_cam(activations, weights, out_size=size, normalize=normalize)
 
 
+def _interp_matrix(n: int, size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``[n, size]`` weights of 1-D linear upsampling (``align_corners=False``) of length n to size."""
+    eye = torch.eye(n, dtype=dtype, device=device)[None]
+    return torch.nn.functional.interpolate(eye, size=size, mode="linear", align_corners=False)[0]
+
+
 def _backward_formula(a: Tensor, w: Tensor, grad: Tensor, out_size, normalize: bool) -> tuple[Tensor, Tensor]:
     acc = torch.promote_types(a.dtype, torch.float32)
     a32, w32, g = a.to(acc), w.to(acc), grad.to(acc)
     b, k, h, wd = a.shape
     c = w.shape[1]
+    if b * c * h * wd == 0:
+        return torch.zeros_like(a32), torch.zeros_like(w32)
     pre = torch.matmul(w32, a32.reshape(b, k, h * wd)).reshape(b, c, h, wd)
     u = torch.relu(pre)
     if out_size is not None:
@@ -124,8 +132,10 @@ def _backward_formula(a: Tensor, w: Tensor, grad: Tensor, out_size, normalize: b
             + g_mn * at_mn / at_mn.sum(dim=(-2, -1), keepdim=True)
             + g_mx * at_mx / at_mx.sum(dim=(-2, -1), keepdim=True)
         )
-    if out_size is not None:
-        g = torch.ops.aten.upsample_bilinear2d_backward(g, list(out_size), [b, c, h, wd], False, None, None)
+    if out_size is not None:  # adjoint of the separable bilinear upsampling
+        rh = _interp_matrix(h, out_size[0], acc, a.device)  # [h, H]
+        rw = _interp_matrix(wd, out_size[1], acc, a.device)  # [w, W]
+        g = torch.matmul(torch.matmul(rh, g), rw.transpose(0, 1))
     g = g * (pre > 0).to(acc)
     g = g.reshape(b, c, h * wd)
     grad_w = torch.matmul(g, a32.reshape(b, k, h * wd).transpose(1, 2))
@@ -136,7 +146,7 @@ def _backward_formula(a: Tensor, w: Tensor, grad: Tensor, out_size, normalize: b
 if _ext.has_op("weighted_cam"):
 
     @torch.library.register_fake("wsss_fast::weighted_cam")
-    def _fake(activations, weights, out_size, normalize):
+    def _fake(activations, weights, out_size=None, normalize=True):
         if out_size is None:
             h, w = activations.shape[2], activations.shape[3]
         else:
@@ -144,7 +154,7 @@ if _ext.has_op("weighted_cam"):
         return activations.new_empty((activations.shape[0], weights.shape[1], h, w))
 
     def _setup_context(ctx, inputs, output):
-        activations, weights, out_size, normalize = inputs
+        activations, weights, out_size, normalize = (tuple(inputs) + (None, True))[:4]
         ctx.save_for_backward(activations, weights)
         ctx.out_size = out_size
         ctx.normalize = normalize

@@ -37,6 +37,8 @@ def weighted_cam(
     acc = torch.promote_types(activations.dtype, torch.float32)
     cam = torch.matmul(weights.to(acc), activations.to(acc).reshape(b, k, h * w))
     cam = torch.relu(cam).reshape(b, weights.shape[1], h, w)
+    if out_size is not None and cam.numel() == 0:
+        return cam.new_zeros((b, weights.shape[1], int(out_size[0]), int(out_size[1]))).to(activations.dtype)
     if out_size is not None:
         cam = F.interpolate(cam, size=tuple(int(s) for s in out_size), mode="bilinear", align_corners=False)
     if normalize and cam.numel() > 0:

@@ -1,0 +1,67 @@
+"""CAMExtractor against pytorch-grad-cam 1.5.7 (one call per target class), side by side.
+
+CPU: torchvision ResNet18, target layer4, batch 4, 224 px.
+CUDA: torchvision ResNet50, target layer4, batch 16, 512 px.
+"one class": one target class per image; "three classes": three per image, which
+pytorch-grad-cam needs three calls for (our extractor: one forward, one batched backward).
+Also the bare forward + full backward of the model, for scale.
+
+Run: PYTHONPATH=$PWD python -m pytest benchmarks/bench_cam_extractor.py --benchmark-only
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from benchmarks.conftest import DEVICES, record
+from wsss_fast.cam import CAMExtractor
+
+N_CLASSES = 20
+SETUPS = {"cpu": ("resnet18", 4, 224), "cuda": ("resnet50", 16, 512)}
+
+
+def _setup(device, n_targets):
+    arch, batch, size = SETUPS[device]
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(num_classes=N_CLASSES).to(device).eval()
+    x = torch.randn(batch, 3, size, size, device=device)
+    targets = [[(3 * b + j) % N_CLASSES for j in range(n_targets)] for b in range(batch)]
+    labels = torch.zeros(batch, N_CLASSES, device=device)
+    for b, cls in enumerate(targets):
+        labels[b, cls] = 1
+    return model, x, targets, labels, dict(arch=arch, batch=batch, size=size, classes_per_image=n_targets)
+
+
+@pytest.mark.parametrize("impl", ["ours", "pytorch_grad_cam", "forward_backward"])
+@pytest.mark.parametrize("n_targets", [1, 3], ids=["one_class", "three_classes"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_cam_extractor(benchmark, device, n_targets, impl):
+    model, x, targets, labels, info = _setup(device, n_targets)
+    benchmark.group = f"cam_extractor-{device}-{n_targets}cls"
+    if impl == "ours":
+        ext = CAMExtractor(model, "layer4", "gradcam++")
+        record(benchmark, lambda: ext(x, labels).cams, device, **info)
+    elif impl == "pytorch_grad_cam":
+        from pytorch_grad_cam import GradCAMPlusPlus
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        with GradCAMPlusPlus(model=model, target_layers=[model.layer4]) as cam:
+
+            def run():
+                return [cam(x, [ClassifierOutputTarget(t[j]) for t in targets]) for j in range(n_targets)]
+
+            if device == "cpu":  # ~0.6 s per call here
+                run()
+                benchmark.extra_info.update(info)
+                benchmark.pedantic(run, rounds=3, iterations=1)
+            else:
+                record(benchmark, run, device, **info)
+    else:
+
+        def fwd_bwd():
+            model.zero_grad(set_to_none=True)
+            model(x)[:, 0].sum().backward()
+
+        record(benchmark, fwd_bwd, device, **info)
