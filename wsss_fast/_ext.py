@@ -61,8 +61,9 @@ def warn_fallback(op: str) -> None:
     if _WARNED:
         return
     _WARNED = True
+    reason = _LOAD_ERROR if not _load() else f"the loaded wsss_fast._C has no op '{op}'; rebuild it"
     warnings.warn(
-        f"wsss_fast: compiled ops are not available ({_LOAD_ERROR}); '{op}' and every other "
+        f"wsss_fast: compiled ops are not available ({reason}); '{op}' and every other "
         "op fall back to their pure-PyTorch references in wsss_fast.reference, which are much "
         "slower. Build the extension with `make build` or `pip install --no-build-isolation -e .`.",
         RuntimeWarning,
