@@ -13,7 +13,7 @@ CSRC := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name 
 PYTEST_ARGS ?=
 DEMO_OUT ?= demo_out
 
-.PHONY: venv build test bench demo clean gpu-check
+.PHONY: venv build test bench demo clean gpu-check gpu-wheels
 
 venv: $(VENV)/.stamp
 
@@ -42,6 +42,11 @@ demo: build
 
 gpu-check:
 	bash benchmarks/gpu_check.sh
+
+# Pure-Python wheels the GPU machine lacks (it has no network): carried in .whl/.
+gpu-wheels: venv
+	mkdir -p .whl
+	$(PIP) wheel -q --no-deps -w .whl grad-cam==1.5.7 ttach==0.0.3 segmentation-models-pytorch==0.6.0
 
 clean:
 	rm -rf build wsss_fast/_C*.so wsss_fast/.build-stamp

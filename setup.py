@@ -50,6 +50,25 @@ def _nvcc_version(cuda_home: str | None) -> str | None:
     return match.group(1) if match else None
 
 
+def _cuda_extra_includes(cuda_home: str | None) -> list[str]:
+    """Header folders of the CUDA libraries that torch's headers include.
+
+    ATen/cuda/CUDAContext.h includes cusparse.h and cublas_v2.h. A minimal toolkit (as on
+    these machines) lacks them, but the pip-installed torch ships them under
+    ``site-packages/nvidia/*/include``; use those when the toolkit has none.
+    """
+    if cuda_home and os.path.exists(os.path.join(cuda_home, "include", "cusparse.h")):
+        return []
+    found: list[str] = []
+    for base in sys.path:
+        for inc in sorted(glob.glob(os.path.join(base, "nvidia", "*", "include"))):
+            if os.path.exists(os.path.join(inc, "cusparse.h")) or os.path.exists(
+                os.path.join(inc, "cublas_v2.h")
+            ):
+                found.append(inc)
+    return found
+
+
 def _extensions():
     import torch
     from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
@@ -112,6 +131,10 @@ def _extensions():
 
     include_dirs = [os.path.join(ROOT, "csrc")]
     if with_cuda:
+        extra = _cuda_extra_includes(CUDA_HOME)
+        if extra:
+            print(f"  extra CUDA includes   {' '.join(extra)}")
+        include_dirs += extra
         nvcc_flags = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
         return [
             CUDAExtension(

@@ -103,6 +103,9 @@ def atomic_write_bytes(data: bytes, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -148,3 +151,23 @@ def load_cam_file(path: str | Path) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"CAM file not found: {path}")
     return np.load(path, allow_pickle=True).item()
+
+
+def resolve_device(cfg: dict) -> torch.device:
+    """The device named by ``cfg["device"]`` (``auto`` picks CUDA when present)."""
+    name = str(cfg.get("device", "auto"))
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"config device '{name}' asks for CUDA, but no CUDA device is available")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -1,1 +1,5 @@
-"""wsss_fast.cam."""
+"""Step 1 of the pipeline: class activation maps (CAM, Grad-CAM, Grad-CAM++) of a classifier."""
+
+from .extractor import CAMExtractor, CAMResult, LayerCAMs
+
+__all__ = ["CAMExtractor", "CAMResult", "LayerCAMs"]

@@ -1,1 +1,111 @@
-"""wsss_fast.data."""
+"""wsss_fast.data: data sets, transforms and samplers of the pipeline.
+
+``build_dataset(cfg, split, paths, train)`` returns the configured data set (SIIM-ACR,
+PASCAL VOC 2012, generic CSV, or the built-in synthetic radiographs written in the SIIM
+layout) with the train or eval transform. See ``PIPELINE_CONTRACT.md`` for the item format.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .base import BadFileError, WSSSDataset, wsss_collate
+from .dicom import DicomReadError, read_dicom
+from .rle import RLEError, rle_decode, rle_decode_union, rle_encode, rle_encode_regions
+from .sampler import BalancedBatchSampler
+from .siim import PAPER_SPLIT_COUNTS, SIIMPneumothorax, stratified_split
+from .synthetic import generate_image, write_synthetic_siim
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, eval_transform, train_transform
+
+__all__ = [
+    "build_dataset", "synthetic_root", "WSSSDataset", "BadFileError", "wsss_collate",
+    "SIIMPneumothorax", "VOC2012", "GenericCSV", "stratified_split", "PAPER_SPLIT_COUNTS",
+    "BalancedBatchSampler", "train_transform", "eval_transform", "denormalize",
+    "IMAGENET_MEAN", "IMAGENET_STD", "write_synthetic_siim", "generate_image",
+    "read_dicom", "DicomReadError", "RLEError", "rle_encode", "rle_decode", "rle_decode_union",
+    "rle_encode_regions",
+]
+
+
+def __getattr__(name: str) -> Any:  # VOC and generic loaders are imported on first use
+    if name == "VOC2012":
+        from .voc import VOC2012
+
+        return VOC2012
+    if name == "GenericCSV":
+        from .generic import GenericCSV
+
+        return GenericCSV
+    raise AttributeError(f"module 'wsss_fast.data' has no attribute {name!r}")
+
+
+def _ds(cfg: dict) -> dict:
+    return cfg.get("dataset") or {}
+
+
+def synthetic_root(cfg: dict, paths: Any) -> Path:
+    """Where the synthetic set lives: ``dataset.root`` if set, else ``<run>/data/synthetic``."""
+    root = _ds(cfg).get("root")
+    return Path(root) if root else Path(paths.root) / "data" / "synthetic"
+
+
+def build_dataset(cfg: dict, split: str | None, paths: Any, train: bool) -> WSSSDataset:
+    """The configured data set for one split.
+
+    Args:
+        cfg: the run configuration (``dataset``, ``augment`` and ``seed`` are read).
+        split: ``"train"``, ``"val"``, ``"test"`` (``"train_aug"`` for VOC), or None for all.
+        paths: the run's :class:`~wsss_fast.runs.RunPaths` (SIIM splits go to ``paths.split``;
+            the synthetic set is written under ``paths.root/data/synthetic`` unless
+            ``dataset.root`` is set).
+        train: use the training transform (augmentation) instead of the eval transform.
+
+    Returns:
+        A :class:`WSSSDataset`.
+    """
+    ds = _ds(cfg)
+    name = str(ds.get("name", "siim")).lower()
+    transform = train_transform(cfg) if train else eval_transform(cfg)
+    on_bad = ds.get("on_bad_file", "raise")
+    seed = ds.get("split_seed")
+    seed = int(cfg.get("seed", 0) or 0) if seed is None else int(seed)
+    if name in ("siim", "synthetic"):
+        if name == "synthetic":
+            syn = ds.get("synthetic") or {}
+            syn_seed = syn.get("seed")
+            syn_seed = int(cfg.get("seed", 0) or 0) if syn_seed is None else int(syn_seed)
+            root = synthetic_root(cfg, paths)
+            write_synthetic_siim(root, num_images=int(syn.get("num_images", 240)),
+                                 image_size=int(syn.get("image_size", 256)),
+                                 seed=syn_seed,
+                                 positive_fraction=float(syn.get("positive_fraction", 0.5)))
+        else:
+            if not ds.get("root"):
+                raise ValueError("dataset.root must name the SIIM folder (with dicom-images-train/ "
+                                 "and train-rle.csv, or png-images/)")
+            root = Path(ds["root"])
+        counts = ds.get("split_counts") or None
+        return SIIMPneumothorax(root, split=split, transform=transform,
+                                split_file=None if paths is None else paths.split,
+                                split_counts=counts, seed=seed,
+                                image_format=ds.get("image_format", "auto"),
+                                csv_file=ds.get("csv"), on_bad_file=on_bad)
+    if name == "voc":
+        from .voc import VOC2012
+
+        if not ds.get("root"):
+            raise ValueError("dataset.root must name the folder holding VOCdevkit/VOC2012")
+        return VOC2012(ds["root"], split=split or "train", transform=transform,
+                       cls_labels=ds.get("cls_labels"), on_bad_file=on_bad)
+    if name == "generic":
+        from .generic import GenericCSV
+
+        csv_path = ds.get("csv")
+        if not csv_path:
+            raise ValueError("dataset.csv must name the CSV of the generic data set")
+        root = ds.get("root")
+        csv_path = Path(csv_path) if Path(csv_path).is_absolute() or not root else Path(root) / csv_path
+        return GenericCSV(csv_path, split=split, transform=transform, class_names=ds.get("class_names"),
+                          root=root, on_bad_file=on_bad)
+    raise ValueError(f"unknown dataset.name {name!r}; expected siim | synthetic | voc | generic")

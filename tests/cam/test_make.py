@@ -1,0 +1,207 @@
+"""make-cam / eval-cam on a tiny synthetic SIIM set: file format, resume, shards, threshold sweep."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wsss_fast.cam import CAMExtractor
+from wsss_fast.cam.make import eval_cam, make_cam, predict_from_cam, shard_of
+from wsss_fast.config import load_config
+from wsss_fast.data import build_dataset
+from wsss_fast.models import Classifier, classifier_kwargs
+from wsss_fast.runs import RunPaths, atomic_torch_save, load_cam_file, save_cam_file
+
+ORIG, WORK = 48, 32  # original image size, working resolution
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("synthetic")
+
+
+def make_cfg(data_root, *overrides: str) -> dict:
+    return load_config(None, [
+        "device=cpu", "num_workers=0", "seed=0", "dataset.name=synthetic", f"dataset.root={data_root}",
+        f"dataset.image_size={WORK}", "dataset.synthetic.num_images=12", f"dataset.synthetic.image_size={ORIG}",
+        "dataset.split_counts={train: [2, 2], val: [1, 1], test: [1, 1]}",
+        "cls.arch=resnet18", "cls.head_channels=8", "cls.dropblock.block_size=3",
+        "cam.scales=[1.0,0.5]", "cam.flip=true", "cam.batch_size=4", *overrides])
+
+
+def write_checkpoint(cfg: dict, paths: RunPaths, seed: int = 0) -> Classifier:
+    torch.manual_seed(seed)
+    model = Classifier(**classifier_kwargs(cfg, load_pretrained=False)).eval()
+    atomic_torch_save({"epoch": 1, "model": model.state_dict(), "f1": 0.0, "arch": "resnet18",
+                       "model_kwargs": classifier_kwargs(cfg, load_pretrained=False), "class_names": []},
+                      paths.cls / "best.pt")
+    return model
+
+
+def test_make_cam_files(tmp_path, data_root):
+    cfg = make_cfg(data_root)
+    paths = RunPaths(tmp_path)
+    model = write_checkpoint(cfg, paths)
+    make_cam(cfg, paths)
+    assert paths.is_done(paths.cam)
+    h4 = (WORK + 3) // 4
+    n_pos = 0
+    for split in ("train", "val", "test"):
+        ds = build_dataset(cfg, split, paths, train=False)
+        assert len(ds)
+        for i, image_id in enumerate(ds.image_ids):
+            d = load_cam_file(paths.cam / f"{image_id}.npy")
+            assert set(d) == {"keys", "cam", "high_res", "raw"}
+            keys = np.flatnonzero(ds.labels[i])  # ground-truth positive classes, as IRNet
+            np.testing.assert_array_equal(d["keys"], keys)
+            assert d["keys"].dtype == np.int64
+            k = len(keys)
+            n_pos += k
+            assert d["cam"].dtype == d["high_res"].dtype == d["raw"].dtype == np.float16
+            assert d["cam"].shape == (k, h4, h4) and d["raw"].shape == (k, h4, h4)
+            assert d["high_res"].shape == (k, WORK, WORK)  # working resolution, not the original 48
+            if k:
+                assert d["cam"].min() >= 0 and d["cam"].max() <= 1 and d["high_res"].max() <= 1
+    assert n_pos >= 4
+    # the file holds exactly what the extractor gives for that image
+    ds = build_dataset(cfg, "train", paths, train=False)
+    i = int(np.flatnonzero(ds.labels[:, 0])[0])
+    item = ds[i]
+    ref = CAMExtractor(model, "head")(item["image"][None], item["label"][None], scales=[1.0, 0.5], flip=True)
+    d = load_cam_file(paths.cam / f"{item['image_id']}.npy")
+    torch.testing.assert_close(torch.from_numpy(d["high_res"]).float(), ref.high_res.float(), atol=2e-3, rtol=1e-2)
+    torch.testing.assert_close(torch.from_numpy(d["raw"]).float(), ref.raw.float(), atol=1e-3, rtol=1e-2)
+
+
+def test_make_cam_resumes_and_shards(tmp_path, data_root):
+    fast = ("cam.method=cam", "cam.scales=[1.0]", "cam.flip=false", "cam.save_raw=false")
+    cfg = make_cfg(data_root, *fast)
+    paths = RunPaths(tmp_path)
+    write_checkpoint(cfg, paths)
+    ids = [k for s in ("train", "val", "test") for k in build_dataset(cfg, s, paths, train=False).image_ids]
+    # a file that already exists is kept (resume), even when its content differs
+    sentinel = paths.cam / f"{ids[0]}.npy"
+    save_cam_file(sentinel, np.zeros(0, np.int64), np.zeros((0, 8, 8)), np.zeros((0, WORK, WORK)))
+    before = sentinel.read_bytes()
+    make_cam(make_cfg(data_root, *fast, "cam.num_shards=2", "cam.shard_index=0"), paths)
+    first = {p.stem for p in paths.cam.glob("*.npy")}
+    assert not paths.is_done(paths.cam)  # shard 1 is still missing
+    assert sentinel.read_bytes() == before
+    assert 1 < len(first) < len(ids)
+    make_cam(make_cfg(data_root, *fast, "cam.num_shards=2", "cam.shard_index=1"), paths)
+    assert {p.stem for p in paths.cam.glob("*.npy")} == set(ids)
+    assert paths.is_done(paths.cam)
+    assert "raw" not in load_cam_file(paths.cam / f"{ids[1]}.npy")
+    mtimes = {p: p.stat().st_mtime_ns for p in paths.cam.glob("*.npy")}
+    make_cam(cfg, paths)  # nothing left to do
+    assert {p: p.stat().st_mtime_ns for p in paths.cam.glob("*.npy")} == mtimes
+    with pytest.raises(ValueError, match="shard_index"):
+        shard_of(make_cfg(data_root, "cam.num_shards=2", "cam.shard_index=2"))
+
+
+def test_make_cam_needs_checkpoint(tmp_path, data_root):
+    with pytest.raises(FileNotFoundError, match="best.pt"):
+        make_cam(make_cfg(data_root), RunPaths(tmp_path))
+
+
+def test_shard_from_torchrun_env(monkeypatch, data_root):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert shard_of(make_cfg(data_root)) == (1, 3)
+    assert shard_of(make_cfg(data_root, "cam.num_shards=4", "cam.shard_index=2")) == (2, 4)
+
+
+def test_predict_from_cam():
+    maps = torch.tensor([[[0.9, 0.2, 0.3]], [[0.5, 0.6, 0.3]]])  # K=2, H=1, W=3
+    low, high = predict_from_cam(maps, np.array([3, 7]), [0.25, 0.3])
+    assert low.tolist() == [[4, 8, 4]]  # keys + 1; class 3 wins the tie at the last pixel
+    assert high.tolist() == [[4, 8, 0]]  # a tie with the threshold is background
+    (empty,) = predict_from_cam(torch.zeros(0, 2, 2), np.zeros(0, np.int64), [0.1])
+    assert empty.dtype == torch.uint8 and empty.shape == (2, 2) and not empty.any()
+
+
+def test_eval_cam_threshold_sweep(tmp_path, data_root):
+    # working resolution = original here, so the maps can match the ground truth exactly
+    cfg = make_cfg(data_root, f"dataset.image_size={ORIG}", "cam.eval_splits=[val, test]",
+                   "cam.eval_thresholds=[0.1, 0.3, 0.5, 0.7]")
+    paths = RunPaths(tmp_path)
+    for split in ("val", "test"):
+        ds = build_dataset(cfg, split, paths, train=False)
+        for i, image_id in enumerate(ds.image_ids):
+            gt = torch.from_numpy(ds.load_mask(i).astype(np.float32))
+            if ds.labels[i, 0]:
+                ring = F.max_pool2d(gt[None, None], 7, 1, 3)[0, 0] - gt  # a halo around the lesion
+                hr = (0.6 * gt + 0.4 * ring)[None]
+                save_cam_file(paths.cam / f"{image_id}.npy", np.array([0]), hr[:, ::4, ::4].numpy(), hr.numpy())
+            else:
+                save_cam_file(paths.cam / f"{image_id}.npy", np.zeros(0, np.int64),
+                              np.zeros((0, 12, 12)), np.zeros((0, ORIG, ORIG)))
+    report = eval_cam(cfg, paths)
+    saved = json.loads((paths.cam / "eval.json").read_text())
+    assert saved["metric"] == "miou_all" and set(saved["splits"]) == {"val", "test"}
+    for split in ("val", "test"):
+        rows = {r["threshold"]: r for r in report["splits"][split]["thresholds"]}
+        assert rows[0.5]["miou_all"] == pytest.approx(1.0) and rows[0.5]["dice"] == pytest.approx(1.0)
+        assert rows[0.3]["miou_all"] < 0.99 and rows[0.1]["miou_all"] == pytest.approx(rows[0.3]["miou_all"])
+        assert rows[0.7]["miou_pos"] < 0.6  # everything background
+        assert report["splits"][split]["best"]["threshold"] == 0.5
+        assert saved["splits"][split]["best"]["threshold"] == 0.5
+        n = len(build_dataset(cfg, split, paths, train=False))
+        assert rows[0.5]["n_images"] == report["splits"][split]["n_images"] == n
+    # missing maps and bad options are clear errors
+    next(paths.cam.glob("*.npy")).unlink()
+    with pytest.raises(FileNotFoundError, match="make-cam"):
+        eval_cam(cfg, paths)
+    with pytest.raises(ValueError, match="eval_metric"):
+        eval_cam(make_cfg(data_root, "cam.eval_metric=f1"), paths)
+
+
+def test_cli_train_make_eval(tmp_path, data_root):
+    from wsss_fast.cli import main as cli
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text("cls:\n  epochs: 1\n  batch_size: 4\n  amp: false\n")
+    out = tmp_path / "run"
+    common = ["--config", str(config), "--out", str(out), "device=cpu", "num_workers=0",
+              "dataset.name=synthetic", f"dataset.root={data_root}", f"dataset.image_size={WORK}",
+              "dataset.synthetic.num_images=12", f"dataset.synthetic.image_size={ORIG}",
+              "dataset.split_counts={train: [2, 2], val: [1, 1], test: [1, 1]}",
+              "cls.arch=resnet18", "cls.head_channels=8", "cls.dropblock.block_size=3"]
+    assert cli.main(["train-cls", *common]) == 0
+    paths = RunPaths(out)
+    for name in ("last.pt", "best.pt", "train.log", ".done"):
+        assert (paths.cls / name).exists(), name
+    assert paths.config.exists() and paths.split.exists()
+    assert cli.main(["make-cam", *common, "cam.method=cam", "cam.scales=[1.0]", "cam.flip=false"]) == 0
+    assert paths.is_done(paths.cam)
+    assert cli.main(["eval-cam", *common, "cam.eval_thresholds=[0.2,0.4]"]) == 0
+    report = json.loads((paths.cam / "eval.json").read_text())
+    assert [r["threshold"] for r in report["splits"]["val"]["thresholds"]] == [0.2, 0.4]
+
+
+@pytest.mark.parametrize("command,keys", [
+    ("train-cls", ["cls.dropblock.place", "cls.resume", "sampler.neg_pos_ratio", "torchrun"]),
+    ("make-cam", ["cam.num_shards", "cam.scales", "cam.checkpoint"]),
+    ("eval-cam", ["cam.eval_thresholds", "cam.eval_metric"]),
+])
+def test_cli_help_lists_options(command, keys, capsys):
+    from wsss_fast.cli import main as cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main([command, "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for key in keys + ["--config", "--out", "key.sub=value"]:
+        assert key in text, key

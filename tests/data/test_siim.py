@@ -1,0 +1,151 @@
+"""SIIM loader on a written synthetic set: DICOM (MONOCHROME1, 16-bit), PNG variant, splits."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+from wsss_fast.data import SIIMPneumothorax, build_dataset, stratified_split
+from wsss_fast.data.base import BadFileError
+from wsss_fast.data.dicom import read_dicom
+from wsss_fast.data.synthetic import _uid, generate_synthetic, synthetic_labels
+from wsss_fast.runs import RunPaths
+
+from .conftest import N_IMAGES, SEED, SIZE
+
+
+def _truth():
+    return {_uid(SEED, i, "sop"): (img, m) for i, img, m in generate_synthetic(N_IMAGES, SIZE, SEED, 0.5)}
+
+
+def test_layout_and_csv(synth_root):
+    files = sorted((synth_root / "dicom-images-train").rglob("*.dcm"))
+    assert len(files) == N_IMAGES
+    assert all(len(f.relative_to(synth_root / "dicom-images-train").parts) == 3 for f in files)
+    assert (synth_root / "train-rle.csv").read_text().splitlines()[0] == "ImageId, EncodedPixels"
+    rows = list(csv.reader(open(synth_root / "train-rle.csv"), skipinitialspace=True))[1:]
+    per_id: dict[str, list[str]] = {}
+    for image_id, code in rows:
+        per_id.setdefault(image_id, []).append(code)
+    assert len(per_id) == N_IMAGES
+    assert any(len(v) > 1 for v in per_id.values()), "no multi-region positive in the test set"
+    assert all(v == ["-1"] for v in per_id.values() if "-1" in v)
+    kinds = {(str(pydicom.dcmread(f).PhotometricInterpretation), int(pydicom.dcmread(f).BitsAllocated))
+             for f in files}
+    assert {("MONOCHROME1", 8), ("MONOCHROME1", 16), ("MONOCHROME2", 8), ("MONOCHROME2", 16)} <= kinds
+
+
+def test_dicom_loader_recovers_images_and_masks(synth_root):
+    ds = SIIMPneumothorax(synth_root)
+    truth = _truth()
+    assert sorted(ds.image_ids) == sorted(truth) and len(ds) == N_IMAGES
+    labels = synthetic_labels(N_IMAGES, SEED, 0.5)
+    assert ds.labels.shape == (N_IMAGES, 1) and ds.labels.dtype == np.float32
+    assert ds.labels.sum() == labels.sum()
+    for i, image_id in enumerate(ds.image_ids):
+        img, m = truth[image_id]
+        got = ds.load_image(i)
+        assert got.shape == (SIZE, SIZE, 3) and got.dtype == np.uint8
+        # MONOCHROME1 is inverted back, 12-bit rescaled+windowed data maps back to 8 bits
+        assert np.abs(got[..., 0].astype(int) - img).max() <= 1, image_id
+        np.testing.assert_array_equal(ds.load_mask(i), m)
+        assert ds.labels[i, 0] == float(m.any())
+
+
+def test_monochrome1_and_16bit_reading(tmp_path, synth_root):
+    f = next(p for p in (synth_root / "dicom-images-train").rglob("*.dcm")
+             if pydicom.dcmread(p).PhotometricInterpretation == "MONOCHROME1"
+             and pydicom.dcmread(p).BitsAllocated == 16)
+    raw = pydicom.dcmread(f).pixel_array
+    img = read_dicom(f)
+    assert raw.dtype == np.uint16 and raw.max() > 255
+    # bright raw (MONOCHROME1) = dark display
+    assert np.corrcoef(raw.ravel().astype(float), img.ravel().astype(float))[0, 1] < -0.99
+
+
+def test_item_contract(synth_root):
+    ds = SIIMPneumothorax(synth_root)
+    pos = int(np.flatnonzero(ds.labels[:, 0] > 0)[0])
+    item = ds[pos]
+    assert set(item) >= {"image", "label", "image_id", "mask", "orig_size"}
+    assert item["image"].dtype == torch.float32 and item["image"].shape == (3, SIZE, SIZE)
+    assert item["label"].dtype == torch.float32 and item["label"].tolist() == [1.0]
+    assert item["mask"].dtype == torch.uint8 and item["mask"].shape == (SIZE, SIZE)
+    assert set(item["mask"].unique().tolist()) == {0, 1}
+    assert item["orig_size"] == (SIZE, SIZE)
+
+
+def test_png_variant_equals_dicom(synth_root):
+    a = SIIMPneumothorax(synth_root, image_format="dicom")
+    b = SIIMPneumothorax(synth_root, image_format="png")
+    assert a.image_ids == b.image_ids
+    np.testing.assert_array_equal(a.labels, b.labels)
+    for i in range(0, N_IMAGES, 3):
+        assert np.abs(a.load_image(i).astype(int) - b.load_image(i)).max() <= 1
+        np.testing.assert_array_equal(a.load_mask(i), b.load_mask(i))
+
+
+def test_paper_split_counts_on_full_size():
+    ids = [f"id{i:05d}" for i in range(12047)]
+    pos = [i < 2669 for i in range(12047)]
+    s = stratified_split(ids, pos, seed=3)
+    positive = set(ids[:2669])
+    got = {k: (sum(i in positive for i in v), sum(i not in positive for i in v)) for k, v in s.items()}
+    assert got == {"train": (2379, 8296), "val": (145, 541), "test": (145, 541)}
+    assert stratified_split(ids, pos, seed=3) == s
+    assert stratified_split(ids[::-1], pos[::-1], seed=3) == s  # order-independent
+    assert stratified_split(ids, pos, seed=4) != s
+
+
+def test_split_scaled_and_disjoint():
+    ids = [f"id{i:04d}" for i in range(1000)]
+    pos = [i % 4 == 0 for i in range(1000)]  # 250 positive / 750 negative
+    s = stratified_split(ids, pos, seed=0)
+    assert sorted(sum(s.values(), [])) == ids
+    n_pos = {k: sum(pos[int(i[2:])] for i in v) for k, v in s.items()}
+    for k in ("val", "test"):  # largest-remainder rounding of the paper's proportions
+        assert abs(n_pos[k] - 250 * 145 / 2669) < 1
+        assert abs(len(s[k]) - n_pos[k] - 750 * 541 / 9378) < 1
+    assert n_pos["train"] + n_pos["val"] + n_pos["test"] == 250
+    tiny = stratified_split(ids[:12], pos[:12], seed=0)  # 3 pos / 9 neg: val and test still get some
+    assert all(any(pos[int(i[2:])] for i in tiny[k]) for k in ("val", "test"))
+
+
+def test_split_written_and_reused(synth_root, tmp_path):
+    split_file = tmp_path / "split.json"
+    tr = SIIMPneumothorax(synth_root, "train", split_file=split_file)
+    va = SIIMPneumothorax(synth_root, "val", split_file=split_file)
+    te = SIIMPneumothorax(synth_root, "test", split_file=split_file)
+    assert split_file.exists()
+    assert len(tr) + len(va) + len(te) == N_IMAGES
+    assert not (set(tr.image_ids) & set(va.image_ids)) and not (set(va.image_ids) & set(te.image_ids))
+    assert va.labels.sum() >= 1 and te.labels.sum() >= 1
+    data = json.loads(split_file.read_text())
+    assert data["splits"]["train"] == tr.image_ids
+    # reused: another seed and other counts do not change an existing split
+    again = SIIMPneumothorax(synth_root, "val", split_file=split_file, seed=99,
+                             split_counts={"train": [1, 1], "val": [5, 5], "test": [1, 1]})
+    assert again.image_ids == va.image_ids
+    data["splits"]["val"].append("not-an-image")
+    split_file.write_text(json.dumps(data))
+    with pytest.raises(BadFileError, match="not-an-image|not in"):
+        SIIMPneumothorax(synth_root, "val", split_file=split_file)
+
+
+def test_build_dataset_synthetic(tmp_path):
+    cfg = {"seed": 0, "dataset": {"name": "synthetic", "image_size": 48, "on_bad_file": "raise",
+                                  "synthetic": {"num_images": 12, "image_size": 64, "positive_fraction": 0.5}},
+           "augment": {"scale": [0.9, 1.1], "rotate": 10, "blur_p": 0.5, "brightness": 0.2, "contrast": 0.2,
+                       "hflip": True}}
+    paths = RunPaths(tmp_path / "run")
+    tr = build_dataset(cfg, "train", paths, train=True)
+    va = build_dataset(cfg, "val", paths, train=False)
+    assert paths.split.exists() and (paths.root / "data" / "synthetic" / "train-rle.csv").exists()
+    assert tr[0]["image"].shape == (3, 48, 48) and va[0]["image"].shape == (3, 48, 48)
+    assert va[0]["mask"].shape == (64, 64) and va[0]["orig_size"] == (64, 64)
+    assert len(tr) + len(va) + len(build_dataset(cfg, "test", paths, train=False)) == 12

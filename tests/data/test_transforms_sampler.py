@@ -1,0 +1,79 @@
+"""Transforms (augmentation, resize, normalization) and the class-balanced batch sampler."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from wsss_fast.data import BalancedBatchSampler, denormalize, eval_transform, train_transform
+
+CFG = {"dataset": {"image_size": 32},
+       "augment": {"scale": [0.9, 1.1], "rotate": 10, "blur_p": 0.5, "brightness": 0.2, "contrast": 0.2,
+                   "hflip": True}}
+
+
+def test_eval_transform_resizes_and_normalizes():
+    img = np.full((40, 50, 3), 128, np.uint8)
+    t = eval_transform(CFG)(img)
+    assert t.shape == (3, 32, 32) and t.dtype == torch.float32
+    np.testing.assert_allclose(denormalize(t).numpy(), 128 / 255, atol=1e-5)
+    t2 = eval_transform({"dataset": {"image_size": None}})(img[:, :, 0])  # grayscale input, no resize
+    assert t2.shape == (3, 40, 50)
+
+
+def test_train_transform_is_random_and_keeps_mask_aligned():
+    torch.manual_seed(0)
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[10:30, 5:20] = 255
+    mask = (img[:, :, 0] > 0).astype(np.uint8)
+    tf = train_transform(CFG)
+    outs = []
+    for _ in range(6):
+        x, m = tf(img, mask)
+        assert x.shape == (3, 32, 32) and m.shape == (32, 32) and m.dtype == torch.uint8
+        bright = denormalize(x)[0] > 0.5
+        fg = m == 1
+        # geometry is shared: the bright square and the mask overlap almost exactly
+        assert (bright & fg).sum() >= 0.7 * fg.sum()
+        assert set(m.unique().tolist()) <= {0, 1, 255}
+        outs.append(x)
+    assert any(not torch.equal(outs[0], o) for o in outs[1:])
+    with pytest.raises(ValueError, match="mask size"):
+        tf(img, mask[:10])
+
+
+def test_augment_disabled_is_deterministic():
+    cfg = {"dataset": {"image_size": 16}, "augment": {"enabled": False}}
+    img = np.random.default_rng(0).integers(0, 255, (20, 20, 3), dtype=np.uint8)
+    assert torch.equal(train_transform(cfg)(img), eval_transform(cfg)(img))
+
+
+@pytest.mark.parametrize("ratio", [1.0, 3.0, 0.5])
+def test_balanced_sampler_ratio(ratio):
+    labels = np.zeros((100, 1), np.float32)
+    labels[:10] = 1  # 10% positive
+    s = BalancedBatchSampler(labels, 8, ratio, seed=0)
+    batches = list(s)
+    assert len(batches) == len(s) == 100 // 8
+    n_pos = round(8 / (1 + ratio))
+    for b in batches:
+        assert len(b) == 8 and int(labels[b].sum()) == n_pos
+    s.set_epoch(1)
+    assert list(s) != batches
+    s.set_epoch(0)
+    assert list(s) == batches
+    seen = set(sum(batches, []))
+    assert set(range(10)) <= seen  # every positive is used
+
+
+def test_sampler_fallbacks_and_ranks():
+    multi = np.eye(4, dtype=np.float32)[np.arange(20) % 4]  # multi-label (VOC-like)
+    s = BalancedBatchSampler(multi, 5, 1.0, seed=0)
+    assert not s.balanced and sorted(sum(list(s), [])) == list(range(20))
+    none = BalancedBatchSampler(np.zeros(10), 4, None)
+    assert not none.balanced and len(list(none)) == 2
+    lab = np.arange(40) % 2
+    r0 = list(BalancedBatchSampler(lab, 4, 1.0, seed=1, rank=0, world_size=2))
+    r1 = list(BalancedBatchSampler(lab, 4, 1.0, seed=1, rank=1, world_size=2))
+    assert len(r0) == len(r1) == 5 and r0 != r1

@@ -1,0 +1,111 @@
+"""CRF input validation and IR labels (thresholds, CRF, noise filter, files)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from wsss_fast.irn.common import read_png
+from wsss_fast.irn.crf import CRFParams, crf_inference_label, to_rgb_uint8, validate_crf_inputs
+from wsss_fast.irn.ir_label import cam_to_ir_label, make_ir_label, remove_small_regions
+
+from .conftest import tiny_cfg
+
+
+def _img(h=20, w=30):
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:, w // 2:] = 200
+    return img
+
+
+def test_crf_validation_errors():
+    img, lab = _img(), np.zeros((20, 30), np.int64)
+    with pytest.raises(TypeError, match="uint8"):
+        validate_crf_inputs(img.astype(np.float32), lab, 2)
+    with pytest.raises(ValueError, match="channels last"):
+        validate_crf_inputs(np.ascontiguousarray(img.transpose(2, 0, 1)), lab, 2)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        validate_crf_inputs(np.asfortranarray(img), lab, 2)
+    with pytest.raises(ValueError, match="does not match"):
+        validate_crf_inputs(img, np.zeros((30, 20), np.int64), 2)
+    with pytest.raises(ValueError, match=r"\[0, 2\)"):
+        validate_crf_inputs(img, lab + 2, 2)
+    with pytest.raises(TypeError, match="integers"):
+        validate_crf_inputs(img, lab.astype(np.float32), 2)
+    with pytest.raises(TypeError, match="uint8"):
+        to_rgb_uint8(np.zeros((4, 4), np.float64))
+    with pytest.raises(KeyError, match="bogus"):
+        CRFParams.from_cfg({"bogus": 1})
+
+
+def test_grayscale_is_stacked():
+    g = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    for x in (g, g[..., None]):
+        out = to_rgb_uint8(x)
+        assert out.shape == (3, 4, 3) and out.flags["C_CONTIGUOUS"]
+        np.testing.assert_array_equal(out[..., 2], g)
+
+
+def test_crf_snaps_labels_to_image_edge():
+    img = _img()
+    lab = np.zeros((20, 30), np.int64)
+    lab[:, 12:] = 1  # the label boundary is 3 px left of the image edge at 15
+    out = crf_inference_label(img, lab, 2)
+    assert out.shape == (20, 30)
+    assert (out[:, :12] == 0).all() and (out[:, 17:] == 1).all()
+    assert (out[:, 12:15] == 0).mean() > 0.9  # moved to the intensity edge
+    np.testing.assert_array_equal(crf_inference_label(img, lab * 0, 1), 0)  # one label: trivial
+
+
+def test_cam_to_ir_label_values():
+    h, w = 40, 40
+    yy, xx = np.mgrid[:h, :w]
+    cam = np.clip(1 - np.sqrt((yy - 20) ** 2 + (xx - 20) ** 2) / 15, 0, 1)[None].astype(np.float32)
+    img = np.where((yy - 20) ** 2 + (xx - 20) ** 2 < 11 ** 2, 180, 30).astype(np.uint8)
+    cfg = tiny_cfg(ir_label={"crf": {"enabled": False}})
+    lab = cam_to_ir_label(img, {"keys": np.array([3]), "high_res": cam}, cfg)
+    assert lab.dtype == np.uint8 and lab.shape == (h, w)
+    assert set(np.unique(lab)) == {0, 4, 255}
+    assert lab[20, 20] == 4 and lab[0, 0] == 0 and lab[20, 20 + 12] == 255  # cam ~0.2: uncertain
+    cfg = tiny_cfg()
+    with_crf = cam_to_ir_label(img, {"keys": np.array([3]), "high_res": cam}, cfg)
+    assert with_crf[20, 20] == 4 and with_crf[0, 0] == 0
+    neg = cam_to_ir_label(img, {"keys": np.zeros(0, np.int64), "high_res": np.zeros((0, h, w))}, cfg)
+    np.testing.assert_array_equal(neg, 0)  # negative image: all confident background
+    with pytest.raises(ValueError, match="sizes differ"):
+        cam_to_ir_label(img[:30], {"keys": np.array([3]), "high_res": cam}, cfg)
+
+
+def test_remove_small_regions():
+    conf = np.zeros((30, 30), np.uint8)
+    cams = np.zeros((1, 30, 30), np.float32)
+    conf[2:4, 2:4] = 1
+    cams[0, 2:4, 2:4] = 0.35  # small, weak: noise
+    conf[10:12, 10:12] = 1
+    cams[0, 10:12, 10:12] = 0.9  # small but confident: kept
+    conf[15:28, 15:28] = 1
+    cams[0, 15:28, 15:28] = 0.4  # large: kept
+    out = remove_small_regions(conf, cams, np.array([0, 1]), min_region=10, min_region_conf=0.5)
+    assert (out[2:4, 2:4] == 255).all()
+    assert (out[10:12, 10:12] == 1).all() and (out[15:28, 15:28] == 1).all()
+    np.testing.assert_array_equal(remove_small_regions(conf, cams, np.array([0, 1]), 0, 0.5), conf)
+
+
+def test_make_ir_label_files_and_resume(fake_data):
+    paths, datasets = fake_data
+    cfg = tiny_cfg()
+    make_ir_label(cfg, paths)
+    ds = datasets["train"]
+    for i, image_id in enumerate(ds.image_ids):
+        lab = read_png(paths.ir_label / f"{image_id}.png")
+        assert lab.shape == (64, 64)
+        assert set(np.unique(lab)) <= {0, 1, 255}
+        if ds.labels[i, 0]:
+            assert (lab == 1).any() and (lab == 0).any()
+        else:
+            assert (lab == 0).all()
+    assert paths.is_done(paths.ir_label)
+    f = paths.ir_label / f"{ds.image_ids[0]}.png"
+    f.write_bytes(b"sentinel")  # resumable: existing files are not recomputed
+    make_ir_label(cfg, paths)
+    assert f.read_bytes() == b"sentinel"

@@ -1,0 +1,86 @@
+"""Pair labels against a direct per-pair computation, and their layout against the affinity op."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from wsss_fast import ops
+from wsss_fast.irn.pair_labels import displacement_pairs, pair_labels, reduce_label
+
+
+def direct_pairs(label: np.ndarray, radius: int):
+    """IRNet's definition, one pair at a time."""
+    offs = ops.search_offsets(radius).tolist()
+    rp = radius - 1
+    h, w = label.shape
+    srcs = [(y, x) for y in range(0, h - rp) for x in range(rp, w - rp)]
+    out = np.zeros((3, len(offs), len(srcs)), np.uint8)
+    for k, (dy, dx) in enumerate(offs):
+        for n, (y, x) in enumerate(srcs):
+            a, b = int(label[y, x]), int(label[y + dy, x + dx])
+            valid = a != 255 and b != 255
+            out[0, k, n] = valid and a == b == 0
+            out[1, k, n] = valid and a == b and a > 0
+            out[2, k, n] = valid and a != b
+    return out
+
+
+@pytest.mark.parametrize("radius,shape", [(3, (7, 9)), (5, (12, 15)), (10, (14, 22))])
+def test_pair_labels_match_direct(radius, shape):
+    rng = np.random.default_rng(radius)
+    label = rng.choice(np.array([0, 1, 2, 255], np.uint8), size=shape, p=[0.4, 0.25, 0.2, 0.15])
+    got = pair_labels(label, radius)
+    want = direct_pairs(label, radius)
+    for g, w in zip(got, want):
+        assert g.dtype == torch.uint8
+        np.testing.assert_array_equal(g.numpy(), w)
+    assert sum(int(g.sum()) for g in got) > 0
+
+
+def test_pair_labels_tiny_and_bad_input():
+    bg, fg, neg = pair_labels(np.zeros((4, 4), np.uint8), 5)  # smaller than the search window
+    assert bg.shape == (ops.search_offsets(5).shape[0], 0)
+    with pytest.raises(ValueError, match=r"\[h, w\]"):
+        pair_labels(np.zeros((2, 4, 4), np.uint8), 5)
+
+
+def test_pair_layout_matches_affinity_op():
+    """A boundary line between two regions: negative pairs cross it (affinity 0), positive pairs
+    never do (affinity 1), in the op's channel order and IRNet's source layout."""
+    radius, h, w, col = 5, 16, 20, 9
+    label = np.full((h, w), 1, np.uint8)
+    label[:, col + 1:] = 2
+    label[:, col] = 255
+    edge = torch.zeros(1, h, w)
+    edge[0, :, col] = 1.0
+    aff = ops.irnet_affinity_layout(ops.path_affinity(edge, radius), radius)[0]
+    bg, fg, neg = pair_labels(label, radius)
+    assert aff.shape == fg.shape
+    assert neg.sum() > 0 and fg.sum() > 0
+    assert torch.all(aff[neg.bool()] == 0)
+    assert torch.all(aff[fg.bool()] == 1)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (50, 70), (48, 36)])
+def test_reduce_label_is_cv2_nearest(size):
+    cv2 = pytest.importorskip("cv2")
+    lab = np.random.default_rng(0).integers(0, 255, size=size, dtype=np.uint8)
+    want = cv2.resize(lab, dsize=None, fx=0.25, fy=0.25, interpolation=cv2.INTER_NEAREST)
+    np.testing.assert_array_equal(reduce_label(lab, 4), want)
+
+
+def test_displacement_pairs_direct():
+    radius = 3
+    dp = torch.randn(2, 2, 6, 8)
+    offs = ops.search_offsets(radius)
+    got = displacement_pairs(dp, radius, offs)
+    rp = radius - 1
+    n = 0
+    for y in range(0, 6 - rp):
+        for x in range(rp, 8 - rp):
+            for k, (dy, dx) in enumerate(offs.tolist()):
+                torch.testing.assert_close(got[:, :, k, n], dp[:, :, y, x] - dp[:, :, y + dy, x + dx])
+            n += 1
+    assert got.shape == (2, 2, offs.shape[0], n)

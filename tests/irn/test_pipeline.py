@@ -1,0 +1,106 @@
+"""IRNet training, random-walk pseudo labels, evaluation and panels on tiny synthetic data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from wsss_fast.irn.common import read_png
+from wsss_fast.irn.ir_label import make_ir_label
+from wsss_fast.irn.net import load_irnet
+from wsss_fast.irn.sem_seg import eval_sem_seg, labels_from_soft, make_sem_seg, run_shard
+from wsss_fast.irn.show import show
+from wsss_fast.irn.train import train_irn
+from wsss_fast.runs import RunPaths, load_cam_file
+
+from .conftest import tiny_cfg
+
+
+def _log(paths):
+    return [json.loads(line) for line in (paths.irn / "train.log").read_text().splitlines()]
+
+
+def test_train_lowers_loss_and_resumes(fake_data):
+    paths, _ = fake_data
+    make_ir_label(tiny_cfg(), paths)
+    # no augmentation and one batch of all 8 images: the same problem every step
+    fixed = {"rescale": None, "hflip": False, "batch_size": 8, "lr": 0.05}
+    train_irn(tiny_cfg(irn={**fixed, "epochs": 3}), paths)
+    assert [r["step"] for r in _log(paths)] == [1, 2, 3]
+    (paths.irn / ".done").unlink()
+    train_irn(tiny_cfg(irn={**fixed, "epochs": 8}), paths)  # resumes from last.pt at step 3
+    log = _log(paths)
+    assert [r["step"] for r in log] == list(range(1, 9))
+    losses = [r["total"] for r in log]
+    assert np.mean(losses[-2:]) < 0.9 * np.mean(losses[:2]), losses
+    assert paths.is_done(paths.irn)
+    ckpt = torch.load(paths.irn / "final.pt", weights_only=False)
+    net = load_irnet(paths.irn / "final.pt")
+    assert ckpt["dp_mean"].shape == (2,) and ckpt["steps"] == 8
+    torch.testing.assert_close(net.mean_shift.running_mean, ckpt["dp_mean"])
+
+
+@pytest.fixture
+def trained(fake_data):
+    paths, datasets = fake_data
+    cfg = tiny_cfg(irn={"epochs": 1})
+    make_ir_label(cfg, paths)
+    train_irn(cfg, paths)
+    return paths, datasets
+
+
+def test_sem_seg_outputs_eval_and_show(trained):
+    paths, datasets = trained
+    cfg = tiny_cfg()
+    make_sem_seg(cfg, paths)
+    assert paths.is_done(paths.sem_seg)
+    for split, ds in datasets.items():
+        for i, image_id in enumerate(ds.image_ids):
+            png = read_png(paths.sem_seg / f"{image_id}.png")
+            rw = np.load(paths.rw / f"{image_id}.npy")
+            keys = load_cam_file(paths.cam / f"{image_id}.npy")["keys"]
+            assert png.shape == ds.orig and png.dtype == np.uint8
+            assert set(np.unique(png)) <= {0, *(keys + 1).tolist()}
+            assert rw.dtype == np.float16 and rw.shape == (len(keys), 64, 64)
+            if len(keys):
+                assert float(rw.max()) == 1.0 and float(rw.min()) >= 0
+            else:
+                assert (png == 0).all()
+            np.testing.assert_array_equal(png, labels_from_soft(rw, keys, 0.25, ds.orig))
+    report = eval_sem_seg(cfg, paths)
+    saved = json.loads((paths.sem_seg / "eval.json").read_text())
+    assert set(saved) == {"train", "val", "test"}
+    for split, r in report.items():
+        assert {"miou_all", "miou_pos", "dice"} <= set(r["labels"])
+        assert 0 <= r["labels"]["miou_all"] <= 1
+        assert set(r["sweep"]) == {f"{t:g}" for t in cfg["sem_seg"]["eval_thresholds"]}
+        # the sweep at the PNGs' threshold reproduces the PNGs' metrics
+        assert r["sweep"]["0.25"]["miou_all"] == pytest.approx(r["labels"]["miou_all"])
+        assert r["sweep"]["0.25"]["dice"] == pytest.approx(r["labels"]["dice"])
+    show(cfg, paths)
+    panels = sorted(paths.figures.glob("irn_*.png"))
+    assert len(panels) == 2
+    from PIL import Image
+
+    assert Image.open(panels[0]).size[0] > 6 * 64
+
+
+def test_sharded_equals_single(trained, tmp_path):
+    paths, datasets = trained
+    cfg = tiny_cfg()
+    other = RunPaths(tmp_path / "sharded")
+    shutil.copytree(paths.cam, other.cam)
+    shutil.copytree(paths.irn, other.irn)
+    n = len(datasets["train"].image_ids)
+    run_shard(cfg, str(paths.root), "train", list(range(n)), "cpu", show_progress=False)
+    for k in range(3):
+        run_shard(cfg, str(other.root), "train", list(range(k, n, 3)), "cpu", show_progress=False)
+    for image_id in datasets["train"].image_ids:
+        a, b = read_png(paths.sem_seg / f"{image_id}.png"), read_png(other.sem_seg / f"{image_id}.png")
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(np.load(paths.rw / f"{image_id}.npy").astype(np.float32),
+                                   np.load(other.rw / f"{image_id}.npy").astype(np.float32), atol=2e-3)

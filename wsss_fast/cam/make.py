@@ -1,0 +1,246 @@
+"""CAMs for whole data sets (``wsss-fast make-cam``) and their threshold sweep (``eval-cam``).
+
+Follows ``make_cam`` / ``eval_cam`` of Ahn, Cho and Kwak, "Weakly Supervised Learning of
+Instance Segmentation with Inter-pixel Relations" (IRNet), CVPR 2019, with the Grad-CAM++
+maps of Viniavskyi et al., AIME 2020:
+
+* every image of ``cam.splits`` gets ``paths.cam/<image_id>.npy``: a dict with ``keys``
+  (the image's positive classes, 0-based; the ground-truth labels by default, as IRNet),
+  ``cam`` ``[K, ceil(H/4), ceil(W/4)]``, ``high_res`` ``[K, H, W]`` at the working resolution
+  (both normalized by their max) and ``raw`` (the unnormalized stride-4 maps), all fp16.
+  Images without a positive class get ``K = 0`` (all background).
+* Existing files are skipped, so an interrupted run resumes; ``cam.num_shards`` /
+  ``cam.shard_index`` (or ``torchrun``'s ``WORLD_SIZE`` / ``RANK``) split the images over
+  processes or GPUs.
+* ``eval_cam`` reads the cached maps only: the background score is a constant threshold
+  ``t``, the prediction the argmax over ``[t, maps]``, compared with the ground truth at
+  the original mask resolution (maps resized bilinearly) for every ``t`` of
+  ``cam.eval_thresholds``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from ..config import get
+from ..runs import RunPaths, atomic_write_bytes, load_cam_file, resolve_device, save_cam_file
+
+__all__ = ["make_cam", "eval_cam", "cam_path", "shard_of", "predict_from_cam", "checkpoint_path"]
+
+METRICS = ("miou_all", "miou_pos", "dice")
+
+
+def cam_path(paths: RunPaths, image_id: str) -> Path:
+    """The CAM file of one image: ``paths.cam/<image_id>.npy``."""
+    return paths.cam / f"{image_id}.npy"
+
+
+def shard_of(cfg: dict) -> tuple[int, int]:
+    """``(shard_index, num_shards)`` from ``cam.*`` or, when ``cam.num_shards`` is 1, from torchrun's env."""
+    from ..train.dist import env_rank_world
+
+    n = int(get(cfg, "cam.num_shards", 1) or 1)
+    i = int(get(cfg, "cam.shard_index", 0) or 0)
+    if n == 1:
+        rank, world, _ = env_rank_world()
+        i, n = (rank, world) if world > 1 else (0, 1)
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"cam.shard_index must be in [0, cam.num_shards={n}), got {i}")
+    return i, n
+
+
+def checkpoint_path(cfg: dict, paths: RunPaths) -> Path:
+    """The classifier checkpoint ``cam.checkpoint`` names (``best``, ``last`` or a path)."""
+    which = str(get(cfg, "cam.checkpoint", "best") or "best")
+    if which in ("best", "last"):
+        return paths.cls / f"{which}.pt"
+    return Path(which).expanduser()
+
+
+def _device(cfg: dict) -> torch.device:
+    from ..train.dist import env_rank_world
+
+    device = resolve_device(cfg)
+    _, world, local = env_rank_world()
+    if device.type == "cuda" and device.index is None and world > 1:
+        device = torch.device("cuda", local % max(1, torch.cuda.device_count()))
+    return device
+
+
+def _eval_copy(ds):
+    """A view of the data set that skips the masks (not needed to compute maps)."""
+    ds = copy.copy(ds)
+    if hasattr(ds, "has_masks"):
+        ds.has_masks = False
+    return ds
+
+
+def _collate_list(items: list[dict]) -> list[dict]:
+    return items
+
+
+def _groups_by_size(items: list[dict]) -> list[list[dict]]:
+    groups: dict[tuple, list[dict]] = {}
+    for it in items:
+        groups.setdefault(tuple(it["image"].shape), []).append(it)
+    return list(groups.values())
+
+
+def make_cam(cfg: dict, paths: RunPaths) -> None:
+    """``wsss-fast make-cam``: CAM files for every image of ``cam.splits`` (resumable, shardable).
+
+    Reads the classifier checkpoint (``cam.checkpoint``, default ``paths.cls/best.pt``),
+    extracts maps with :class:`wsss_fast.cam.CAMExtractor` (``cam.method``, ``cam.variant``,
+    ``cam.scales``, ``cam.flip``) in batches of ``cam.batch_size`` and writes one file per
+    image with :func:`wsss_fast.runs.save_cam_file`. Marks ``paths.cam`` done once the files
+    of every split exist (whichever shard finishes last).
+    """
+    from ..data import build_dataset
+    from ..train.cls import load_classifier
+    from .extractor import CAMExtractor
+
+    shard, num_shards = shard_of(cfg)
+    device = _device(cfg)
+    model = load_classifier(checkpoint_path(cfg, paths), device)
+    target = get(cfg, "cam.target_layer") or getattr(model, "cam_layer", None)
+    if target is None:
+        raise ValueError("cam.target_layer is not set and the model names no default CAM layer")
+    extractor = CAMExtractor(model, target, method=str(get(cfg, "cam.method", "gradcam++")),
+                             variant=str(get(cfg, "cam.variant", "paper")))
+    scales = [float(s) for s in get(cfg, "cam.scales", [1.0])]
+    flip = bool(get(cfg, "cam.flip", True))
+    use_labels = bool(get(cfg, "cam.use_labels", True))
+    threshold = float(get(cfg, "cam.pred_threshold", 0.5))
+    save_raw = bool(get(cfg, "cam.save_raw", True))
+    batch_size = int(get(cfg, "cam.batch_size", 8))
+    workers = int(get(cfg, "num_workers", 0) or 0)
+    paths.cam.mkdir(parents=True, exist_ok=True)
+
+    all_done = True
+    for split in list(get(cfg, "cam.splits", ["train", "val", "test"]) or []):
+        ds = _eval_copy(build_dataset(cfg, split, paths, train=False))
+        mine = [i for i in range(len(ds)) if i % num_shards == shard]
+        todo = [i for i in mine if not cam_path(paths, ds.image_ids[i]).exists()]
+        desc = f"make-cam {split}" + (f" [shard {shard}/{num_shards}]" if num_shards > 1 else "")
+        bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, unit="img", dynamic_ncols=True)
+        loader = DataLoader(Subset(ds, todo), batch_size=batch_size, shuffle=False, num_workers=workers,
+                            collate_fn=_collate_list, pin_memory=device.type == "cuda")
+        for items in loader:
+            for group in _groups_by_size(items):
+                images = torch.stack([it["image"] for it in group]).to(device, non_blocking=True)
+                labels = torch.stack([torch.as_tensor(it["label"]) for it in group]) if use_labels else None
+                result = extractor(images, labels, scales=scales, flip=flip, threshold=threshold,
+                                   allow_empty=True)
+                for it, d in zip(group, result.per_image(dtype=torch.float16, numpy=True)):
+                    extra = {"raw": d["raw"]} if save_raw else {}
+                    save_cam_file(cam_path(paths, it["image_id"]), d["keys"], d["cam"], d["high_res"], **extra)
+            bar.update(len(items))
+        bar.close()
+        all_done &= all(cam_path(paths, k).exists() for k in ds.image_ids)
+    if all_done:
+        paths.mark_done(paths.cam)
+
+
+def predict_from_cam(high_res: torch.Tensor, keys: np.ndarray | torch.Tensor,
+                     thresholds: list[float]) -> list[torch.Tensor]:
+    """Label maps from cached maps for several background thresholds (IRNet's ``eval_cam``).
+
+    Args:
+        high_res: ``[K, H, W]`` maps in [0, 1] of the classes ``keys``.
+        keys: ``[K]`` 0-based foreground classes.
+        thresholds: background scores.
+
+    Returns:
+        One uint8 ``[H, W]`` map per threshold: ``keys[argmax] + 1`` where the best map
+        exceeds the threshold, else 0 (the argmax over ``[t, maps]``, ties to background).
+    """
+    h, w = high_res.shape[-2:]
+    if high_res.shape[0] == 0:
+        return [torch.zeros((h, w), dtype=torch.uint8) for _ in thresholds]
+    keys_t = torch.as_tensor(np.asarray(keys), dtype=torch.long)
+    best, arg = high_res.float().max(dim=0)
+    cls = (keys_t[arg] + 1).to(torch.uint8)
+    return [torch.where(best > t, cls, torch.zeros_like(cls)) for t in thresholds]
+
+
+def _nan_to_none(v: Any) -> Any:
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _nan_to_none(x) for k, x in v.items()}
+    return v
+
+
+def eval_cam(cfg: dict, paths: RunPaths) -> dict:
+    """``wsss-fast eval-cam``: sweep the background threshold over the cached CAM files.
+
+    For each split of ``cam.eval_splits`` and each threshold of ``cam.eval_thresholds``,
+    computes mIoU over all images, mIoU over positive images and the mean per-image Dice
+    (:class:`wsss_fast.metrics.SegEvaluator`) against the ground truth at the original
+    resolution; the best threshold is chosen by ``cam.eval_metric``. Nothing is recomputed.
+    Writes ``paths.cam/eval.json``.
+
+    Returns:
+        ``{"metric": ..., "splits": {split: {"thresholds": [{"threshold", "miou_all",
+        "miou_pos", "dice", ...}], "best": {...}, "n_images": int}}}``.
+
+    Raises:
+        FileNotFoundError: CAM files of the split are missing (run ``make-cam`` first).
+        ValueError: the split has no ground-truth masks, or a bad ``cam.eval_metric``.
+    """
+    from ..data import build_dataset
+    from ..metrics import SegEvaluator
+
+    thresholds = [float(t) for t in get(cfg, "cam.eval_thresholds", [get(cfg, "cam.bg_thres", 0.15)])]
+    metric = str(get(cfg, "cam.eval_metric", "miou_all"))
+    if metric not in METRICS:
+        raise ValueError(f"cam.eval_metric must be one of {METRICS}, got {metric!r}")
+    report: dict[str, Any] = {"metric": metric, "splits": {}}
+    for split in list(get(cfg, "cam.eval_splits", ["val"]) or []):
+        ds = build_dataset(cfg, split, paths, train=False)
+        missing = [k for k in ds.image_ids if not cam_path(paths, k).exists()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} of {len(ds)} CAM files of split '{split}' are missing in "
+                                    f"{paths.cam} (first: {cam_path(paths, missing[0]).name}); run "
+                                    "`wsss-fast make-cam` first")
+        names = ["background"] + list(getattr(ds, "class_names", []) or [])
+        n_cls = int(getattr(ds, "num_classes", len(names) - 1)) + 1
+        evals = [SegEvaluator(n_cls, class_names=names if len(names) == n_cls else None) for _ in thresholds]
+        for i, image_id in enumerate(tqdm(ds.image_ids, desc=f"eval-cam {split}", unit="img", dynamic_ncols=True)):
+            gt = ds.load_mask(i)
+            if gt is None:
+                raise ValueError(f"eval-cam: split '{split}' has no ground-truth mask for image {image_id}")
+            d = load_cam_file(cam_path(paths, image_id))
+            maps = torch.from_numpy(np.asarray(d["high_res"], dtype=np.float32))
+            if maps.shape[0] and tuple(maps.shape[-2:]) != tuple(gt.shape):
+                maps = F.interpolate(maps[None], size=tuple(gt.shape), mode="bilinear", align_corners=False)[0]
+            elif not maps.shape[0]:
+                maps = maps.new_zeros((0, *gt.shape))
+            positive = bool(np.asarray(ds.labels[i]).any())
+            for ev, pred in zip(evals, predict_from_cam(maps, d["keys"], thresholds)):
+                ev.add(pred.numpy(), gt, positive)
+        rows = []
+        for t, ev in zip(thresholds, evals):
+            r = ev.result()
+            rows.append({"threshold": t, **{k: r[k] for k in METRICS}, "iou_all": r["iou_all"],
+                         "n_images": r["n_images"], "n_pos": r["n_pos"]})
+        scored = [r for r in rows if not math.isnan(r[metric])]
+        best = max(scored, key=lambda r: r[metric]) if scored else None
+        report["splits"][split] = {"thresholds": rows, "best": best, "n_images": len(ds)}
+        print(f"eval-cam [{split}] {len(ds)} images")
+        print("  threshold  mIoU(all)  mIoU(pos)   Dice")
+        for r in rows:
+            mark = "  <- best" if r is best else ""
+            print(f"  {r['threshold']:9.3f}  {r['miou_all']:9.4f}  {r['miou_pos']:9.4f}  {r['dice']:6.4f}{mark}")
+    atomic_write_bytes(json.dumps(_nan_to_none(report), indent=2).encode(), paths.cam / "eval.json")
+    return report

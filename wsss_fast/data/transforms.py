@@ -1,0 +1,141 @@
+"""Image (and optional label map) transforms built on ``torchvision.transforms.v2``.
+
+The training augmentation is the one listed by Viniavskyi et al. (AIME 2020): random
+scaling, rotation, Gaussian blur, brightness/contrast and horizontal flip, configured
+by the ``augment`` section of the config; then conversion to float and ImageNet
+normalization. The evaluation transform only resizes (``dataset.image_size``; null keeps
+the original size) and normalizes.
+
+A transform is called as ``t(image)`` or ``t(image, mask)``:
+
+- ``image``: uint8 numpy [H, W, 3] (or [H, W]) or uint8 tensor [3, H, W];
+- ``mask``: label map uint8 numpy/tensor [H, W] (0 = bg, c + 1 = class c, 255 = ignore),
+  transformed with the same geometry (nearest neighbour; pixels rotated in from outside
+  the image are 255 = ignore).
+
+It returns the float32 image [3, H', W'] (and the uint8 mask [H', W']).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "WSSSTransform", "train_transform", "eval_transform",
+           "denormalize", "to_normalized_tensor"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _image_tensor(image: Any) -> tv_tensors.Image:
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image must be [H, W, 3] or [H, W], got shape {image.shape}")
+        if not image.flags.writeable or not image.flags.c_contiguous:
+            image = np.array(image, copy=True, order="C")
+        t = torch.from_numpy(image).permute(2, 0, 1)
+    elif isinstance(image, torch.Tensor):
+        t = image if image.ndim == 3 else image.expand(3, *image.shape)
+        if t.shape[0] == 1:
+            t = t.expand(3, -1, -1)
+    else:
+        raise TypeError(f"image must be a numpy array or a tensor, got {type(image).__name__}")
+    return tv_tensors.Image(t.contiguous())
+
+
+def _mask_tensor(mask: Any) -> tv_tensors.Mask:
+    m = torch.from_numpy(np.array(mask, copy=True, order="C")) if isinstance(mask, np.ndarray) else mask
+    if m.ndim != 2:
+        raise ValueError(f"mask must be [H, W], got shape {tuple(m.shape)}")
+    return tv_tensors.Mask(m.to(torch.uint8))
+
+
+class WSSSTransform:
+    """A v2 pipeline that accepts numpy or tensor input, with an optional label map.
+
+    Args:
+        ops: the v2 transforms, in order; ToDtype + Normalize are appended.
+    """
+
+    def __init__(self, ops: list) -> None:
+        self.pipeline = v2.Compose(list(ops) + [v2.ToDtype(torch.float32, scale=True),
+                                                v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    def __call__(self, image: Any, mask: Any = None):
+        img = _image_tensor(image)
+        if mask is None:
+            return self.pipeline(img).as_subclass(torch.Tensor)
+        m = _mask_tensor(mask)
+        if m.shape[-2:] != img.shape[-2:]:
+            raise ValueError(f"mask size {tuple(m.shape[-2:])} differs from image size {tuple(img.shape[-2:])}")
+        out_img, out_mask = self.pipeline(img, m)
+        return out_img.as_subclass(torch.Tensor), out_mask.as_subclass(torch.Tensor)
+
+    def __repr__(self) -> str:
+        return f"WSSSTransform({self.pipeline})"
+
+
+def _size(cfg: dict) -> int | None:
+    s = (cfg.get("dataset") or {}).get("image_size")
+    return None if s is None else int(s)
+
+
+def train_transform(cfg: dict) -> WSSSTransform:
+    """Training transform: resize to ``dataset.image_size`` (or random crop to
+    ``dataset.crop_size`` when image_size is null), then the ``augment`` section's
+    augmentation (each entry can be disabled with null/0/false)."""
+    aug = cfg.get("augment") or {}
+    size = _size(cfg)
+    ops: list = []
+    if size is not None:
+        ops.append(v2.Resize((size, size), antialias=True))
+    if aug.get("enabled", True):
+        scale = aug.get("scale")
+        rotate = float(aug.get("rotate") or 0)
+        if scale or rotate:
+            ops.append(v2.RandomAffine(degrees=rotate, scale=tuple(scale) if scale else None,
+                                       interpolation=v2.InterpolationMode.BILINEAR,
+                                       fill={tv_tensors.Image: 0, tv_tensors.Mask: 255}))
+        if aug.get("hflip"):
+            ops.append(v2.RandomHorizontalFlip(0.5))
+        blur_p = float(aug.get("blur_p") or 0)
+        if blur_p > 0:
+            k = int(aug.get("blur_kernel", 5)) | 1
+            ops.append(v2.RandomApply([v2.GaussianBlur(k, sigma=tuple(aug.get("blur_sigma", [0.1, 1.5])))],
+                                      p=blur_p))
+        b, c = float(aug.get("brightness") or 0), float(aug.get("contrast") or 0)
+        if b or c:
+            ops.append(v2.ColorJitter(brightness=b or None, contrast=c or None))
+    crop = (cfg.get("dataset") or {}).get("crop_size")
+    if size is None and crop:
+        ops.append(v2.RandomCrop(int(crop), pad_if_needed=True,
+                                 fill={tv_tensors.Image: 0, tv_tensors.Mask: 255}))
+    return WSSSTransform(ops)
+
+
+def eval_transform(cfg: dict) -> WSSSTransform:
+    """Evaluation transform: resize to ``dataset.image_size`` (null: keep the size) and normalize."""
+    size = _size(cfg)
+    return WSSSTransform([v2.Resize((size, size), antialias=True)] if size is not None else [])
+
+
+def to_normalized_tensor(image: Any) -> torch.Tensor:
+    """uint8 [H, W, 3] (or [H, W]) -> float32 [3, H, W] normalized, no resize."""
+    img = _image_tensor(image).as_subclass(torch.Tensor).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (img - mean) / std
+
+
+def denormalize(t: torch.Tensor) -> torch.Tensor:
+    """Undo the ImageNet normalization: float [..., 3, H, W] -> float in [0, 1]."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=t.dtype, device=t.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=t.dtype, device=t.device).view(3, 1, 1)
+    return (t * std + mean).clamp_(0.0, 1.0)

@@ -1,0 +1,74 @@
+"""Small helpers shared by the IRNet step: PNG I/O, resizing, dataset access."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..runs import RunPaths, atomic_write_bytes
+
+
+def write_png(label: np.ndarray, path: str | Path) -> None:
+    """Write a uint8 ``[H, W]`` label map as a PNG, atomically."""
+    label = np.asarray(label)
+    if label.dtype != np.uint8 or label.ndim != 2:
+        raise ValueError(f"label PNG must be uint8 [H, W], got {label.dtype} {tuple(label.shape)}")
+    buf = io.BytesIO()
+    Image.fromarray(label).save(buf, format="PNG")
+    atomic_write_bytes(buf.getvalue(), path)
+
+
+def read_png(path: str | Path) -> np.ndarray:
+    """Read a label PNG as uint8 ``[H, W]``; a missing file is a clear error."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"label file not found: {path}")
+    return np.asarray(Image.open(path), dtype=np.uint8)
+
+
+def write_npy(arr: np.ndarray, path: str | Path) -> None:
+    """``np.save`` through a temporary file."""
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    atomic_write_bytes(buf.getvalue(), path)
+
+
+def resize_image_uint8(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize an ``[H, W(, C)]`` uint8 image to ``size = (H', W')`` (bilinear); no-op when equal."""
+    if tuple(img.shape[:2]) == tuple(size):
+        return img
+    squeeze = img.ndim == 3 and img.shape[2] == 1
+    pil = Image.fromarray(img[..., 0] if squeeze else img)
+    out = np.asarray(pil.resize((int(size[1]), int(size[0])), Image.BILINEAR))
+    return out[..., None] if squeeze else out
+
+
+def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a uint8 label map with nearest neighbour; no-op when equal."""
+    if tuple(label.shape[:2]) == tuple(size):
+        return label
+    return np.asarray(Image.fromarray(label).resize((int(size[1]), int(size[0])), Image.NEAREST))
+
+
+def build_split(cfg: dict, split: str, paths: RunPaths, train: bool = False):
+    """``wsss_fast.data.build_dataset`` (imported lazily)."""
+    from ..data import build_dataset
+
+    return build_dataset(cfg, split, paths, train=train)
+
+
+def as_list(value, default: Sequence[str]) -> list[str]:
+    """A config value that may be a string or a list, as a list."""
+    if value is None:
+        return list(default)
+    if isinstance(value, str):
+        return [value]
+    return list(value)
+
+
+def cam_path(paths: RunPaths, image_id: str) -> Path:
+    return paths.cam / f"{image_id}.npy"

@@ -1,0 +1,288 @@
+"""Step 2 output: random-walk pseudo labels, and their evaluation.
+
+IRNet's ``make_sem_seg_labels`` (Ahn et al., CVPR 2019): the class-boundary map (the mean
+of the image's and its flip's logits, through a sigmoid) defines inter-pixel affinities;
+the stride-4 CAMs are propagated by a random walk over them
+(:func:`wsss_fast.ops.random_walk`, radius 5, beta 10, 256 steps), upsampled x4, divided
+by their maximum, and thresholded against a constant background score (0.25).
+
+Batched: several images (of equal working size) per forward pass and ONE random-walk call
+per batch, each image with its own boundary map; CAMs with fewer classes are zero-padded
+(zeros stay zero under the walk). Shards run in separate processes, one per GPU (or
+``sem_seg.processes`` on CPU). Resumable: images whose outputs exist are skipped.
+
+Outputs: ``paths.sem_seg/<id>.png`` (uint8 labels at the ORIGINAL resolution) and
+``paths.rw/<id>.npy`` (fp16 ``[K, H, W]`` soft maps at the working resolution, the
+channels in the order of the CAM file's ``keys``).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .. import ops
+from ..config import get
+from ..runs import RunPaths, atomic_write_bytes, load_cam_file, resolve_device
+from . import common
+from .common import as_list, cam_path, read_png, write_npy, write_png
+from .net import EdgeDisplacement, load_irnet
+
+
+def _outputs(paths: RunPaths, image_id: str) -> tuple[Path, Path]:
+    return paths.sem_seg / f"{image_id}.png", paths.rw / f"{image_id}.npy"
+
+
+def _done(paths: RunPaths, image_id: str) -> bool:
+    return all(p.exists() for p in _outputs(paths, image_id))
+
+
+def labels_from_soft(rw: np.ndarray | torch.Tensor, keys: np.ndarray, bg_thres: float,
+                     size: tuple[int, int] | None = None) -> np.ndarray:
+    """Pseudo label from normalized soft maps: bg where every class is <= ``bg_thres``.
+
+    Args:
+        rw: ``[K, H, W]`` soft maps in [0, 1].
+        keys: ``[K]`` 0-based class indices of the channels.
+        bg_thres: background score.
+        size: output ``(H0, W0)``; the maps are resized bilinearly first (None: as is).
+
+    Returns:
+        uint8 ``[H0, W0]``: 0 background, c + 1 class c.
+    """
+    rw = torch.as_tensor(np.asarray(rw, dtype=np.float32) if not isinstance(rw, torch.Tensor) else rw).float()
+    if size is not None and tuple(rw.shape[-2:]) != tuple(size):
+        rw = F.interpolate(rw[None], size=tuple(size), mode="bilinear", align_corners=False)[0] \
+            if rw.shape[0] else rw.new_zeros((0, *size))
+    padded = F.pad(rw, (0, 0, 0, 0, 1, 0), value=float(bg_thres))
+    lut = np.pad(np.asarray(keys, dtype=np.int64) + 1, (1, 0))
+    return lut[torch.argmax(padded, dim=0).numpy()].astype(np.uint8)
+
+
+class _InferDataset(Dataset):
+    """(image at the working resolution, CAM, id, original size) of the given indices."""
+
+    def __init__(self, base, paths: RunPaths, indices: list[int]):
+        self.base, self.paths, self.indices = base, paths, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, j: int) -> dict:
+        i = self.indices[j]
+        item = self.base[i]
+        image_id = str(item["image_id"])
+        cam = load_cam_file(cam_path(self.paths, image_id))
+        return {"image": item["image"], "id": image_id, "orig_size": tuple(int(s) for s in item["orig_size"]),
+                "keys": np.asarray(cam["keys"], dtype=np.int64),
+                "cam": torch.from_numpy(np.asarray(cam["cam"], dtype=np.float32))}
+
+
+def _edges(model: EdgeDisplacement, x: torch.Tensor, scales: list[float]) -> torch.Tensor:
+    """Boundary map ``[B, h, w]`` (stride 4), averaged over scales (each: image + flip)."""
+    h, w = (x.shape[-2] + 3) // 4, (x.shape[-1] + 3) // 4
+    acc = None
+    for s in scales:
+        xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+        e, _ = model(xs)
+        if e.shape[-2:] != (h, w):
+            e = F.interpolate(e[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+        acc = e if acc is None else acc + e
+    return acc / len(scales)
+
+
+@torch.no_grad()
+def _process_batch(model: EdgeDisplacement, items: list[dict], cfg: dict, paths: RunPaths,
+                   device: torch.device) -> None:
+    x = torch.stack([it["image"] for it in items]).to(device)
+    H, W = x.shape[-2:]
+    edge = _edges(model, x, [float(s) for s in get(cfg, "sem_seg.scales", [1.0])])  # [B, h, w]
+    h, w = edge.shape[-2:]
+    kmax = max(int(it["cam"].shape[0]) for it in items)
+    rw_up = None
+    if kmax > 0:
+        cams = torch.zeros((len(items), kmax, h, w), device=device)
+        for b, it in enumerate(items):
+            c = it["cam"].to(device)
+            if c.shape[-2:] != (h, w):
+                raise ValueError(f"{it['id']}: CAM 'cam' is {tuple(c.shape[-2:])}, expected stride-4 size "
+                                 f"{(h, w)} of the {H}x{W} image")
+            cams[b, : c.shape[0]] = c
+        rw = ops.random_walk(cams, edge, radius=int(get(cfg, "sem_seg.radius", 5)),
+                             beta=float(get(cfg, "sem_seg.beta", 10.0)), steps=int(get(cfg, "sem_seg.steps", 256)))
+        rw_up = F.interpolate(rw.float(), scale_factor=4, mode="bilinear", align_corners=False)[..., :H, :W]
+    bg_thres = float(get(cfg, "sem_seg.bg_thres", 0.25))
+    for b, it in enumerate(items):
+        k = int(it["cam"].shape[0])
+        soft = rw_up[b, :k] if k else torch.zeros((0, H, W), device=device)
+        if k:
+            soft = soft / soft.max().clamp_min(1e-5)
+        soft = soft.half().cpu()  # the labels come from the stored fp16 maps: sweeps reproduce them
+        png, npy = _outputs(paths, it["id"])
+        write_npy(soft.numpy(), npy)
+        write_png(labels_from_soft(soft.float(), it["keys"], bg_thres, it["orig_size"]), png)
+
+
+def _collate(batch: list[dict]) -> list[dict]:
+    return batch
+
+
+def run_shard(cfg: dict, root: str, split: str, indices: list[int], device: str,
+              show_progress: bool = True) -> None:
+    """Write the pseudo labels of ``indices`` of ``split`` (one shard, one device)."""
+    paths = RunPaths(root)
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    base = common.build_split(cfg, split, paths, train=False)
+    net = load_irnet(paths.irn / "final.pt", map_location="cpu")
+    model = EdgeDisplacement(net.to(dev).eval())
+    bs = max(1, int(get(cfg, "sem_seg.batch_size", 4)))
+    workers = get(cfg, "sem_seg.workers")
+    workers = int(cfg.get("num_workers", 0) or 0) if workers is None else int(workers)
+    loader = DataLoader(_InferDataset(base, paths, indices), batch_size=1,
+                        shuffle=False, num_workers=workers, collate_fn=_collate)
+    pending: dict[tuple, list[dict]] = {}
+    bar = tqdm(total=len(indices), desc=f"sem-seg {split} {device}", unit="img", disable=not show_progress)
+    for (item,) in loader:
+        key = tuple(item["image"].shape[-2:])
+        pending.setdefault(key, []).append(item)
+        if len(pending[key]) >= bs:
+            _process_batch(model, pending.pop(key), cfg, paths, dev)
+            bar.update(bs)
+    for key, items in pending.items():
+        _process_batch(model, items, cfg, paths, dev)
+        bar.update(len(items))
+    bar.close()
+
+
+def _shard_main(rank: int, cfg: dict, root: str, split: str, shards: list[list[int]], devices: list[str],
+                threads: int) -> None:
+    torch.set_num_threads(threads)
+    run_shard(cfg, root, split, shards[rank], devices[rank], show_progress=rank == 0)
+
+
+def _plan(cfg: dict) -> list[str]:
+    """One device name per shard process."""
+    dev = resolve_device(cfg)
+    n = get(cfg, "sem_seg.processes")
+    if dev.type == "cuda":
+        gpus = list(range(torch.cuda.device_count())) if dev.index is None else [dev.index]
+        n = len(gpus) if n is None else int(n)
+        return [f"cuda:{gpus[i % len(gpus)]}" for i in range(max(1, n))]
+    return ["cpu"] * max(1, int(n or 1))
+
+
+def make_sem_seg(cfg: dict, paths: RunPaths, splits: list[str] | None = None) -> None:
+    """Step ``make-sem-seg``: pseudo labels for every image of ``sem_seg.splits``.
+
+    Args:
+        cfg: run configuration (``sem_seg`` section: radius, beta, steps, bg_thres,
+            batch_size, scales, splits, processes).
+        paths: reads ``paths.cam`` and ``paths.irn/final.pt``; writes ``paths.sem_seg``,
+            ``paths.rw`` and marks ``paths.sem_seg`` done.
+        splits: overrides ``sem_seg.splits``.
+    """
+    ckpt = paths.irn / "final.pt"
+    if not ckpt.exists():
+        raise FileNotFoundError(f"make-sem-seg: IRNet weights not found: {ckpt} (run train-irn first)")
+    paths.sem_seg.mkdir(parents=True, exist_ok=True)
+    paths.rw.mkdir(parents=True, exist_ok=True)
+    devices = _plan(cfg)
+    for split in as_list(splits if splits is not None else get(cfg, "sem_seg.splits"), ["train", "val", "test"]):
+        base = common.build_split(cfg, split, paths, train=False)
+        ids = [str(i) for i in base.image_ids]
+        missing = [i for i in ids if not cam_path(paths, i).exists()]
+        if missing:
+            raise FileNotFoundError(
+                f"make-sem-seg: {len(missing)} CAM files of split '{split}' are missing, e.g. "
+                f"{cam_path(paths, missing[0])}; run make-cam for it (or set sem_seg.splits)")
+        todo = [i for i, image_id in enumerate(ids) if not _done(paths, image_id)]
+        if not todo:
+            continue
+        n = min(len(devices), len(todo))
+        if n <= 1:
+            run_shard(cfg, str(paths.root), split, todo, devices[0])
+            continue
+        shards = [todo[k::n] for k in range(n)]
+        threads = max(1, (os.cpu_count() or 1) // n) if devices[0] == "cpu" else max(1, torch.get_num_threads())
+        torch.multiprocessing.start_processes(_shard_main, args=(cfg, str(paths.root), split, shards, devices[:n],
+                                                                 threads), nprocs=n, join=True,
+                                              start_method="spawn")
+    paths.mark_done(paths.sem_seg)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+
+
+def eval_sem_seg(cfg: dict, paths: RunPaths, splits: list[str] | None = None) -> dict:
+    """Step ``eval-sem-seg``: mIoU (all / positive images) and Dice of the pseudo labels, and a
+    sweep of the background threshold from the stored soft maps.
+
+    Writes ``paths.sem_seg/eval.json``::
+
+        {split: {"labels": {miou_all, miou_pos, dice, iou_all, iou_pos, n_images, n_pos},
+                 "sweep": {"0.25": {miou_all, miou_pos, dice}, ...},
+                 "best_bg_thres": t (by miou_all), "bg_thres": the PNGs' threshold}}
+
+    Splits without ground truth masks are skipped.
+    """
+    from ..metrics import SegEvaluator
+
+    thresholds = [float(t) for t in get(cfg, "sem_seg.eval_thresholds", [0.25])]
+    report: dict = {}
+    for split in as_list(splits if splits is not None else get(cfg, "sem_seg.splits"), ["train", "val", "test"]):
+        base = common.build_split(cfg, split, paths, train=False)
+        n_cls = int(base.num_classes) + 1
+        names = ["background", *list(getattr(base, "class_names", []) or [])]
+        names = names if len(names) == n_cls else None
+        ev = SegEvaluator(n_cls, class_names=names)
+        sweep = {t: SegEvaluator(n_cls, class_names=names) for t in thresholds}
+        n_gt = 0
+        for i in tqdm(range(len(base.image_ids)), desc=f"eval-sem-seg {split}", unit="img"):
+            gt = base.load_mask(i)
+            if gt is None:
+                continue
+            n_gt += 1
+            image_id = str(base.image_ids[i])
+            png, npy = _outputs(paths, image_id)
+            if not png.exists() or not npy.exists():
+                raise FileNotFoundError(f"eval-sem-seg: pseudo label missing: {png if not png.exists() else npy} "
+                                        "(run make-sem-seg for this split)")
+            positive = bool(np.asarray(base.labels[i]).any())
+            gt = np.asarray(gt, dtype=np.uint8)
+            ev.add(read_png(png), gt, positive)
+            soft = torch.from_numpy(np.load(npy).astype(np.float32))
+            keys = np.asarray(load_cam_file(cam_path(paths, image_id))["keys"], dtype=np.int64)
+            if soft.shape[0]:
+                soft = F.interpolate(soft[None], size=gt.shape, mode="bilinear", align_corners=False)[0]
+                best, arg = soft.max(dim=0)
+                cls = (keys + 1)[arg.numpy()]
+                best = best.numpy()
+            for t, e in sweep.items():
+                pred = np.where(best > t, cls, 0).astype(np.uint8) if soft.shape[0] else \
+                    np.zeros(gt.shape, np.uint8)
+                e.add(pred, gt, positive)
+        if n_gt == 0:
+            continue
+        res = {t: {k: v for k, v in e.result().items() if k in ("miou_all", "miou_pos", "dice")}
+               for t, e in sweep.items()}
+        best_t = max(res, key=lambda t: (np.nan_to_num(res[t]["miou_all"], nan=-1.0)))
+        report[split] = {"labels": ev.result(), "sweep": {f"{t:g}": r for t, r in res.items()},
+                         "best_bg_thres": best_t, "bg_thres": float(get(cfg, "sem_seg.bg_thres", 0.25))}
+    paths.sem_seg.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(json.dumps(report, indent=2).encode(), paths.sem_seg / "eval.json")
+    for split, r in report.items():
+        lab = r["labels"]
+        print(f"[eval-sem-seg] {split}: mIoU {lab['miou_all']:.4f}  mIoU(pos) {lab['miou_pos']:.4f}  "
+              f"Dice {lab['dice']:.4f}  best bg_thres {r['best_bg_thres']:g}")
+    return report

@@ -1,0 +1,231 @@
+"""Step 2 training: IRNet's boundary and displacement branches from IR labels.
+
+Ahn et al., CVPR 2019 (``step/train_irn.py``): random rescale (0.5, 1.5), horizontal flip
+and random crop of image and IR label; pair labels at stride 4 over the radius-10 search
+offsets (computed in the data loader); SGD with a poly schedule, the displacement branch at
+10x the boundary branch's learning rate. After training, the mean displacement over the
+training images is estimated and stored in the MeanShift layer (``final.pt``).
+
+Outputs in ``paths.irn``: ``last.pt`` (resumable, written atomically every epoch),
+``final.pt`` (model with the displacement mean), ``train.log`` (JSON lines).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+from tqdm import tqdm
+
+from ..config import get
+from ..runs import RunPaths, atomic_torch_save, resolve_device, seed_everything
+from . import common
+from .common import read_png, resize_image_uint8
+from .crf import to_rgb_uint8
+from .loss import irn_loss
+from .net import IRNet
+from .pair_labels import offsets_array, pair_labels, reduce_label
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize_uint8(img: np.ndarray) -> torch.Tensor:
+    """uint8 ``[H, W, 3]`` -> float32 ``[3, H, W]`` normalized with the ImageNet mean/std."""
+    t = torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (t - mean) / std
+
+
+class AffinityDataset(Dataset):
+    """Images + IR labels -> augmented crop and its pair labels (IRNet's VOC12AffinityDataset).
+
+    Args:
+        base: a :mod:`wsss_fast.data` dataset (``image_ids``, ``load_image``).
+        label_dir: folder of ``<id>.png`` IR labels (at the working resolution).
+        crop_size: square crop (a multiple of 4).
+        radius: pair search radius.
+        rescale: (lo, hi) random scale range, or None.
+        hflip: random horizontal flip.
+        augment: False gives the whole image, unscaled (used for the displacement mean).
+
+    Items: ``img`` float32 [3, S, S]; ``bg_pos``, ``fg_pos``, ``neg`` uint8 [D, N] (see
+    :func:`wsss_fast.irn.pair_labels.pair_labels`); ``image_id``.
+    """
+
+    def __init__(self, base, label_dir, crop_size: int, radius: int = 10,
+                 rescale: tuple[float, float] | None = (0.5, 1.5), hflip: bool = True, augment: bool = True):
+        if augment and crop_size % 4:
+            raise ValueError(f"irn.crop_size must be a multiple of 4, got {crop_size}")
+        self.base, self.label_dir, self.crop_size, self.radius = base, label_dir, int(crop_size), int(radius)
+        self.rescale = tuple(rescale) if rescale else None
+        self.augment = augment
+        self.offsets = offsets_array(self.radius)
+        fill = {tv_tensors.Image: 0.0, tv_tensors.Mask: 255}
+        ops = [v2.RandomHorizontalFlip()] if hflip else []
+        ops.append(v2.RandomCrop(self.crop_size, pad_if_needed=True, fill=fill))
+        self.crop = v2.Compose(ops)
+
+    def __len__(self) -> int:
+        return len(self.base.image_ids)
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 image [H, W, 3], uint8 IR label [H, W]) at the working resolution."""
+        image_id = self.base.image_ids[i]
+        label = read_png(self.label_dir / f"{image_id}.png")
+        img = resize_image_uint8(to_rgb_uint8(np.asarray(self.base.load_image(i))), label.shape)
+        return img, label
+
+    def __getitem__(self, i: int) -> dict:
+        img, label = self.load(i)
+        img_t = normalize_uint8(img)
+        lab_t = torch.from_numpy(label.copy())[None]
+        if self.augment:
+            if self.rescale:
+                s = float(np.random.uniform(*self.rescale))
+                size = [max(1, round(img_t.shape[1] * s)), max(1, round(img_t.shape[2] * s))]
+                img_t = TF.resize(img_t, size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+                lab_t = TF.resize(lab_t, size, interpolation=v2.InterpolationMode.NEAREST)
+            img_t, lab_t = self.crop(tv_tensors.Image(img_t), tv_tensors.Mask(lab_t))
+        lab = reduce_label(lab_t[0].numpy().astype(np.uint8), 4)
+        bg_pos, fg_pos, neg = pair_labels(lab, self.radius, self.offsets)
+        return {"img": torch.as_tensor(img_t).contiguous(), "bg_pos": bg_pos, "fg_pos": fg_pos, "neg": neg,
+                "image_id": self.base.image_ids[i]}
+
+
+def poly_lr(base_lr: float, step: int, max_step: int, power: float = 0.9) -> float:
+    return base_lr * (1 - step / max(max_step, 1)) ** power
+
+
+@torch.no_grad()
+def estimate_displacement_mean(model: IRNet, dataset: AffinityDataset, device: torch.device,
+                               max_images: int | None = None) -> torch.Tensor:
+    """Mean of the raw displacement output over whole training images (IRNet's MeanShift mean).
+
+    Returns:
+        ``[2]`` float32 mean (dy, dx); also written into ``model.mean_shift.running_mean``.
+    """
+    ms = model.mean_shift
+    model.eval()
+    ms.running_mean.zero_()
+    total = torch.zeros(2, dtype=torch.float64)
+    count = 0
+    n = len(dataset) if max_images is None else min(len(dataset), int(max_images))
+    for i in tqdm(range(n), desc="irn dp mean", unit="img", leave=False):
+        img, _ = dataset.load(i)
+        x = normalize_uint8(img)[None].to(device)
+        _, dp = model(x)
+        total += dp.double().sum(dim=(0, 2, 3)).cpu()
+        count += dp.shape[0] * dp.shape[2] * dp.shape[3]
+    mean = (total / max(count, 1)).float()
+    ms.running_mean.copy_(mean.to(ms.running_mean.device))
+    return mean
+
+
+def _collate(batch: list[dict]) -> dict:
+    out = {k: torch.stack([b[k] for b in batch]) for k in ("img", "bg_pos", "fg_pos", "neg")}
+    out["image_id"] = [b["image_id"] for b in batch]
+    return out
+
+
+def _worker_init(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+
+
+def train_irn(cfg: dict, paths: RunPaths) -> None:
+    """Step ``train-irn``: train IRNet on the IR labels of ``irn.train_split``.
+
+    Args:
+        cfg: run configuration (``irn`` section).
+        paths: reads ``paths.ir_label``; writes ``paths.irn`` (``last.pt``, ``final.pt``,
+            ``train.log``) and marks it done.
+    """
+    out = paths.irn
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(int(cfg.get("seed", 0)))
+    device = resolve_device(cfg)
+    split = get(cfg, "irn.train_split", "train")
+    base = common.build_split(cfg, split, paths, train=False)
+    missing = [i for i in base.image_ids if not (paths.ir_label / f"{i}.png").exists()]
+    if missing:
+        raise FileNotFoundError(f"train-irn: {len(missing)} IR labels of split '{split}' are missing, e.g. "
+                                f"{paths.ir_label / (missing[0] + '.png')}; run make-ir-label first")
+    radius = int(get(cfg, "irn.radius", 10))
+    ds = AffinityDataset(base, paths.ir_label, int(get(cfg, "irn.crop_size", 512)), radius,
+                         get(cfg, "irn.rescale", (0.5, 1.5)), bool(get(cfg, "irn.hflip", True)))
+    bs = int(get(cfg, "irn.batch_size", 32))
+    drop_last = len(ds) >= bs
+    steps_per_epoch = len(ds) // bs if drop_last else 1
+    epochs = int(get(cfg, "irn.epochs", 3))
+    max_step = steps_per_epoch * epochs
+    workers = int(cfg.get("num_workers", 0) or 0)
+    gen = torch.Generator().manual_seed(int(cfg.get("seed", 0)))
+    loader = DataLoader(ds, batch_size=bs, shuffle=True, num_workers=workers, drop_last=drop_last,
+                        collate_fn=_collate, pin_memory=device.type == "cuda", generator=gen,
+                        worker_init_fn=_worker_init, persistent_workers=workers > 0)
+
+    model = IRNet(get(cfg, "irn.backbone", "resnet50"), get(cfg, "irn.pretrained_path")).to(device)
+    lr, wd = float(get(cfg, "irn.lr", 0.1)), float(get(cfg, "irn.weight_decay", 1e-4))
+    edge_params, dp_params = model.trainable_parameters()
+    groups = [{"params": edge_params, "lr": lr, "base_lr": lr},
+              {"params": dp_params, "lr": lr * float(get(cfg, "irn.dp_lr_mult", 10.0)),
+               "base_lr": lr * float(get(cfg, "irn.dp_lr_mult", 10.0))}]
+    opt = torch.optim.SGD(groups, lr=lr, weight_decay=wd, momentum=float(get(cfg, "irn.momentum", 0.0)))
+
+    start_epoch, step = 0, 0
+    last = out / "last.pt"
+    if last.exists():
+        ckpt = torch.load(last, map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        start_epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
+        torch.set_rng_state(ckpt["rng"])
+        gen.set_state(ckpt["gen_rng"])
+        np.random.set_state(ckpt["np_rng"])
+    amp = bool(get(cfg, "irn.amp", True)) and device.type == "cuda"
+    log = open(out / "train.log", "a")
+    log_every = int(get(cfg, "irn.log_every", 10))
+    bar = tqdm(total=max_step, initial=step, desc="train-irn", unit="step")
+    model.train()
+    for epoch in range(start_epoch, epochs):
+        for it, batch in enumerate(loader):
+            if it >= steps_per_epoch:
+                break
+            for g in opt.param_groups:
+                g["lr"] = poly_lr(g["base_lr"], step, max_step)
+            img = batch["img"].to(device, non_blocking=True)
+            labels = [batch[k].to(device, non_blocking=True) for k in ("bg_pos", "fg_pos", "neg")]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                edge, dp = model(img)
+            losses = irn_loss(edge.float(), dp.float(), *labels, radius=radius)
+            opt.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            opt.step()
+            step += 1
+            bar.update()
+            vals = {k: round(float(v.detach()), 5) for k, v in losses.items()}
+            bar.set_postfix(loss=vals["total"])
+            if step % log_every == 0 or step == 1 or step == max_step:
+                log.write(json.dumps({"epoch": epoch, "step": step, "lr": opt.param_groups[0]["lr"],
+                                      "time": time.time(), **vals}) + "\n")
+                log.flush()
+        atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
+                           "step": step, "backbone": model.arch, "radius": radius,
+                           "rng": torch.get_rng_state(), "gen_rng": gen.get_state(),
+                           "np_rng": np.random.get_state()}, last)
+    bar.close()
+    log.close()
+
+    eval_ds = AffinityDataset(base, paths.ir_label, ds.crop_size, radius, augment=False)
+    mean = estimate_displacement_mean(model, eval_ds, device, get(cfg, "irn.dp_mean_images"))
+    atomic_torch_save({"model": model.state_dict(), "backbone": model.arch, "radius": radius,
+                       "dp_mean": mean, "steps": step}, out / "final.pt")
+    paths.mark_done(out)

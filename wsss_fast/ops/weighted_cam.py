@@ -1,0 +1,157 @@
+"""Fused class activation maps ``relu(sum_k w[b, c, k] * A[b, k])``.
+
+Zhou et al., "Learning Deep Features for Discriminative Localization", CVPR 2016 (CAM);
+Selvaraju et al., "Grad-CAM", ICCV 2017; Chattopadhay et al., "Grad-CAM++", WACV 2018.
+
+The weighted sum and the ReLU are one kernel (no ``[B, C, K, h, w]`` intermediate, as
+pytorch-grad-cam builds on the host). The optional bilinear upsampling
+(``align_corners=False``) and the per-map min-max normalization
+``(m - min) / (max - min + 1e-7)`` (pytorch-grad-cam's ``scale_cam_image``) run on the same
+device inside the compiled op through ATen; nothing is copied to the host.
+
+Autograd: the op is differentiable w.r.t. ``activations`` and ``weights`` through a
+closed-form backward (two batched matmuls through the ReLU mask, preceded by the
+backward of the upsampling and of the normalization; min/max gradients are split evenly
+between ties, as ``torch.amin``/``torch.amax`` do).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .. import _ext
+from ..reference import weighted_cam as _ref
+
+NORMALIZE_EPS = _ref.NORMALIZE_EPS
+
+__all__ = ["weighted_cam", "NORMALIZE_EPS"]
+
+
+def _check(activations: Tensor, weights: Tensor, out_size) -> list[int] | None:
+    name = "weighted_cam"
+    if not isinstance(activations, Tensor) or not isinstance(weights, Tensor):
+        raise TypeError(
+            f"{name}: activations and weights must be tensors, got {type(activations).__name__} "
+            f"and {type(weights).__name__}"
+        )
+    if activations.dim() != 4:
+        raise ValueError(
+            f"{name}: activations must be a 4-D tensor [B, K, h, w], got shape {list(activations.shape)}"
+        )
+    if weights.dim() != 3:
+        raise ValueError(f"{name}: weights must be a 3-D tensor [B, C, K], got shape {list(weights.shape)}")
+    b, k = activations.shape[:2]
+    if weights.shape[0] != b or weights.shape[2] != k:
+        raise ValueError(
+            f"{name}: weights must have shape [B, C, K] = [{b}, C, {k}] to match activations "
+            f"{list(activations.shape)}, got {list(weights.shape)}"
+        )
+    if not activations.is_floating_point() or activations.dtype != weights.dtype:
+        raise TypeError(
+            f"{name}: activations and weights must share one floating dtype, got {activations.dtype} "
+            f"and {weights.dtype}"
+        )
+    if activations.device != weights.device:
+        raise RuntimeError(
+            f"{name}: activations and weights must be on the same device, got {activations.device} "
+            f"and {weights.device}"
+        )
+    if out_size is None:
+        return None
+    size = list(out_size) if isinstance(out_size, (list, tuple, torch.Size)) else None
+    if size is None or len(size) != 2 or any(int(s) <= 0 for s in size):
+        raise ValueError(f"{name}: out_size must be None or two positive ints (H, W), got {out_size!r}")
+    if activations.shape[2] == 0 or activations.shape[3] == 0:
+        raise ValueError(
+            f"{name}: cannot upsample empty maps of shape {list(activations.shape)} to {size}"
+        )
+    return [int(s) for s in size]
+
+
+def weighted_cam(
+    activations: Tensor,
+    weights: Tensor,
+    *,
+    out_size: Sequence[int] | None = None,
+    normalize: bool = True,
+) -> Tensor:
+    """Class activation maps from channel weights, fused and on-device.
+
+    Args:
+        activations: ``[B, K, h, w]`` feature maps A.
+        weights: ``[B, C, K]`` channel weights of C maps per image (CAM: the classifier rows;
+            Grad-CAM: mean gradients; Grad-CAM++: :func:`gradcampp_weights`).
+        out_size: ``(H, W)``: bilinear upsampling (``align_corners=False``) of each map.
+        normalize: min-max normalize each map to [0, 1]: ``(m - min) / (max - min + 1e-7)``.
+
+    Returns:
+        ``[B, C, H, W]`` (``[B, C, h, w]`` when ``out_size`` is None), inputs' dtype,
+        accumulated in fp32.
+
+    Raises:
+        TypeError, ValueError, RuntimeError: on bad shapes, dtypes, devices or out_size.
+    """
+    size = _check(activations, weights, out_size)
+    if _ext.has_op("weighted_cam"):
+        return torch.ops.wsss_fast.weighted_cam(activations, weights, size, bool(normalize))
+    _ext.warn_fallback("weighted_cam")
+    return _ref.weighted_cam(activations, weights, out_size=size, normalize=normalize)
+
+
+def _backward_formula(a: Tensor, w: Tensor, grad: Tensor, out_size, normalize: bool) -> tuple[Tensor, Tensor]:
+    acc = torch.promote_types(a.dtype, torch.float32)
+    a32, w32, g = a.to(acc), w.to(acc), grad.to(acc)
+    b, k, h, wd = a.shape
+    c = w.shape[1]
+    pre = torch.matmul(w32, a32.reshape(b, k, h * wd)).reshape(b, c, h, wd)
+    u = torch.relu(pre)
+    if out_size is not None:
+        u = torch.nn.functional.interpolate(u, size=tuple(out_size), mode="bilinear", align_corners=False)
+    if normalize and u.numel() > 0:
+        mn = u.amin(dim=(-2, -1), keepdim=True)
+        mx = u.amax(dim=(-2, -1), keepdim=True)
+        d = mx - mn + NORMALIZE_EPS
+        r = (u - mn) / (d * d)
+        g_mn = (g * (r - 1.0 / d)).sum(dim=(-2, -1), keepdim=True)
+        g_mx = -(g * r).sum(dim=(-2, -1), keepdim=True)
+        at_mn = (u == mn).to(acc)
+        at_mx = (u == mx).to(acc)
+        g = (
+            g / d
+            + g_mn * at_mn / at_mn.sum(dim=(-2, -1), keepdim=True)
+            + g_mx * at_mx / at_mx.sum(dim=(-2, -1), keepdim=True)
+        )
+    if out_size is not None:
+        g = torch.ops.aten.upsample_bilinear2d_backward(g, list(out_size), [b, c, h, wd], False, None, None)
+    g = g * (pre > 0).to(acc)
+    g = g.reshape(b, c, h * wd)
+    grad_w = torch.matmul(g, a32.reshape(b, k, h * wd).transpose(1, 2))
+    grad_a = torch.matmul(w32.transpose(1, 2), g).reshape(b, k, h, wd)
+    return grad_a, grad_w
+
+
+if _ext.has_op("weighted_cam"):
+
+    @torch.library.register_fake("wsss_fast::weighted_cam")
+    def _fake(activations, weights, out_size, normalize):
+        if out_size is None:
+            h, w = activations.shape[2], activations.shape[3]
+        else:
+            h, w = out_size
+        return activations.new_empty((activations.shape[0], weights.shape[1], h, w))
+
+    def _setup_context(ctx, inputs, output):
+        activations, weights, out_size, normalize = inputs
+        ctx.save_for_backward(activations, weights)
+        ctx.out_size = out_size
+        ctx.normalize = normalize
+
+    def _backward(ctx, grad_out):
+        activations, weights = ctx.saved_tensors
+        grad_a, grad_w = _backward_formula(activations, weights, grad_out, ctx.out_size, ctx.normalize)
+        return grad_a.to(activations.dtype), grad_w.to(weights.dtype), None, None
+
+    torch.library.register_autograd("wsss_fast::weighted_cam", _backward, setup_context=_setup_context)

@@ -1,0 +1,146 @@
+"""Data for step 3: images with their IRNet pseudo labels, jointly augmented.
+
+Viniavskyi et al. (AIME 2020) train the segmentation network on the random-walk pseudo
+labels with the same augmentations as the classifier (scale, rotation, flip,
+brightness/contrast, blur). Geometric transforms are applied to the image and the label
+map together through ``torchvision.transforms.v2`` and ``tv_tensors.Mask``; pixels that
+leave the image become 255 (ignored by the loss).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image as PILImage
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from ..config import get
+
+IGNORE = 255
+# ImageNet statistics, the same as wsss_fast.data.transforms (kept here to avoid an import cycle)
+_MEAN = (0.485, 0.456, 0.406)
+_STD = (0.229, 0.224, 0.225)
+
+
+def _mean_std() -> tuple[Sequence[float], Sequence[float]]:
+    try:
+        from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+        return tuple(float(v) for v in IMAGENET_MEAN), tuple(float(v) for v in IMAGENET_STD)
+    except (ImportError, AttributeError):
+        return _MEAN, _STD
+
+
+def seg_image_size(cfg: dict) -> int | None:
+    """Side of the square images step 3 trains and predicts at (None: original size).
+
+    ``seg.image_size`` when set, else ``dataset.image_size``.
+    """
+    size = get(cfg, "seg.image_size")
+    if size is None:
+        size = get(cfg, "dataset.image_size")
+    return None if size is None else int(size)
+
+
+def train_transform(cfg: dict) -> v2.Compose:
+    """Joint augmentation of (tv_tensors.Image uint8 [3,H,W], tv_tensors.Mask uint8 [H,W])."""
+    a = cfg.get("augment", {}) or {}
+    size = seg_image_size(cfg)
+    fill = {tv_tensors.Image: 0, tv_tensors.Mask: IGNORE}
+    t: list = []
+    if size:
+        t.append(v2.Resize((size, size), antialias=True))
+    scale = a.get("scale")
+    rotate = float(a.get("rotate") or 0)
+    if scale or rotate:
+        t.append(v2.RandomAffine(degrees=rotate, scale=tuple(scale) if scale else None, fill=fill))
+    if a.get("hflip", True):
+        t.append(v2.RandomHorizontalFlip())
+    crop = get(cfg, "seg.crop_size")
+    if crop:
+        t.append(v2.RandomCrop(int(crop), pad_if_needed=True, fill=fill))
+    if a.get("brightness") or a.get("contrast"):
+        t.append(v2.ColorJitter(brightness=a.get("brightness") or 0, contrast=a.get("contrast") or 0))
+    if a.get("blur_p"):
+        t.append(v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=float(a["blur_p"])))
+    mean, std = _mean_std()
+    t += [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+          v2.Normalize(mean, std)]
+    return v2.Compose(t)
+
+
+def eval_transform(cfg: dict) -> v2.Compose:
+    """Resize (when a size is set) and normalize a tv_tensors.Image uint8 [3,H,W]."""
+    size = seg_image_size(cfg)
+    mean, std = _mean_std()
+    t: list = [v2.Resize((size, size), antialias=True)] if size else []
+    t += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    return v2.Compose(t)
+
+
+def read_label_png(path: Path) -> np.ndarray:
+    """A uint8 label map [H, W] from a PNG (0 = bg, c+1 = class c, 255 = ignore)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"label map not found: {path}")
+    with PILImage.open(path) as im:
+        return np.array(im, dtype=np.uint8)
+
+
+def _to_image(rgb: np.ndarray) -> tv_tensors.Image:
+    if rgb.ndim == 2:
+        rgb = np.stack([rgb] * 3, axis=-1)
+    return tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1))
+
+
+class PseudoLabelDataset(Dataset):
+    """Training pairs (image, pseudo label) for step 3; never reads ground-truth masks.
+
+    Args:
+        base: a ``wsss_fast.data`` dataset (only ``image_ids`` and ``load_image`` are used).
+        label_dir: folder of ``<image_id>.png`` pseudo labels at the original resolution.
+        transform: a joint transform such as :func:`train_transform`.
+        indices: the dataset indices to use (default: all).
+
+    Items are dicts: ``image`` float32 [3, S, S], ``mask`` int64 [S, S], ``index`` int.
+    """
+
+    def __init__(self, base, label_dir: Path, transform, indices: Sequence[int] | None = None) -> None:
+        self.base = base
+        self.label_dir = Path(label_dir)
+        self.transform = transform
+        self.indices = list(range(len(base.image_ids))) if indices is None else list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        idx = self.indices[i]
+        rgb = self.base.load_image(idx)
+        label = read_label_png(self.label_dir / f"{self.base.image_ids[idx]}.png")
+        if label.shape != rgb.shape[:2]:
+            label = np.array(PILImage.fromarray(label).resize(rgb.shape[1::-1], PILImage.NEAREST))
+        image, mask = self.transform(_to_image(rgb), tv_tensors.Mask(torch.from_numpy(label)))
+        return {"image": image.as_subclass(torch.Tensor),
+                "mask": mask.as_subclass(torch.Tensor).long(), "index": idx}
+
+
+class ImageDataset(Dataset):
+    """Evaluation images: ``image`` float32 [3, S, S], ``index``, ``orig_size`` (H0, W0)."""
+
+    def __init__(self, base, transform) -> None:
+        self.base = base
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.base.image_ids)
+
+    def __getitem__(self, i: int) -> dict:
+        rgb = self.base.load_image(i)
+        image = self.transform(_to_image(rgb))
+        return {"image": image.as_subclass(torch.Tensor), "index": i,
+                "orig_size": torch.tensor(rgb.shape[:2])}

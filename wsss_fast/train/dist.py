@@ -1,0 +1,93 @@
+"""Process-group helpers for ``torchrun`` (DistributedDataParallel) runs.
+
+A step started by ``torchrun --nproc_per_node=G wsss-fast train-cls ...`` sees ``RANK``,
+``WORLD_SIZE`` and ``LOCAL_RANK`` in its environment; :func:`init_distributed` then joins
+the process group (NCCL on CUDA, gloo on the CPU) and picks ``cuda:LOCAL_RANK``. Started
+normally, everything degrades to one process and the collective helpers are no-ops.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..runs import resolve_device
+
+
+@dataclass
+class DistContext:
+    """Rank, world size and device of this process."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # this context created the process group (and destroys it)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` without a group)."""
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def all_reduce_sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum of a list of numbers over the ranks."""
+        if not self.distributed:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64,
+                         device=self.device if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self.owns_group = False
+
+
+def env_rank_world() -> tuple[int, int, int]:
+    """``(RANK, WORLD_SIZE, LOCAL_RANK)`` from the environment (``(0, 1, 0)`` when unset)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    return rank, world, local
+
+
+def init_distributed(cfg: dict) -> DistContext:
+    """Join the ``torchrun`` process group when ``WORLD_SIZE > 1``.
+
+    The device comes from ``cfg["device"]``; under torchrun with CUDA each process takes
+    ``cuda:LOCAL_RANK``. The backend is NCCL for CUDA devices and gloo otherwise.
+    """
+    rank, world, local = env_rank_world()
+    device = resolve_device(cfg)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    ctx = DistContext(rank=rank, world_size=world, local_rank=local, device=device)
+    if world > 1:
+        if dist.is_initialized():
+            ctx.rank, ctx.world_size = dist.get_rank(), dist.get_world_size()
+        else:
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            dist.init_process_group(backend=backend, rank=rank, world_size=world)
+            ctx.owns_group = True
+    return ctx
