@@ -134,8 +134,8 @@ def path_affinity(edge: torch.Tensor, radius: int) -> torch.Tensor:
     e = _as_bhw(edge)
     b, h, w = e.shape
     d = len(_offsets(radius))
-    if d == 0 or b == 0 or h == 0 or w == 0:
-        return e.new_zeros(b, d, h, w)
+    if d == 0 or b == 0 or h == 0 or w == 0:  # empty output, still part of the autograd graph
+        return e[:, None].expand(b, d, h, w).clone()
     rf = radius - 1
     padded = torch.nn.functional.pad(e, (rf, rf, 0, rf), mode="constant", value=1.0)
     flat = padded.reshape(b, -1)

@@ -1,0 +1,152 @@
+// CPU kernels of IRNet's path affinity: forward (1 - max of the edge map over each path)
+// and backward (gradient to the path point that attains the max; on ties the first point
+// in IRNet's path order, i.e. the one farthest from the source). See
+// wsss_fast/ops/path_affinity.py for the definition.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "common/irnet_checks.h"
+#include "common/irnet_paths.h"
+#include "cpu/path_affinity_cpu.h"
+
+namespace wsss_fast {
+namespace {
+
+// First path point (in path order) attaining the max; points outside the image count as 1.
+template <typename scalar_t>
+inline void path_argmax(const scalar_t* e, int64_t H, int64_t W, int64_t y, int64_t x,
+                        const IrnetPaths& P, int64_t k, int64_t* arg_y, int64_t* arg_x,
+                        bool* inside, scalar_t* best) {
+  scalar_t m = scalar_t(0);
+  bool first = true;
+  for (int j = P.start[k]; j < P.start[k + 1]; ++j) {
+    const int64_t yy = y + P.py[j], xx = x + P.px[j];
+    const bool in = yy >= 0 && yy < H && xx >= 0 && xx < W;
+    const scalar_t v = in ? e[yy * W + xx] : scalar_t(1);
+    if (first || v > m) {
+      m = v;
+      first = false;
+      *arg_y = yy;
+      *arg_x = xx;
+      *inside = in;
+    }
+  }
+  *best = m;
+}
+
+template <typename scalar_t>
+void backward_impl(const scalar_t* grad, const scalar_t* edge, scalar_t* gedge, int64_t B,
+                   int64_t H, int64_t W, const IrnetPaths& P) {
+  const int64_t D = P.num_offsets();
+  const int64_t HW = H * W;
+  // Source rows [s*hs, (s+1)*hs) write to edge rows [s*hs, (s+1)*hs + r - 1): stripes of the
+  // same parity never overlap when hs >= r - 1, so each phase runs them in parallel, and the
+  // result does not depend on the number of threads.
+  const int64_t hs = std::max<int64_t>(P.radius - 1, 8);
+  const int64_t stripes = (H + hs - 1) / hs;
+  for (int64_t phase = 0; phase < 2; ++phase) {
+    const int64_t per_b = (stripes - phase + 1) / 2;
+    const int64_t n_tasks = B * per_b;
+    if (n_tasks <= 0) continue;
+    at::parallel_for(0, n_tasks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> m(W);
+      std::vector<int> arg(W);
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t b = t / per_b;
+        const int64_t s = (t % per_b) * 2 + phase;
+        const scalar_t* e = edge + b * HW;
+        scalar_t* g = gedge + b * HW;
+        const int64_t y_end = std::min(H, (s + 1) * hs);
+        for (int64_t k = 0; k < D; ++k) {
+          const int dy = P.dy[k], dx = P.dx[k];
+          for (int64_t y = s * hs; y < y_end; ++y) {
+            const scalar_t* go = grad + ((b * D + k) * H + y) * W;
+            int64_t x0 = std::max<int64_t>(0, -dx), x1 = std::min<int64_t>(W, W - dx);
+            if (y + dy >= H || x1 <= x0) x0 = x1 = 0;
+            if (x1 > x0) {
+              const int j0 = P.start[k];
+              const scalar_t* first = e + (y + P.py[j0]) * W + P.px[j0];
+              for (int64_t x = x0; x < x1; ++x) {
+                m[x] = first[x];
+                arg[x] = j0;
+              }
+              for (int j = j0 + 1; j < P.start[k + 1]; ++j) {
+                const scalar_t* src = e + (y + P.py[j]) * W + P.px[j];
+                for (int64_t x = x0; x < x1; ++x) {
+                  const bool gt = src[x] > m[x];
+                  m[x] = gt ? src[x] : m[x];
+                  arg[x] = gt ? j : arg[x];
+                }
+              }
+              for (int64_t x = x0; x < x1; ++x) {
+                const int j = arg[x];
+                g[(y + P.py[j]) * W + x + P.px[j]] -= go[x];
+              }
+            }
+            for (int64_t x = 0; x < W; ++x) {
+              if (x >= x0 && x < x1) {
+                x = x1 - 1;
+                continue;
+              }
+              int64_t ay = 0, ax = 0;
+              bool in = false;
+              scalar_t best;
+              path_argmax(e, H, W, y, x, P, k, &ay, &ax, &in, &best);
+              if (in) g[ay * W + ax] -= go[x];
+            }
+          }
+        }
+      }
+    });
+  }
+}
+
+at::Tensor path_affinity_cpu(const at::Tensor& edge, int64_t radius) {
+  check_radius("path_affinity", radius);
+  WSSS_CHECK_CPU("path_affinity", "edge", edge);
+  const at::Tensor e = edge_as_bhw("path_affinity", edge);
+  const IrnetPaths P = make_irnet_paths(radius);
+  const int64_t B = e.size(0), H = e.size(1), W = e.size(2), D = P.num_offsets();
+  at::Tensor out = at::empty({B, D, H, W}, e.options());
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(e.scalar_type(), "path_affinity_cpu", [&] {
+    path_affinity_forward_cpu<scalar_t>(e.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), B, H, W, P);
+  });
+  return out;
+}
+
+at::Tensor path_affinity_backward_cpu(const at::Tensor& grad, const at::Tensor& edge, int64_t radius) {
+  check_radius("path_affinity_backward", radius);
+  WSSS_CHECK_CPU("path_affinity_backward", "edge", edge);
+  WSSS_CHECK_SAME_DEVICE("path_affinity_backward", "grad", grad, "edge", edge);
+  const at::Tensor e = edge_as_bhw("path_affinity_backward", edge);
+  const IrnetPaths P = make_irnet_paths(radius);
+  const int64_t B = e.size(0), H = e.size(1), W = e.size(2), D = P.num_offsets();
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == B && grad.size(1) == D && grad.size(2) == H &&
+                  grad.size(3) == W,
+              "path_affinity_backward: grad must have shape [", B, ", ", D, ", ", H, ", ", W,
+              "], got ", shape_str(grad));
+  const at::Tensor g = grad.to(e.scalar_type()).contiguous();
+  at::Tensor gedge = at::zeros({B, H, W}, e.options());
+  if (g.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES(e.scalar_type(), "path_affinity_backward_cpu", [&] {
+      backward_impl<scalar_t>(g.data_ptr<scalar_t>(), e.data_ptr<scalar_t>(),
+                              gedge.data_ptr<scalar_t>(), B, H, W, P);
+    });
+  }
+  return gedge.view(edge.sizes());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(wsss_fast, CPU, m) {
+  m.impl("path_affinity", &path_affinity_cpu);
+  m.impl("path_affinity_backward", &path_affinity_backward_cpu);
+}
+
+}  // namespace wsss_fast

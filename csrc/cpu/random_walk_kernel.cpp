@@ -1,0 +1,194 @@
+// CPU kernel of IRNet's random walk as a sparse stencil. The (2D + 1)-point weights
+// w(o, j) = A[j+o, j]^beta / sum_i A[i, j]^beta are computed once per call; every step is
+// x_{k+1}[j] = sum_o x_k[j + o] w(o, j) on zero-padded planes (no bounds checks).
+// See wsss_fast/ops/random_walk.py for the definition.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "common/irnet_checks.h"
+#include "common/irnet_paths.h"
+#include "cpu/path_affinity_cpu.h"
+
+namespace wsss_fast {
+namespace {
+
+// One output row: dst[x] = sum_k w[k][x] * src[off[k] + x]. Chunks of 8 disk points are
+// summed in T (vectorized), the chunks in double: 256 steps of plain float sums over the
+// disk would drift by ~1e-4 relative, chunked ones stay near 1e-5.
+template <typename T>
+inline void stencil_row(T* __restrict dst, const T* __restrict w, int64_t w_stride,
+                        const T* __restrict src, const int64_t* off, int64_t K, int64_t W,
+                        double* __restrict acc, T* __restrict part) {
+  for (int64_t x = 0; x < W; ++x) acc[x] = 0.0;
+  for (int64_t k0 = 0; k0 < K; k0 += 8) {
+    const int64_t k1 = std::min<int64_t>(k0 + 8, K);
+    for (int64_t x = 0; x < W; ++x) part[x] = T(0);
+    int64_t k = k0;
+    for (; k + 4 <= k1; k += 4) {
+      const T* __restrict w0 = w + k * w_stride;
+      const T* __restrict w1 = w0 + w_stride;
+      const T* __restrict w2 = w1 + w_stride;
+      const T* __restrict w3 = w2 + w_stride;
+      const T* __restrict s0 = src + off[k];
+      const T* __restrict s1 = src + off[k + 1];
+      const T* __restrict s2 = src + off[k + 2];
+      const T* __restrict s3 = src + off[k + 3];
+      for (int64_t x = 0; x < W; ++x) part[x] += (w0[x] * s0[x] + w1[x] * s1[x]) + (w2[x] * s2[x] + w3[x] * s3[x]);
+    }
+    for (; k < k1; ++k) {
+      const T* __restrict wk = w + k * w_stride;
+      const T* __restrict sk = src + off[k];
+      for (int64_t x = 0; x < W; ++x) part[x] += wk[x] * sk[x];
+    }
+    for (int64_t x = 0; x < W; ++x) acc[x] += static_cast<double>(part[x]);
+  }
+  for (int64_t x = 0; x < W; ++x) dst[x] = static_cast<T>(acc[x]);
+}
+
+// a^beta; integral beta (IRNet: 10) by repeated squaring, much cheaper than std::pow.
+inline double pow_beta(double a, double beta, int64_t ibeta) {
+  if (ibeta <= 0) return std::pow(a, beta);
+  double r = 1.0, p = a;
+  for (int64_t n = ibeta; n; n >>= 1) {
+    if (n & 1) r *= p;
+    p *= p;
+  }
+  return r;
+}
+
+template <typename T>
+void random_walk_impl(const at::Tensor& x0, const at::Tensor& e, at::Tensor& out, const IrnetPaths& P,
+                      double beta, int64_t steps) {
+  const int64_t B = x0.size(0), C = x0.size(1), H = x0.size(2), W = x0.size(3);
+  const int64_t D = P.num_offsets(), K = 2 * D + 1, HW = H * W;
+  const int64_t R = P.radius - 1, Hp = H + 2 * R, Wp = W + 2 * R, plane = Hp * Wp;
+
+  // Affinities [B, D, H, W] and normalized weights [B, K, H, W], computed in double (the
+  // walk is sensitive to the weights: 256 steps amplify their rounding):
+  // k = 0 the pixel itself, 1..D the pairs (j, j + d), D+1..2D the transposed (j - d, j).
+  const at::Tensor e64 = e.to(at::kDouble).contiguous();
+  const int64_t ibeta = (beta == std::floor(beta) && beta <= 64) ? static_cast<int64_t>(beta) : 0;
+  std::vector<double> aff(static_cast<size_t>(B * D * HW));
+  if (D > 0) path_affinity_forward_cpu<double>(e64.data_ptr<double>(), aff.data(), B, H, W, P);
+  std::vector<T> wts(static_cast<size_t>(B * K * HW));
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / H, y = r % H;
+      const double* ab = aff.data() + b * D * HW;
+      std::vector<double> wd(static_cast<size_t>(K));
+      for (int64_t x = 0; x < W; ++x) {
+        wd[0] = 1.0;
+        double s = 1.0;
+        for (int64_t d = 0; d < D; ++d) {
+          const int64_t dy = P.dy[d], dx = P.dx[d];
+          const bool fwd_in = y + dy < H && x + dx >= 0 && x + dx < W;
+          const bool back_in = y - dy >= 0 && x - dx >= 0 && x - dx < W;
+          wd[1 + d] = fwd_in ? pow_beta(ab[d * HW + y * W + x], beta, ibeta) : 0.0;
+          wd[1 + D + d] = back_in ? pow_beta(ab[d * HW + (y - dy) * W + (x - dx)], beta, ibeta) : 0.0;
+          s += wd[1 + d] + wd[1 + D + d];
+        }
+        T* wb = wts.data() + b * K * HW + y * W + x;
+        for (int64_t k = 0; k < K; ++k) wb[k * HW] = static_cast<T>(wd[k] / s);
+      }
+    }
+  });
+
+  // Stencil offsets in the padded plane.
+  std::vector<int64_t> off(static_cast<size_t>(K));
+  off[0] = 0;
+  for (int64_t d = 0; d < D; ++d) {
+    off[1 + d] = P.dy[d] * Wp + P.dx[d];
+    off[1 + D + d] = -(P.dy[d] * Wp + P.dx[d]);
+  }
+
+  // Zero-padded double buffers [B*C, Hp, Wp]; the halo stays 0.
+  std::vector<T> buf0(static_cast<size_t>(B * C * plane), T(0)), buf1(buf0.size(), T(0));
+  const T* xs = x0.data_ptr<T>();
+  at::parallel_for(0, B * C * H, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t pc = r / H, y = r % H;
+      std::copy(xs + r * W, xs + (r + 1) * W, buf0.data() + pc * plane + (y + R) * Wp + R);
+    }
+  });
+
+  auto row = [&](const T* src, T* dst, int64_t pc, int64_t y, double* acc, T* part) {
+    const int64_t b = pc / C;
+    const int64_t base = pc * plane + (y + R) * Wp + R;
+    stencil_row<T>(dst + base, wts.data() + b * K * HW + y * W, HW, src + base, off.data(), K, W, acc, part);
+  };
+  const int64_t planes = B * C;
+  if (planes >= at::get_num_threads()) {
+    // Enough planes: each thread walks whole planes through every step (no barriers).
+    at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+      std::vector<double> acc(static_cast<size_t>(W));
+      std::vector<T> part(static_cast<size_t>(W));
+      for (int64_t pc = begin; pc < end; ++pc) {
+        for (int64_t s = 0; s < steps; ++s) {
+          const T* src = (s & 1) ? buf1.data() : buf0.data();
+          T* dst = (s & 1) ? buf0.data() : buf1.data();
+          for (int64_t y = 0; y < H; ++y) row(src, dst, pc, y, acc.data(), part.data());
+        }
+      }
+    });
+  } else {
+    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(K * W, 1));
+    for (int64_t s = 0; s < steps; ++s) {
+      const T* src = (s & 1) ? buf1.data() : buf0.data();
+      T* dst = (s & 1) ? buf0.data() : buf1.data();
+      at::parallel_for(0, planes * H, grain, [&](int64_t begin, int64_t end) {
+        std::vector<double> acc(static_cast<size_t>(W));
+        std::vector<T> part(static_cast<size_t>(W));
+        for (int64_t r = begin; r < end; ++r) row(src, dst, r / H, r % H, acc.data(), part.data());
+      });
+    }
+  }
+
+  const T* res = (steps & 1) ? buf1.data() : buf0.data();
+  T* o = out.data_ptr<T>();
+  at::parallel_for(0, B * C * H, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t pc = r / H, y = r % H;
+      const T* s = res + pc * plane + (y + R) * Wp + R;
+      std::copy(s, s + W, o + r * W);
+    }
+  });
+}
+
+at::Tensor random_walk_cpu(const at::Tensor& x, const at::Tensor& edge, int64_t radius, double beta,
+                           int64_t steps) {
+  const char* op = "random_walk";
+  check_radius(op, radius);
+  TORCH_CHECK(steps >= 0, op, ": steps must be >= 0, got ", steps);
+  TORCH_CHECK(beta > 0, op, ": beta must be > 0, got ", beta);
+  WSSS_CHECK_DIM("random_walk", "x", x, 4, "[B, C, H, W]");
+  WSSS_CHECK_FLOATING("random_walk", "x", x);
+  WSSS_CHECK_SAME_DEVICE("random_walk", "x", x, "edge", edge);
+  WSSS_CHECK_CPU("random_walk", "x", x);
+  const at::Tensor e3 = edge_as_bhw(op, edge);
+  TORCH_CHECK(e3.size(0) == x.size(0) && e3.size(1) == x.size(2) && e3.size(2) == x.size(3), op,
+              ": edge must have shape [B, H, W] = [", x.size(0), ", ", x.size(2), ", ", x.size(3),
+              "] (or [B, 1, H, W]) to match x ", shape_str(x), ", got ", shape_str(edge));
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
+              ": x must be float32 or float64 on CPU, got ", x.scalar_type());
+  const at::Tensor e = e3.to(x.scalar_type()).contiguous();
+  const at::Tensor x0 = (x * (1 - e.unsqueeze(1))).contiguous();
+  if (steps == 0 || x0.numel() == 0) return x0;
+  at::Tensor out = at::empty_like(x0);
+  const IrnetPaths P = make_irnet_paths(radius);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "random_walk_cpu", [&] {
+    random_walk_impl<scalar_t>(x0, e, out, P, beta, steps);
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(wsss_fast, CPU, m) { m.impl("random_walk", &random_walk_cpu); }
+
+}  // namespace wsss_fast
