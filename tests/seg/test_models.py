@@ -110,3 +110,11 @@ def test_mismatched_weights_raise(tmp_path):
     torch.save({"a": 1}, bad)
     with pytest.raises(ValueError, match="state dict"):
         load_encoder_weights(model, bad)
+
+
+def test_decoder_channels():
+    model = build_seg_model("unet", "resnet18", 1, decoder_channels=[64, 32, 16, 16, 8]).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 40, 40)).shape == (1, 1, 40, 40)
+    with pytest.raises(ValueError, match="5 widths"):
+        build_seg_model("unet", "resnet18", 1, decoder_channels=[64, 32])

@@ -24,12 +24,71 @@ STEPS: dict[str, tuple[str, str, str]] = {
     "train-irn": ("wsss_fast.irn.train", "train_irn", "step 2: train IRNet's boundary and displacement branches"),
     "make-sem-seg": ("wsss_fast.irn.sem_seg", "make_sem_seg", "step 2: random-walk pseudo labels"),
     "eval-sem-seg": ("wsss_fast.irn.sem_seg", "eval_sem_seg", "evaluate pseudo labels, sweep the bg threshold"),
+    "show": ("wsss_fast.irn.show", "show", "PNG panels: image | CAM | boundary | displacement | random walk | labels"),
     "train-seg": ("wsss_fast.seg.train", "train_seg", "step 3: train the segmentation model on pseudo labels"),
+    "predict-seg": ("wsss_fast.seg.infer", "predict_seg", "step 3: segmentation predictions for the evaluated splits"),
     "evaluate": ("wsss_fast.metrics.report", "evaluate", "the report table for every step (report.json)"),
 }
 
 # the order `wsss-fast run` executes
-PIPELINE = ["train-cls", "make-cam", "make-ir-label", "train-irn", "make-sem-seg", "train-seg", "evaluate"]
+PIPELINE = ["train-cls", "make-cam", "make-ir-label", "train-irn", "make-sem-seg", "train-seg",
+            "predict-seg", "evaluate"]
+
+
+# longer descriptions shown by `wsss-fast <command> --help`
+STEP_DETAILS: dict[str, str] = {
+    "train-cls": (
+        "Trains cls.arch (VGG16-D1 or a dilated ResNet, output stride 8) with DropBlock on the image-level\n"
+        "labels of cls.train_split (BCE with logits, class-balanced batches from sampler.neg_pos_ratio).\n"
+        "Writes OUT/cls/last.pt after every epoch (resumed when cls.resume is true), OUT/cls/best.pt\n"
+        "(best multi-label F1 on cls.val_split) and OUT/cls/train.log. Multi-GPU / multi-process:\n"
+        "  torchrun --nproc_per_node=N -m wsss_fast.cli.main train-cls --config ... --out ...\n"
+        "(cls.batch_size is the global batch; NCCL on CUDA, gloo on the CPU)."),
+    "make-cam": (
+        "Loads cam.checkpoint (OUT/cls/best.pt) and writes OUT/cam/<image_id>.npy for every image of\n"
+        "cam.splits: keys (positive classes), cam (stride 4), high_res (working resolution), raw; fp16,\n"
+        "multi-scale (cam.scales) and flip (cam.flip). Existing files are skipped (resumable). Shard the\n"
+        "images with cam.num_shards=N cam.shard_index=i, or run under torchrun (one shard per process)."),
+    "eval-cam": (
+        "Reads the cached OUT/cam/*.npy (no recomputation) and reports mIoU over all images, mIoU over\n"
+        "positive images and Dice for every background threshold of cam.eval_thresholds on\n"
+        "cam.eval_splits, with the best threshold by cam.eval_metric; writes OUT/cam/eval.json."),
+}
+
+# config sections listed (with defaults and comments from default.yaml) by `<command> --help`
+STEP_SECTIONS: dict[str, tuple[str, ...]] = {
+    "train-cls": ("", "dataset", "augment", "sampler", "cls"),
+    "make-cam": ("", "dataset", "cam"),
+    "eval-cam": ("", "dataset", "cam"),
+}
+
+
+def config_help(sections: tuple[str, ...]) -> str | None:
+    """The ``default.yaml`` lines of ``sections`` as ``key.sub: default  # comment`` ("" = top-level keys)."""
+    if not sections:
+        return None
+    from ..config import CONFIG_DIR
+
+    lines, stack, current = [], [], None
+    for raw in (CONFIG_DIR / "default.yaml").read_text().splitlines():
+        text = raw.split("#", 1)[0].rstrip()
+        comment = raw.split("#", 1)[1].strip() if "#" in raw else ""
+        if not text.strip():
+            if comment and current in sections and lines and raw.startswith(" "):
+                lines.append(" " * 40 + "# " + comment)  # continuation of the previous comment
+            continue
+        indent = len(text) - len(text.lstrip())
+        key, _, value = text.strip().partition(":")
+        depth = indent // 2
+        stack = stack[:depth] + [key]
+        if depth == 0:
+            current = key if not value.strip() else ""
+        if current not in sections or (depth == 0 and current):
+            continue
+        if value.strip() or comment:
+            entry = f"  {'.'.join(stack)}: {value.strip()}" if value.strip() else f"  {'.'.join(stack)}:"
+            lines.append((f"{entry:<40}" + (f"# {comment}" if comment else "")).rstrip())
+    return "config keys (override any with key.sub=value; defaults from configs/default.yaml):\n" + "\n".join(lines)
 
 
 def resolve_step(name: str) -> Callable:
@@ -62,7 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, _, help_) in STEPS.items():
-        _add_common(sub.add_parser(name, help=help_, description=help_))
+        desc = help_ + (("\n\n" + STEP_DETAILS[name]) if name in STEP_DETAILS else "")
+        _add_common(sub.add_parser(name, help=help_, description=desc,
+                                   epilog=config_help(STEP_SECTIONS.get(name, ())),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter))
     from . import pipeline
 
     pipeline.add_parsers(sub, _add_common)

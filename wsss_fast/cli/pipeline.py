@@ -1,7 +1,205 @@
-"""``wsss-fast run`` and ``wsss-fast demo`` (placeholder until the pipeline lands)."""
+"""``wsss-fast run`` (every step in order) and ``wsss-fast demo`` (synthetic data, small models).
+
+The pipeline of Viniavskyi, Dobko, Dobosevych, "Weakly-Supervised Segmentation for
+Disease Localization in Chest X-Ray Images", AIME 2020: classifier + Grad-CAM++ ->
+IRNet pseudo labels -> segmentation network -> evaluation (Table 3, Figure 1).
+
+``run`` executes :data:`wsss_fast.cli.main.PIPELINE`. A step whose ``<step dir>/.done``
+marker exists is skipped, so an interrupted run continues where it stopped (the steps
+themselves resume from their checkpoints). When a step runs, the outputs of every later
+step are stale and are removed. ``--from STEP`` removes the outputs of STEP and of every
+later step and reruns them. Per-step wall times go to ``OUT/timings.json`` and into
+``report.json``.
+"""
 
 from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from ..config import get, load_config, save_config
+from ..runs import RunPaths, atomic_write_bytes
+
+# step -> RunPaths attribute of the folder it writes and marks done
+STEP_DIRS = {
+    "train-cls": "cls",
+    "make-cam": "cam",
+    "make-ir-label": "ir_label",
+    "train-irn": "irn",
+    "make-sem-seg": "sem_seg",  # also writes rw/
+    "train-seg": "seg",
+    "predict-seg": "seg_pred",
+    "evaluate": "figures",      # evaluate marks figures/ done after writing report.json
+}
+EXTRA_OUTPUTS = {"make-sem-seg": ("rw",), "evaluate": ("report",)}
+
+
+def step_dir(paths: RunPaths, step: str) -> Path:
+    return getattr(paths, STEP_DIRS[step])
+
+
+def _pipeline() -> list[str]:
+    from .main import PIPELINE
+
+    return list(PIPELINE)
+
+
+def clear_outputs(paths: RunPaths, steps: list[str], log: Callable[[str], None] = print) -> None:
+    """Remove the outputs (and so the ``.done`` markers) of ``steps``."""
+    for step in steps:
+        targets = [step_dir(paths, step)] + [getattr(paths, a) for a in EXTRA_OUTPUTS.get(step, ())]
+        if step == "evaluate":  # figures/ may hold other panels (wsss-fast show): keep them
+            targets = [step_dir(paths, step) / ".done", paths.report]
+        for t in targets:
+            if t.is_dir():
+                log(f"[run] removing stale outputs of {step}: {t}")
+                shutil.rmtree(t)
+            elif t.exists():
+                log(f"[run] removing stale outputs of {step}: {t}")
+                t.unlink()
+
+
+def _read_timings(paths: RunPaths) -> dict:
+    f = paths.root / "timings.json"
+    if f.exists():
+        try:
+            return json.loads(f.read_text())
+        except json.JSONDecodeError:
+            pass
+    return {}
+
+
+def _write_timings(paths: RunPaths, timings: dict) -> None:
+    timings = {k: v for k, v in timings.items() if k != "total"}
+    timings["total"] = round(sum(v for v in timings.values() if isinstance(v, (int, float))), 2)
+    atomic_write_bytes((json.dumps(timings, indent=2) + "\n").encode(), paths.root / "timings.json")
+    return timings
+
+
+def run_pipeline(cfg: dict, paths: RunPaths, start: str | None = None,
+                 steps: dict[str, Callable] | None = None,
+                 log: Callable[[str], None] = print) -> dict:
+    """Run every pipeline step in order, skipping finished ones.
+
+    Args:
+        cfg: the resolved configuration (saved to ``paths.config``).
+        paths: the run directory.
+        start: ``--from``: rerun from this step (its outputs and later ones are removed).
+        steps: step name -> callable ``(cfg, paths)``; default: the functions named in
+            :data:`wsss_fast.cli.main.STEPS` (tests pass cheap stand-ins).
+        log: where progress lines go.
+
+    Returns:
+        The per-step wall times in seconds (``timings.json``), with ``total``.
+    """
+    from .main import resolve_step
+
+    order = _pipeline()
+    if start is not None:
+        if start not in order:
+            raise ValueError(f"--from must be one of {order}, got '{start}'")
+        clear_outputs(paths, order[order.index(start):], log)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    if paths.config.exists():
+        old = paths.config.read_text()
+        save_config(cfg, paths.config)
+        if old != paths.config.read_text():
+            log(f"[run] note: the configuration differs from the one saved in {paths.config}; "
+                "finished steps are kept (use --from STEP to redo them)")
+    else:
+        save_config(cfg, paths.config)
+    timings = _read_timings(paths)
+    for k, step in enumerate(order):
+        if paths.is_done(step_dir(paths, step)):
+            log(f"[run] {step}: done, skipped")
+            continue
+        clear_outputs(paths, [s for s in order[k + 1:] if (step_dir(paths, s)).exists()
+                              or any(getattr(paths, a).exists() for a in EXTRA_OUTPUTS.get(s, ()))], log)
+        log(f"[run] {step} ...")
+        fn = steps[step] if steps is not None else resolve_step(step)
+        t0 = time.perf_counter()
+        fn(cfg, paths)
+        timings[step] = round(time.perf_counter() - t0, 2)
+        timings = _write_timings(paths, timings)
+        if not paths.is_done(step_dir(paths, step)):
+            paths.mark_done(step_dir(paths, step))
+        log(f"[run] {step}: {timings[step]:.1f}s")
+    timings = _write_timings(paths, timings)
+    if paths.report.exists():  # the report was written before evaluate's own time was known
+        try:
+            report = json.loads(paths.report.read_text())
+            report["timings_s"] = timings
+            atomic_write_bytes((json.dumps(report, indent=2) + "\n").encode(), paths.report)
+        except json.JSONDecodeError:
+            pass
+    return timings
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    run_pipeline(cfg, RunPaths(args.out), start=args.from_step)
+    return 0
+
+
+def prepare_demo_data(cfg: dict, out: Path) -> dict:
+    """Write the built-in synthetic chest radiographs under ``out/data`` (once); point the config at them."""
+    from ..data.synthetic import write_synthetic_siim
+
+    syn = get(cfg, "dataset.synthetic", {}) or {}
+    root = Path(get(cfg, "dataset.root") or out / "data")
+    write_synthetic_siim(root, num_images=int(syn.get("num_images", 240)),
+                         image_size=int(syn.get("image_size", 256)), seed=int(cfg.get("seed", 0)),
+                         positive_fraction=float(syn.get("positive_fraction", 0.5)))
+    cfg = dict(cfg)
+    cfg["dataset"] = {**cfg["dataset"], "root": str(root)}
+    return cfg
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides or [])
+    if args.device:
+        overrides.append(f"device={args.device}")
+    cfg = load_config(args.config or "demo", overrides)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    cfg = prepare_demo_data(cfg, out)
+    data_s = time.perf_counter() - t0
+    paths = RunPaths(out)
+    timings = run_pipeline(cfg, paths, start=args.from_step)
+    if paths.report.exists():
+        from ..metrics.report import format_table
+
+        report = json.loads(paths.report.read_text())
+        print()
+        print(format_table(report))
+    print(f"\ndemo finished in {time.perf_counter() - t0:.0f}s (synthetic data {data_s:.0f}s, "
+          f"pipeline steps {timings.get('total', 0):.0f}s in total over all runs); "
+          f"outputs in {out}, report in {paths.report}, figures in {paths.figures}")
+    return 0
 
 
 def add_parsers(sub, add_common) -> None:
     """Register ``run`` and ``demo`` on the sub-command parser."""
+    steps = _pipeline()
+    p = sub.add_parser("run", help="run every step in order (finished steps are skipped)",
+                       description="Run " + " -> ".join(steps) + "; steps whose .done marker exists "
+                       "are skipped; --from STEP reruns from STEP.")
+    add_common(p)
+    p.add_argument("--from", dest="from_step", choices=steps, default=None,
+                   help="rerun from this step (its outputs and those of later steps are removed)")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("demo", help="synthetic chest radiographs + the whole pipeline with small models",
+                       description="Write the built-in synthetic chest radiographs under OUT/data and "
+                       "run the whole pipeline with configs/demo.yaml; prints the report.")
+    add_common(p, config_required=False)
+    p.set_defaults(config=None)
+    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: the config's)")
+    p.add_argument("--from", dest="from_step", choices=steps, default=None,
+                   help="rerun from this step")
+    p.set_defaults(func=_cmd_demo)

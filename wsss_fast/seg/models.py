@@ -136,7 +136,8 @@ def load_encoder_weights(model: nn.Module, path: str | Path) -> None:
 
 def build_seg_model(arch: str, encoder: str, num_classes: int,
                     encoder_weights_path: str | Path | None = None,
-                    pad_mode: str = "reflect") -> PaddedSegModel:
+                    pad_mode: str = "reflect",
+                    decoder_channels: list[int] | None = None) -> PaddedSegModel:
     """Build a segmentation model.
 
     Args:
@@ -145,6 +146,8 @@ def build_seg_model(arch: str, encoder: str, num_classes: int,
         num_classes: foreground classes N (1 -> one output logit; else N + 1 outputs).
         encoder_weights_path: local encoder state dict, or None for random initialization.
         pad_mode: how inputs are padded to the encoder stride (``reflect`` or ``zero``).
+        decoder_channels: U-Net decoder widths (5 numbers; None = smp's 256..16) or the
+            DeepLabV3+ decoder width (one number; None = 256).
 
     Returns:
         A :class:`PaddedSegModel` mapping [B, 3, H, W] to logits [B, C, H, W].
@@ -157,10 +160,19 @@ def build_seg_model(arch: str, encoder: str, num_classes: int,
     if encoder not in ENCODERS[arch]:
         raise ValueError(f"seg.encoder for {arch} must be one of {ENCODERS[arch]}, got '{encoder}'")
     classes = num_outputs(num_classes)
+    kw = {}
+    if decoder_channels is not None:
+        if arch == "unet":
+            kw["decoder_channels"] = tuple(int(c) for c in decoder_channels)
+            if len(kw["decoder_channels"]) != 5:
+                raise ValueError(f"seg.decoder_channels for unet needs 5 widths, got {decoder_channels}")
+        else:
+            dc = decoder_channels[0] if isinstance(decoder_channels, (list, tuple)) else decoder_channels
+            kw["decoder_channels"] = int(dc)
     if arch == "unet":
-        net = smp.Unet(encoder_name=encoder, encoder_weights=None, classes=classes)
+        net = smp.Unet(encoder_name=encoder, encoder_weights=None, classes=classes, **kw)
     else:
-        net = smp.DeepLabV3Plus(encoder_name=encoder, encoder_weights=None, classes=classes)
+        net = smp.DeepLabV3Plus(encoder_name=encoder, encoder_weights=None, classes=classes, **kw)
     model = PaddedSegModel(net, stride=_stride(net), pad_mode=pad_mode)
     if encoder_weights_path:
         load_encoder_weights(model, encoder_weights_path)
@@ -177,4 +189,5 @@ def model_from_cfg(cfg: dict, num_classes: int) -> PaddedSegModel:
     """:func:`build_seg_model` from the ``seg:`` section of a config."""
     s = cfg.get("seg", {})
     return build_seg_model(s.get("arch", "unet"), s.get("encoder", "resnet18"), num_classes,
-                           s.get("encoder_weights_path"), s.get("pad_mode", "reflect"))
+                           s.get("encoder_weights_path"), s.get("pad_mode", "reflect"),
+                           s.get("decoder_channels"))

@@ -1,0 +1,75 @@
+"""CI-sized end-to-end run of the whole pipeline on a tiny synthetic set (`wsss-fast run`)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from wsss_fast.cli import main as cli
+from wsss_fast.cli.pipeline import prepare_demo_data, run_pipeline, step_dir
+from wsss_fast.config import load_config
+from wsss_fast.runs import RunPaths, load_cam_file
+
+TINY = {
+    "device": "cpu",
+    "num_workers": 0,
+    "dataset": {"image_size": 64, "split_counts": {"train": [1, 1], "val": [1, 1], "test": [1, 1]},
+                "synthetic": {"num_images": 24, "image_size": 96, "positive_fraction": 0.5}},
+    "cls": {"epochs": 1, "batch_size": 8, "amp": False},
+    "cam": {"scales": [1.0], "flip": False, "batch_size": 8},
+    "ir_label": {"crf": {"iterations": 2}, "workers": 0},
+    "irn": {"crop_size": 64, "radius": 4, "epochs": 1, "batch_size": 8, "amp": False},
+    "sem_seg": {"steps": 8, "batch_size": 4, "processes": 1, "workers": 0},
+    "seg": {"epochs": 1, "batch_size": 8, "image_size": 64, "amp": False},
+    "evaluate": {"num_figures": 2},
+}
+
+
+@pytest.mark.slow
+def test_tiny_end_to_end(tmp_path):
+    cfg = load_config("demo", TINY)
+    out = tmp_path / "run"
+    cfg = prepare_demo_data(cfg, out)
+    paths = RunPaths(out)
+    timings = run_pipeline(cfg, paths)
+
+    # every step ran and marked itself done
+    for step in cli.PIPELINE:
+        assert paths.is_done(step_dir(paths, step)), step
+        assert timings[step] >= 0
+    assert paths.config.exists() and (paths.root / "timings.json").exists()
+    assert (paths.cls / "final.pt").exists() or any(paths.cls.glob("*.pt"))
+    assert any(paths.irn.glob("*.pt")) and (paths.seg / "final.pt").exists()
+
+    from wsss_fast.data import build_dataset
+
+    for split in ("train", "val", "test"):
+        ds = build_dataset(cfg, split, paths, train=False)
+        assert len(ds) > 0
+        for i, name in enumerate(ds.image_ids):
+            cam = load_cam_file(paths.cam / f"{name}.npy")
+            assert cam["high_res"].shape[-2:] == (64, 64)
+            lab = np.array(Image.open(paths.sem_seg / f"{name}.png"))
+            assert lab.shape == tuple(ds.load_mask(i).shape)  # pseudo labels at original resolution
+            if split == "train":
+                assert (paths.ir_label / f"{name}.png").exists()
+            else:
+                pred = np.array(Image.open(paths.seg_pred / f"{name}.png"))
+                assert pred.shape == tuple(ds.load_mask(i).shape) and set(np.unique(pred)) <= {0, 1}
+
+    report = json.loads(paths.report.read_text())
+    assert set(report["splits"]) == {"val", "test"}
+    for split in ("val", "test"):
+        assert set(report["splits"][split]) == {"cam", "irnet", "seg"}
+        for r in report["splits"][split].values():
+            for key in ("miou_all", "miou_pos", "dice"):
+                assert 0.0 <= r[key] <= 1.0
+    assert set(report["timings_s"]) >= set(cli.PIPELINE) | {"total"}
+    assert len(list(paths.figures.glob("test_*.png"))) == 2
+
+    # a second run finds everything done and does nothing
+    again = run_pipeline(cfg, paths, log=lambda s: None)
+    assert again == json.loads((paths.root / "timings.json").read_text())

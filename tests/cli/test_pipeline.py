@@ -1,0 +1,118 @@
+"""``wsss-fast run``: order, skipping finished steps, resuming an interrupted step, --from."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from wsss_fast.cli import main as cli
+from wsss_fast.cli.pipeline import STEP_DIRS, run_pipeline, step_dir
+from wsss_fast.config import load_config
+from wsss_fast.runs import RunPaths
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _stub_steps(calls: list, fail_once: set | None = None):
+    """Cheap stand-ins: each writes a file in its folder; a step in ``fail_once`` dies mid-way
+    the first time (after writing a partial file), like a killed process."""
+    fail_once = set(fail_once or ())
+
+    def make(name):
+        def step(cfg, paths):
+            calls.append(name)
+            d = step_dir(paths, name)
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "partial").write_text("x")
+            if name in fail_once:
+                fail_once.discard(name)
+                raise Interrupted(name)
+            (d / "out.txt").write_text(name)
+            if name == "evaluate":
+                paths.report.write_text(json.dumps({"splits": {}, "timings_s": {}}))
+            paths.mark_done(d)
+        return step
+
+    return {name: make(name) for name in cli.PIPELINE}
+
+
+def test_every_pipeline_step_is_a_registered_command():
+    assert set(cli.PIPELINE) <= set(cli.STEPS) and set(cli.PIPELINE) <= set(STEP_DIRS)
+    assert cli.PIPELINE[0] == "train-cls" and cli.PIPELINE[-1] == "evaluate"
+    assert cli.PIPELINE.index("train-seg") > cli.PIPELINE.index("make-sem-seg")
+
+
+def test_run_resumes_after_interruption(tmp_path):
+    cfg = load_config(None)
+    paths = RunPaths(tmp_path / "run")
+    calls: list = []
+    steps = _stub_steps(calls, fail_once={"train-irn"})
+    with pytest.raises(Interrupted):
+        run_pipeline(cfg, paths, steps=steps, log=lambda s: None)
+    done_before = cli.PIPELINE[:cli.PIPELINE.index("train-irn")]
+    assert calls == done_before + ["train-irn"]
+    assert not paths.is_done(paths.irn) and (paths.irn / "partial").exists()
+    assert paths.config.exists()
+    timings = json.loads((paths.root / "timings.json").read_text())
+    assert set(timings) == set(done_before) | {"total"}
+
+    calls.clear()
+    run_pipeline(cfg, paths, steps=steps, log=lambda s: None)
+    # finished steps are skipped; the interrupted one reruns (its partial outputs kept for resume)
+    assert calls == cli.PIPELINE[cli.PIPELINE.index("train-irn"):]
+    assert all(paths.is_done(step_dir(paths, s)) for s in cli.PIPELINE)
+    timings = json.loads((paths.root / "timings.json").read_text())
+    assert set(timings) == set(cli.PIPELINE) | {"total"}
+    assert json.loads(paths.report.read_text())["timings_s"] == timings
+
+    calls.clear()
+    run_pipeline(cfg, paths, steps=steps, log=lambda s: None)
+    assert calls == []  # all done: nothing runs
+
+
+def test_from_step_reruns_and_clears_later_outputs(tmp_path):
+    cfg = load_config(None)
+    paths = RunPaths(tmp_path / "run")
+    calls: list = []
+    steps = _stub_steps(calls)
+    run_pipeline(cfg, paths, steps=steps, log=lambda s: None)
+    (paths.seg / "stale.pt").write_text("old")
+    calls.clear()
+    run_pipeline(cfg, paths, start="make-sem-seg", steps=steps, log=lambda s: None)
+    assert calls == cli.PIPELINE[cli.PIPELINE.index("make-sem-seg"):]
+    assert not (paths.seg / "stale.pt").exists()
+    assert (paths.cls / "out.txt").exists()  # earlier steps untouched
+    with pytest.raises(ValueError, match="--from"):
+        run_pipeline(cfg, paths, start="nope", steps=steps, log=lambda s: None)
+
+
+def test_rerunning_an_earlier_step_clears_stale_later_outputs(tmp_path):
+    cfg = load_config(None)
+    paths = RunPaths(tmp_path / "run")
+    calls: list = []
+    steps = _stub_steps(calls)
+    run_pipeline(cfg, paths, steps=steps, log=lambda s: None)
+    (paths.cam / ".done").unlink()  # the user asks for new CAMs
+    calls.clear()
+    run_pipeline(cfg, paths, steps=steps, log=lambda s: None)
+    assert calls == cli.PIPELINE[cli.PIPELINE.index("make-cam"):]
+
+
+def test_cli_parses_run_and_demo(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run(cfg, paths, start=None, steps=None, log=print):
+        seen.update(cfg=cfg, paths=paths, start=start)
+        return {"total": 0}
+
+    monkeypatch.setattr("wsss_fast.cli.pipeline.run_pipeline", fake_run)
+    assert cli.main(["run", "--config", "demo", "--out", str(tmp_path / "r"), "--from", "train-seg",
+                     "seg.epochs=1"]) == 0
+    assert seen["start"] == "train-seg" and seen["cfg"]["seg"]["epochs"] == 1
+    monkeypatch.setattr("wsss_fast.cli.pipeline.prepare_demo_data", lambda cfg, out: cfg)
+    assert cli.main(["demo", "--out", str(tmp_path / "d"), "--device", "cpu", "cls.epochs=1"]) == 0
+    assert seen["cfg"]["device"] == "cpu" and seen["cfg"]["cls"]["epochs"] == 1
+    assert seen["cfg"]["dataset"]["image_size"] <= 256  # the small demo config
