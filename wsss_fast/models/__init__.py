@@ -23,6 +23,7 @@ def classifier_kwargs(cfg: dict, load_pretrained: bool = True) -> dict:
         "head_channels": int(get(cfg, "cls.head_channels", 512)),
         "dropblock": db if enabled else None,
         "pretrained_path": get(cfg, "cls.pretrained_path") if load_pretrained else None,
+        "width": float(get(cfg, "cls.width", 1.0)),
     }
 
 

@@ -113,11 +113,15 @@ def _resnet_features(arch: str, pretrained_path: str | Path | None) -> tuple[lis
     return stages, net.fc.in_features
 
 
-def _vgg16_d1_features(pretrained_path: str | Path | None) -> tuple[list, int]:
+def _vgg16_d1_features(pretrained_path: str | Path | None, width: float = 1.0) -> tuple[list, int]:
     # torchvision's vgg16_bn without its 120M-parameter ImageNet classifier (state-dict keys
-    # ``features.N.*`` stay those of torchvision's file)
+    # ``features.N.*`` stay those of torchvision's file). ``width`` scales every layer's
+    # channels (a narrow VGG16-D1 for CPU demos; pretrained weights need width 1).
+    if pretrained_path and width != 1.0:
+        raise ValueError(f"cls.width: pretrained VGG16 weights need width 1.0, got {width}")
+    layer_cfg = [v if v == "M" else max(8, int(round(v * width))) for v in _tv_vgg.cfgs["D"]]
     net = nn.Module()
-    net.features = _tv_vgg.make_layers(_tv_vgg.cfgs["D"], batch_norm=True)
+    net.features = _tv_vgg.make_layers(layer_cfg, batch_norm=True)
     for m in net.features.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -132,7 +136,7 @@ def _vgg16_d1_features(pretrained_path: str | Path | None) -> tuple[list, int]:
     stages = [("conv1", nn.Sequential(*f[0:3])), ("layer1", nn.Sequential(*f[3:7])),
               ("layer2", nn.Sequential(*f[7:14])), ("layer3", nn.Sequential(*f[14:24])),
               ("layer4", nn.Sequential(*f[24:34])), ("layer5", nn.Sequential(*f[34:43]))]  # pool5 dropped
-    return stages, 512
+    return stages, layer_cfg[-2]
 
 
 def _places(place: str | Sequence[str] | None) -> list[str]:
@@ -162,6 +166,7 @@ class Classifier(nn.Module):
             (ResNet) or ``layer1`` ... ``layer5`` (VGG16 conv blocks after conv1_1), ``head``.
         pretrained_path: local torchvision state dict of the backbone (``resnet50-*.pth``,
             ``vgg16_bn-*.pth``); None = random initialization.
+        width: channel multiplier of VGG16-D1 (e.g. 0.25 for quick CPU runs; ResNets need 1.0).
 
     Shapes:
         input ``[B, 3, H, W]`` -> logits ``[B, N]``; CAM layer output ``[B, head_channels,
@@ -172,15 +177,18 @@ class Classifier(nn.Module):
     output_stride = 8
 
     def __init__(self, arch: str = "resnet50", num_classes: int = 1, head_channels: int = 512,
-                 dropblock: dict | None = None, pretrained_path: str | Path | None = None) -> None:
+                 dropblock: dict | None = None, pretrained_path: str | Path | None = None,
+                 width: float = 1.0) -> None:
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"cls.arch: unknown architecture '{arch}'; choose one of {ARCHS}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.arch, self.num_classes = arch, int(num_classes)
+        if width != 1.0 and arch != "vgg16":
+            raise ValueError(f"cls.width: only vgg16 supports a width multiplier, got {width} for {arch}")
         if arch == "vgg16":
-            stages, in_ch = _vgg16_d1_features(pretrained_path)
+            stages, in_ch = _vgg16_d1_features(pretrained_path, float(width))
             valid = STAGES["vgg16"] + ("head",)
         else:
             stages, in_ch = _resnet_features(arch, pretrained_path)
