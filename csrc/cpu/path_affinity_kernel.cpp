@@ -45,15 +45,18 @@ inline void path_argmax(const scalar_t* e, int64_t H, int64_t W, int64_t y, int6
 typedef float pa_v4f __attribute__((vector_size(16)));
 typedef float pa_v4f_u __attribute__((vector_size(16), aligned(4)));
 typedef int32_t pa_v4i __attribute__((vector_size(16)));
+typedef int32_t pa_v4i_u __attribute__((vector_size(16), aligned(4)));
 
 // Pixels [x0, x0 + 4n) of one interior row (b, k, y): argmax over the path in registers
-// (first point on ties, as path_argmax), then one masked read-modify-write of the gradient
-// per path point; no branches on the data. Returns the first pixel not handled.
-inline int64_t backward_row_f32(const float* e, float* g, const float* go, int64_t W, int64_t y,
-                                int64_t x0, int64_t x1, const IrnetPaths& P, int64_t k) {
+// (first point on ties, as path_argmax) into abuf, then, per path point, one masked
+// read-modify-write pass over the row; no branches on the data. Passes go point by point
+// (not block by block) so that no load partially overlaps a store still in flight
+// (neighbouring path points are one column apart). Returns the first pixel not handled.
+inline int64_t backward_row_f32(const float* e, float* g, const float* go, int32_t* abuf, int64_t W,
+                                int64_t y, int64_t x0, int64_t x1, const IrnetPaths& P, int64_t k) {
   const int j0 = P.start[k], j1 = P.start[k + 1];
-  int64_t x = x0;
-  for (; x + 4 <= x1; x += 4) {
+  const int64_t xe = x0 + (x1 - x0) / 4 * 4;
+  for (int64_t x = x0; x < xe; x += 4) {
     pa_v4f m = *reinterpret_cast<const pa_v4f_u*>(e + (y + P.py[j0]) * W + P.px[j0] + x);
     pa_v4i a = {0, 0, 0, 0};
     for (int j = j0 + 1; j < j1; ++j) {
@@ -62,15 +65,19 @@ inline int64_t backward_row_f32(const float* e, float* g, const float* go, int64
       m = gt ? v : m;
       a = gt ? pa_v4i{j - j0, j - j0, j - j0, j - j0} : a;
     }
-    const pa_v4f gv = *reinterpret_cast<const pa_v4f_u*>(go + x);
-    const pa_v4f zero = {0.f, 0.f, 0.f, 0.f};
-    for (int j = j0; j < j1; ++j) {
-      pa_v4f_u* d = reinterpret_cast<pa_v4f_u*>(g + (y + P.py[j]) * W + P.px[j] + x);
-      const pa_v4i hit = a == pa_v4i{j - j0, j - j0, j - j0, j - j0};
-      *d = *d - (hit ? gv : zero);
+    *reinterpret_cast<pa_v4i_u*>(abuf + x) = a;
+  }
+  const pa_v4f zero = {0.f, 0.f, 0.f, 0.f};
+  for (int j = j0; j < j1; ++j) {
+    float* row = g + (y + P.py[j]) * W + P.px[j];
+    const pa_v4i jv = {j - j0, j - j0, j - j0, j - j0};
+    for (int64_t x = x0; x < xe; x += 4) {
+      pa_v4f_u* d = reinterpret_cast<pa_v4f_u*>(row + x);
+      const pa_v4i hit = *reinterpret_cast<const pa_v4i_u*>(abuf + x) == jv;
+      *d = *d - (hit ? *reinterpret_cast<const pa_v4f_u*>(go + x) : zero);
     }
   }
-  return x;
+  return xe;
 }
 #endif
 
@@ -93,6 +100,7 @@ void backward_impl(const scalar_t* grad, const scalar_t* edge, scalar_t* gedge, 
     at::parallel_for(0, n_tasks, 1, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> m(W);
       std::vector<arg_t> arg(W);
+      std::vector<int32_t> abuf(W);
       for (int64_t t = begin; t < end; ++t) {
         const int64_t b = t / per_b;
         const int64_t s = (t % per_b) * 2 + phase;
@@ -111,7 +119,7 @@ void backward_impl(const scalar_t* grad, const scalar_t* edge, scalar_t* gedge, 
               const int j0 = P.start[k], j1 = P.start[k + 1];
 #if defined(__GNUC__)
               if constexpr (std::is_same_v<scalar_t, float>) {
-                const int64_t xv = backward_row_f32(e, g, go, W, y, x0, x1, P, k);
+                const int64_t xv = backward_row_f32(e, g, go, abuf.data(), W, y, x0, x1, P, k);
                 for (int64_t x = xv; x < x1; ++x) {
                   int64_t ay = 0, ax = 0;
                   bool in = false;
