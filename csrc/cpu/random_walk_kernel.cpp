@@ -58,39 +58,37 @@ inline void stencil_row(T* __restrict dst, const T* __restrict w, int64_t w_stri
 typedef float rw_v4f __attribute__((vector_size(16)));
 typedef float rw_v4f_u __attribute__((vector_size(16), aligned(4)));  // unaligned loads
 typedef double rw_v4d __attribute__((vector_size(32)));
+constexpr int64_t kRwBlock = 16;  // pixels per register block (Wq is a multiple)
 
-// NC channels of one output row at once, 8 pixels per block, accumulators in registers: each
+// NC channels of one output row at once, kRwBlock pixels per block, accumulators in registers: each
 // weight is loaded once for all NC channels and no partial sums go through memory. Chunks of
 // 16 disk points are summed in float, the chunks in double (as stencil_row, with longer
-// chunks: the double adds were ~30% of the time; 256-step error stays ~2e-5). Wq % 8 == 0; the
+// chunks: the double adds were ~30% of the time; 256-step error stays ~2e-5). Wq % kRwBlock == 0; the
 // weights of the padding columns are 0, so those outputs stay 0.
 template <int NC>
 inline void stencil_row_f32(float* const* dst, const float* const* src, const float* __restrict w,
                             int64_t w_stride, const int64_t* off, int64_t K, int64_t Wq) {
-  for (int64_t x = 0; x < Wq; x += 8) {
-    rw_v4d acc[NC][2] = {};
+  constexpr int NV = kRwBlock / 4;  // 4-float vectors per block
+  for (int64_t x = 0; x < Wq; x += kRwBlock) {
+    rw_v4d acc[NC][NV] = {};
     for (int64_t k0 = 0; k0 < K; k0 += 16) {
       const int64_t k1 = std::min<int64_t>(k0 + 16, K);
-      rw_v4f part[NC][2] = {};
+      rw_v4f part[NC][NV] = {};
       for (int64_t k = k0; k < k1; ++k) {
         const float* wk = w + k * w_stride + x;
-        const rw_v4f w0 = *reinterpret_cast<const rw_v4f_u*>(wk);
-        const rw_v4f w1 = *reinterpret_cast<const rw_v4f_u*>(wk + 4);
+        rw_v4f wv[NV];
+        for (int v = 0; v < NV; ++v) wv[v] = *reinterpret_cast<const rw_v4f_u*>(wk + 4 * v);
         for (int c = 0; c < NC; ++c) {
           const float* sk = src[c] + off[k] + x;
-          part[c][0] += w0 * *reinterpret_cast<const rw_v4f_u*>(sk);
-          part[c][1] += w1 * *reinterpret_cast<const rw_v4f_u*>(sk + 4);
+          for (int v = 0; v < NV; ++v) part[c][v] += wv[v] * *reinterpret_cast<const rw_v4f_u*>(sk + 4 * v);
         }
       }
-      for (int c = 0; c < NC; ++c) {
-        acc[c][0] += __builtin_convertvector(part[c][0], rw_v4d);
-        acc[c][1] += __builtin_convertvector(part[c][1], rw_v4d);
-      }
+      for (int c = 0; c < NC; ++c)
+        for (int v = 0; v < NV; ++v) acc[c][v] += __builtin_convertvector(part[c][v], rw_v4d);
     }
-    for (int c = 0; c < NC; ++c) {
-      *reinterpret_cast<rw_v4f_u*>(dst[c] + x) = __builtin_convertvector(acc[c][0], rw_v4f);
-      *reinterpret_cast<rw_v4f_u*>(dst[c] + x + 4) = __builtin_convertvector(acc[c][1], rw_v4f);
-    }
+    for (int c = 0; c < NC; ++c)
+      for (int v = 0; v < NV; ++v)
+        *reinterpret_cast<rw_v4f_u*>(dst[c] + x + 4 * v) = __builtin_convertvector(acc[c][v], rw_v4f);
   }
 }
 #endif
@@ -111,9 +109,9 @@ void random_walk_impl(const at::Tensor& x0, const at::Tensor& e, at::Tensor& out
                       double beta, int64_t steps) {
   const int64_t B = x0.size(0), C = x0.size(1), H = x0.size(2), W = x0.size(3);
   const int64_t D = P.num_offsets(), K = 2 * D + 1, HW = H * W;
-  // Rows are padded to Wq = W rounded up to 8 (whole vector blocks, zero weights in the
+  // Rows are padded to Wq = W rounded up to 16 (whole register blocks, zero weights in the
   // padding) plus a halo of R = r - 1 on each side.
-  const int64_t Wq = (W + 7) / 8 * 8, HWq = H * Wq;
+  const int64_t Wq = (W + 15) / 16 * 16, HWq = H * Wq;
   const int64_t R = P.radius - 1, Hp = H + 2 * R, Wp = Wq + 2 * R, plane = Hp * Wp;
 
   // Affinities [B, D, H, W] and normalized weights [B, K, H, W], computed in double (the
