@@ -164,10 +164,15 @@ void random_walk_impl(const at::Tensor& x0, const at::Tensor& e, at::Tensor& out
 
   // Work unit: a group of up to NG channels of one image at one row; every weight is read
   // once per group.
+  // Pairs of channels, except when single channels give every thread its own plane and
+  // pairs do not (IRNet's B = 1, C = 2 on 2 threads): then no thread waits at a per-step
+  // barrier.
+  const int64_t nthreads = at::get_num_threads();
 #ifdef WSSS_RW_VECTOR
-  constexpr int64_t NG = std::is_same_v<T, float> ? 2 : 1;
+  int64_t NG = std::is_same_v<T, float> ? 2 : 1;
+  if (B * ((C + 1) / 2) < nthreads && B * C >= nthreads) NG = 1;
 #else
-  constexpr int64_t NG = 1;
+  const int64_t NG = 1;
 #endif
   const int64_t groups_per_b = (C + NG - 1) / NG, groups = B * groups_per_b;
   auto row = [&](const T* src, T* dst, int64_t grp, int64_t y, double* acc, T* part) {
@@ -187,7 +192,7 @@ void random_walk_impl(const at::Tensor& x0, const at::Tensor& e, at::Tensor& out
     for (int64_t c = 0; c < nc; ++c)
       stencil_row<T>(dst + base + c * plane, w, HWq, src + base + c * plane, off.data(), K, Wq, acc, part);
   };
-  if (groups >= at::get_num_threads()) {
+  if (groups >= nthreads) {
     // Enough groups: each thread walks whole groups through every step (no barriers).
     at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
       std::vector<double> acc(static_cast<size_t>(Wq));
