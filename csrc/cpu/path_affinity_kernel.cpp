@@ -106,6 +106,12 @@ void backward_impl(const scalar_t* grad, const scalar_t* edge, scalar_t* gedge, 
         const int64_t s = (t % per_b) * 2 + phase;
         const scalar_t* e = edge + b * HW;
         scalar_t* g = gedge + b * HW;
+        // A pixel whose path leaves the image has its destination outside (the path lies in
+        // the bounding box of source and destination), and the destination is the first path
+        // point, worth 1. With every edge value <= 1 it keeps the max, so such pixels send no
+        // gradient and the literal per-pixel search below can be skipped.
+        bool all_le1 = true;
+        for (int64_t i = 0; i < HW; ++i) all_le1 &= e[i] <= scalar_t(1);  // NaN: false
         const int64_t y_end = std::min(H, (s + 1) * hs);
         for (int64_t k = 0; k < D; ++k) {
           const int dy = P.dy[k], dx = P.dx[k];
@@ -156,6 +162,7 @@ void backward_impl(const scalar_t* grad, const scalar_t* edge, scalar_t* gedge, 
               }
               }
             }
+            if (all_le1) continue;
             for (int64_t x = 0; x < W; ++x) {
               if (x >= x0 && x < x1) {
                 x = x1 - 1;
