@@ -108,6 +108,20 @@ def test_backward_matches_reference(device, compiled_ops):
         torch.testing.assert_close(e1.grad, e2.grad, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_backward_values_above_one(device, compiled_ops, dtype):
+    # Above 1 an in-image path point beats the padding at the border, so border pixels send
+    # gradient (the CPU kernel skips them only when every edge value is <= 1).
+    torch.manual_seed(5)
+    edge = (torch.rand(2, 9, 12, dtype=torch.float64) * 1.5).to(device=device, dtype=dtype)
+    grad = torch.randn(2, len(search_offsets(4)), 9, 12, dtype=dtype, device=device)
+    e1 = edge.clone().requires_grad_()
+    path_affinity(e1, 4).backward(grad)
+    e2 = edge.clone().requires_grad_()
+    ref.path_affinity(e2, 4).backward(grad)
+    torch.testing.assert_close(e1.grad, e2.grad)
+
+
 def test_gradcheck(device, compiled_ops):
     torch.manual_seed(4)
     edge = torch.rand(2, 7, 8, dtype=torch.float64, device=device, requires_grad=True)  # no ties
