@@ -118,12 +118,18 @@ def test_dropblock_multiple_places_and_none():
 
 
 def test_uses_package_dropblock():
-    if not hasattr(wsss_fast.nn, "DropBlock2d"):
-        pytest.skip("wsss_fast.nn.DropBlock2d is not merged yet (the models use a stand-in)")
     model = Classifier("resnet18", 1, head_channels=8,
                        dropblock={**DB, "warmup_steps": 5, "shared_mask": True})
     (block,) = model.dropblocks()
     assert isinstance(block, wsss_fast.nn.DropBlock2d)
+
+
+def test_vgg16_width_multiplier():
+    model = Classifier("vgg16", 1, head_channels=8, width=0.25)
+    assert model.feature_map(torch.zeros(1, 3, 64, 64)).shape == (1, 8, 8, 8)
+    assert model.head[0].in_channels == 128
+    with pytest.raises(ValueError, match="width"):
+        Classifier("resnet18", 1, width=0.5)
 
 
 def test_build_classifier_from_config():

@@ -23,7 +23,6 @@ module whose output, the last feature map before GAP, is the CAM target layer) a
 
 from __future__ import annotations
 
-import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,6 +33,7 @@ import torchvision
 from torchvision.models import vgg as _tv_vgg
 from torch import nn
 
+from ..nn import DropBlock2d
 from .weights import load_torchvision_weights
 
 ARCHS = ("vgg16", "resnet18", "resnet34", "resnet50")
@@ -45,43 +45,9 @@ STAGES = {
 }
 
 
-class _FallbackDropBlock2d(nn.Module):
-    """Minimal pure-PyTorch DropBlock used only until ``wsss_fast.nn.DropBlock2d`` exists.
-
-    Same constructor as ``wsss_fast.nn.DropBlock2d`` (paper gamma, linear warm-up of p).
-    """
-
-    def __init__(self, p: float = 0.1, block_size: int = 7, shared_mask: bool = False,
-                 gamma_mode: str = "paper", warmup_steps: int = 0) -> None:
-        super().__init__()
-        self.p, self.block_size, self.shared_mask = float(p), int(block_size), bool(shared_mask)
-        self.warmup_steps = int(warmup_steps)
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        self.step += 1
-        p = self.p * (min(1.0, self.step.item() / self.warmup_steps) if self.warmup_steps > 0 else 1.0)
-        b, c, h, w = x.shape
-        bs = min(self.block_size, h, w)
-        gamma = p / bs**2 * (h * w) / ((h - bs + 1) * (w - bs + 1))
-        shape = (b, 1, h, w) if self.shared_mask else (b, c, h, w)
-        seeds = (torch.rand(shape, device=x.device) < gamma).to(x.dtype)
-        block = F.max_pool2d(seeds, bs, stride=1, padding=bs // 2)[..., :h, :w]
-        keep = 1.0 - block
-        return x * keep * (keep.numel() / keep.sum().clamp_min(1.0))
-
-
 def make_dropblock(p: float = 0.2, block_size: int = 7, shared_mask: bool = False,
                    gamma_mode: str = "paper", warmup_steps: int = 0) -> nn.Module:
-    """A ``wsss_fast.nn.DropBlock2d`` (fused kernel); a small pure-PyTorch stand-in before it exists."""
-    try:
-        from wsss_fast.nn import DropBlock2d
-    except ImportError:
-        warnings.warn("wsss_fast.nn.DropBlock2d is not available; using a pure-PyTorch stand-in",
-                      RuntimeWarning, stacklevel=2)
-        DropBlock2d = _FallbackDropBlock2d
+    """A ``wsss_fast.nn.DropBlock2d`` (the fused kernel)."""
     return DropBlock2d(p, block_size, shared_mask=shared_mask, gamma_mode=gamma_mode,
                        warmup_steps=warmup_steps)
 
