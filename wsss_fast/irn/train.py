@@ -64,6 +64,11 @@ class AffinityDataset(Dataset):
                  rescale: tuple[float, float] | None = (0.5, 1.5), hflip: bool = True, augment: bool = True):
         if augment and crop_size % 4:
             raise ValueError(f"irn.crop_size must be a multiple of 4, got {crop_size}")
+        if augment and crop_size // 4 <= 2 * (int(radius) - 1):
+            raise ValueError(
+                f"irn.crop_size {crop_size} is too small for irn.radius {radius}: the stride-4 "
+                f"crop ({crop_size // 4} px) must be wider than 2 * (radius - 1) = {2 * (int(radius) - 1)}; "
+                "use a larger crop or a smaller radius")
         self.base, self.label_dir, self.crop_size, self.radius = base, label_dir, int(crop_size), int(radius)
         self.rescale = tuple(rescale) if rescale else None
         self.augment = augment
