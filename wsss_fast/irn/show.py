@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..config import get
+from ..metrics.figures import PALETTE
 from ..runs import RunPaths, load_cam_file, resolve_device
 from . import common
 from .common import as_list, cam_path, read_png, resize_image_uint8, resize_label
@@ -24,24 +25,14 @@ from .net import EdgeDisplacement, load_irnet
 TITLES = ["image", "CAM", "boundary", "displacement", "random walk", "pseudo label", "ground truth"]
 
 
-def _palette(n: int = 256) -> np.ndarray:
-    """PASCAL VOC color map (0 black, 255 white-ish ignore)."""
-    pal = np.zeros((n, 3), np.uint8)
-    for i in range(n):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal[i] = (r, g, b)
-    pal[255] = (224, 224, 192)
-    return pal
+# the VOC colour map of the report's figures, with ignore (255) drawn light grey
+_PALETTE = PALETTE.copy()
+_PALETTE[255] = (224, 224, 192)
 
 
 def colorize_label(label: np.ndarray) -> np.ndarray:
     """uint8 ``[H, W]`` label map -> RGB with the VOC palette (class 1 red for SIIM)."""
-    return _palette()[np.asarray(label, dtype=np.uint8)]
+    return _PALETTE[np.asarray(label, dtype=np.uint8)]
 
 
 def heatmap(m: np.ndarray) -> np.ndarray:
