@@ -22,4 +22,12 @@ inline void check_radius(const char* op, int64_t radius) {
   TORCH_CHECK(radius <= 1024, op, ": radius must be <= 1024, got ", radius);
 }
 
+// path_affinity_backward: grad must be the forward output's shape [B, D, H, W].
+inline void check_affinity_grad(const at::Tensor& grad, int64_t B, int64_t D, int64_t H, int64_t W) {
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == B && grad.size(1) == D && grad.size(2) == H &&
+                  grad.size(3) == W,
+              "path_affinity_backward: grad must have shape [", B, ", ", D, ", ", H, ", ", W,
+              "], got ", shape_str(grad));
+}
+
 }  // namespace wsss_fast

@@ -202,10 +202,7 @@ at::Tensor path_affinity_backward_cpu(const at::Tensor& grad, const at::Tensor& 
   const at::Tensor e = edge_as_bhw("path_affinity_backward", edge);
   const IrnetPaths P = make_irnet_paths(radius);
   const int64_t B = e.size(0), H = e.size(1), W = e.size(2), D = P.num_offsets();
-  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == B && grad.size(1) == D && grad.size(2) == H &&
-                  grad.size(3) == W,
-              "path_affinity_backward: grad must have shape [", B, ", ", D, ", ", H, ", ", W,
-              "], got ", shape_str(grad));
+  check_affinity_grad(grad, B, D, H, W);
   const at::Tensor g = grad.to(e.scalar_type()).contiguous();
   at::Tensor gedge = at::zeros({B, H, W}, e.options());
   if (g.numel() > 0) {
