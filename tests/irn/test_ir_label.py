@@ -50,7 +50,7 @@ def test_crf_snaps_labels_to_image_edge():
     img = _img()
     lab = np.zeros((20, 30), np.int64)
     lab[:, 12:] = 1  # the label boundary is 3 px left of the image edge at 15
-    out = crf_inference_label(img, lab, 2)
+    out = crf_inference_label(img, lab, 2, CRFParams(reference_size=None))  # IRNet's widths as given
     assert out.shape == (20, 30)
     assert (out[:, :12] == 0).all() and (out[:, 17:] == 1).all()
     assert (out[:, 12:15] == 0).mean() > 0.9  # moved to the intensity edge
@@ -109,3 +109,17 @@ def test_make_ir_label_files_and_resume(fake_data):
     f.write_bytes(b"sentinel")  # resumable: existing files are not recomputed
     make_ir_label(cfg, paths)
     assert f.read_bytes() == b"sentinel"
+
+
+def test_crf_spatial_widths_scale_with_image_size():
+    assert CRFParams().spatial_scale(128, 96) == pytest.approx(128 / 500)
+    assert CRFParams(reference_size=None).spatial_scale(128, 96) == 1.0
+    with pytest.raises(ValueError, match="reference_size"):
+        CRFParams(reference_size=0).spatial_scale(8, 8)
+    # reference_size equal to the image's longer side is the unscaled CRF
+    img = _img()
+    lab = np.zeros(img.shape[:2], np.int64)
+    lab[:, img.shape[1] // 2 - 3:] = 1
+    same = crf_inference_label(img, lab, 2, CRFParams(reference_size=max(img.shape[:2])))
+    np.testing.assert_array_equal(same, crf_inference_label(img, lab, 2, CRFParams(reference_size=None)))
+    assert CRFParams.from_cfg({"reference_size": None, "enabled": True}).reference_size is None
