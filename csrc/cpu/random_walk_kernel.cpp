@@ -1,6 +1,7 @@
-// CPU kernel of IRNet's random walk as a sparse stencil. The (2D + 1)-point weights
-// w(o, j) = A[j+o, j]^beta / sum_i A[i, j]^beta are computed once per call; every step is
-// x_{k+1}[j] = sum_o x_k[j + o] w(o, j) on zero-padded planes (no bounds checks).
+// CPU kernel of IRNet's random walk as a sparse stencil. The pair weights a_d(j) =
+// A[j, j+d]^beta (D half-disk pairs, each stored once) and inv_s(j) = 1 / sum_i A[i, j]^beta
+// are computed once per call; every step is x_{k+1}[j] = (x_k[j] + sum_d a_d(j) x_k[j+d] +
+// a_d(j-d) x_k[j-d]) inv_s(j) on zero-padded planes (no bounds checks).
 // See wsss_fast/ops/random_walk.py for the definition.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -19,37 +20,30 @@
 namespace wsss_fast {
 namespace {
 
-// One output row: dst[x] = sum_k w[k][x] * src[off[k] + x]. Chunks of 8 disk points are
-// summed in T (vectorized), the chunks in double: 256 steps of plain float sums over the
-// disk would drift by ~1e-4 relative, chunked ones stay near 1e-5.
+// One output row of one channel (generic path, any T):
+//   dst[x] = (src[x] + sum_d a_d[x] src[x + off_d] + a_d[x - off_d] src[x - off_d]) * inv_s[x]
+// where a_d are the pair weights A^beta stored once per pair at the pair's first pixel, in
+// the padded plane geometry (0 in the halo and for pairs that leave the image). Chunks of 8
+// pairs are summed in T, the chunks in double: 256 steps of plain float sums over the disk
+// would drift by ~1e-4 relative, chunked ones stay near 1e-5.
 template <typename T>
-inline void stencil_row(T* __restrict dst, const T* __restrict w, int64_t w_stride,
-                        const T* __restrict src, const int64_t* off, int64_t K, int64_t W,
+inline void stencil_row(T* __restrict dst, const T* a0, int64_t a_stride, const T* __restrict inv_s,
+                        const T* __restrict src, const int64_t* off, int64_t D, int64_t W,
                         double* __restrict acc, T* __restrict part) {
-  for (int64_t x = 0; x < W; ++x) acc[x] = 0.0;
-  for (int64_t k0 = 0; k0 < K; k0 += 8) {
-    const int64_t k1 = std::min<int64_t>(k0 + 8, K);
+  for (int64_t x = 0; x < W; ++x) acc[x] = static_cast<double>(src[x]);
+  for (int64_t d0 = 0; d0 < D; d0 += 8) {
+    const int64_t d1 = std::min<int64_t>(d0 + 8, D);
     for (int64_t x = 0; x < W; ++x) part[x] = T(0);
-    int64_t k = k0;
-    for (; k + 4 <= k1; k += 4) {
-      const T* __restrict w0 = w + k * w_stride;
-      const T* __restrict w1 = w0 + w_stride;
-      const T* __restrict w2 = w1 + w_stride;
-      const T* __restrict w3 = w2 + w_stride;
-      const T* __restrict s0 = src + off[k];
-      const T* __restrict s1 = src + off[k + 1];
-      const T* __restrict s2 = src + off[k + 2];
-      const T* __restrict s3 = src + off[k + 3];
-      for (int64_t x = 0; x < W; ++x) part[x] += (w0[x] * s0[x] + w1[x] * s1[x]) + (w2[x] * s2[x] + w3[x] * s3[x]);
-    }
-    for (; k < k1; ++k) {
-      const T* __restrict wk = w + k * w_stride;
-      const T* __restrict sk = src + off[k];
-      for (int64_t x = 0; x < W; ++x) part[x] += wk[x] * sk[x];
+    for (int64_t d = d0; d < d1; ++d) {
+      const T* __restrict af = a0 + d * a_stride;
+      const T* __restrict ab = af - off[d];
+      const T* __restrict sf = src + off[d];
+      const T* __restrict sb = src - off[d];
+      for (int64_t x = 0; x < W; ++x) part[x] += af[x] * sf[x] + ab[x] * sb[x];
     }
     for (int64_t x = 0; x < W; ++x) acc[x] += static_cast<double>(part[x]);
   }
-  for (int64_t x = 0; x < W; ++x) dst[x] = static_cast<T>(acc[x]);
+  for (int64_t x = 0; x < W; ++x) dst[x] = static_cast<T>(acc[x] * static_cast<double>(inv_s[x]));
 }
 
 #if defined(__GNUC__)
@@ -60,38 +54,52 @@ typedef float rw_v4f_u __attribute__((vector_size(16), aligned(4)));  // unalign
 typedef double rw_v4d __attribute__((vector_size(32)));
 constexpr int64_t kRwBlock = 16;  // pixels per register block (Wq is a multiple)
 
-// NC channels of one output row at once, kRwBlock pixels per block, accumulators in registers: each
-// weight is loaded once for all NC channels and no partial sums go through memory. Chunks of
-// 16 disk points are summed in float, the chunks in double (as stencil_row, with longer
-// chunks: the double adds were ~30% of the time; 256-step error stays ~2e-5). Wq % kRwBlock == 0; the
-// weights of the padding columns are 0, so those outputs stay 0.
+inline rw_v4f rw_load(const float* p) { return *reinterpret_cast<const rw_v4f_u*>(p); }
+
+// NC channels of one output row at once, kRwBlock pixels per block, accumulators in registers:
+// every pair weight is loaded once for all NC channels and no partial sums go through memory.
+// The weights are stored once per pair (D planes + 1 / sum, not 2D + 1 normalized planes):
+// half the bytes per step, so IRNet's 48 x 48 walk keeps its weights in L2 (the 2D + 1 layout
+// streamed ~640 kB per step from L3). Chunks of 8 pairs (16 products) are summed in float,
+// the chunks in double; 256-step error stays ~2e-5. Wq % kRwBlock == 0; the padding columns
+// have inv_s = 0, so their outputs stay 0.
 template <int NC>
-inline void stencil_row_f32(float* const* dst, const float* const* src, const float* __restrict w,
-                            int64_t w_stride, const int64_t* off, int64_t K, int64_t Wq) {
+inline void stencil_row_f32(float* const* dst, const float* const* src, const float* a0, int64_t a_stride,
+                            const float* __restrict inv_s, const int64_t* off, int64_t D, int64_t Wq) {
   constexpr int NV = kRwBlock / 4;  // 4-float vectors per block
   for (int64_t x = 0; x < Wq; x += kRwBlock) {
-    rw_v4d acc[NC][NV] = {};
-    for (int64_t k0 = 0; k0 < K; k0 += 16) {
-      const int64_t k1 = std::min<int64_t>(k0 + 16, K);
+    rw_v4d acc[NC][NV];
+    for (int c = 0; c < NC; ++c)
+      for (int v = 0; v < NV; ++v) acc[c][v] = __builtin_convertvector(rw_load(src[c] + x + 4 * v), rw_v4d);
+    for (int64_t d0 = 0; d0 < D; d0 += 8) {
+      const int64_t d1 = std::min<int64_t>(d0 + 8, D);
       rw_v4f part[NC][NV] = {};
-      for (int64_t k = k0; k < k1; ++k) {
-        const float* wk = w + k * w_stride + x;
-        rw_v4f wv[NV];
-        for (int v = 0; v < NV; ++v) wv[v] = *reinterpret_cast<const rw_v4f_u*>(wk + 4 * v);
+      for (int64_t d = d0; d < d1; ++d) {
+        const float* af = a0 + d * a_stride + x;
+        const float* ab = af - off[d];
+        rw_v4f wf[NV], wb[NV];
+        for (int v = 0; v < NV; ++v) {
+          wf[v] = rw_load(af + 4 * v);
+          wb[v] = rw_load(ab + 4 * v);
+        }
         for (int c = 0; c < NC; ++c) {
-          const float* sk = src[c] + off[k] + x;
-          for (int v = 0; v < NV; ++v) part[c][v] += wv[v] * *reinterpret_cast<const rw_v4f_u*>(sk + 4 * v);
+          const float* sf = src[c] + x + off[d];
+          const float* sb = src[c] + x - off[d];
+          for (int v = 0; v < NV; ++v) part[c][v] += wf[v] * rw_load(sf + 4 * v) + wb[v] * rw_load(sb + 4 * v);
         }
       }
       for (int c = 0; c < NC; ++c)
         for (int v = 0; v < NV; ++v) acc[c][v] += __builtin_convertvector(part[c][v], rw_v4d);
     }
-    for (int c = 0; c < NC; ++c)
-      for (int v = 0; v < NV; ++v)
-        *reinterpret_cast<rw_v4f_u*>(dst[c] + x + 4 * v) = __builtin_convertvector(acc[c][v], rw_v4f);
+    for (int v = 0; v < NV; ++v) {
+      const rw_v4d is = __builtin_convertvector(rw_load(inv_s + x + 4 * v), rw_v4d);
+      for (int c = 0; c < NC; ++c)
+        *reinterpret_cast<rw_v4f_u*>(dst[c] + x + 4 * v) = __builtin_convertvector(acc[c][v] * is, rw_v4f);
+    }
   }
 }
 #endif
+
 
 // a^beta; integral beta (IRNet: 10) by repeated squaring, much cheaper than std::pow.
 inline double pow_beta(double a, double beta, int64_t ibeta) {
@@ -108,49 +116,46 @@ template <typename T>
 void random_walk_impl(const at::Tensor& x0, const at::Tensor& e, at::Tensor& out, const IrnetPaths& P,
                       double beta, int64_t steps) {
   const int64_t B = x0.size(0), C = x0.size(1), H = x0.size(2), W = x0.size(3);
-  const int64_t D = P.num_offsets(), K = 2 * D + 1, HW = H * W;
-  // Rows are padded to Wq = W rounded up to 16 (whole register blocks, zero weights in the
-  // padding) plus a halo of R = r - 1 on each side.
-  const int64_t Wq = (W + 15) / 16 * 16, HWq = H * Wq;
+  const int64_t D = P.num_offsets(), HW = H * W;
+  // Planes are padded: rows to Wq = W rounded up to 16 (whole register blocks) plus a halo of
+  // R = r - 1 on every side. Walk buffers, pair weights and 1 / sum share this geometry, so
+  // the stencil needs no bounds checks.
+  const int64_t Wq = (W + 15) / 16 * 16;
   const int64_t R = P.radius - 1, Hp = H + 2 * R, Wp = Wq + 2 * R, plane = Hp * Wp;
 
-  // Affinities [B, D, H, W] and normalized weights [B, K, H, W], computed in double (the
-  // walk is sensitive to the weights: 256 steps amplify their rounding):
-  // k = 0 the pixel itself, 1..D the pairs (j, j + d), D+1..2D the transposed (j - d, j).
+  // Affinities [B, D, H, W] in double (the walk is sensitive to the weights: 256 steps amplify
+  // their rounding). Pair weights a_d(j) = A[j, j + d]^beta at the pair's first pixel j (0
+  // where j + d leaves the image), and inv_s(j) = 1 / (1 + sum_d a_d(j) + a_d(j - d)), the
+  // column normalization of T. Each pair weight is stored once and read for both directions.
   const at::Tensor e64 = e.to(at::kDouble).contiguous();
   const int64_t ibeta = (beta == std::floor(beta) && beta <= 64) ? static_cast<int64_t>(beta) : 0;
   std::vector<double> aff(static_cast<size_t>(B * D * HW));
   if (D > 0) path_affinity_forward_cpu<double>(e64.data_ptr<double>(), aff.data(), B, H, W, P);
-  std::vector<T> wts(static_cast<size_t>(B * K * HWq), T(0));
+  std::vector<T> aw(static_cast<size_t>(B * D * plane), T(0)), inv_s(static_cast<size_t>(B * plane), T(0));
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / H, y = r % H;
       const double* ab = aff.data() + b * D * HW;
-      std::vector<double> wd(static_cast<size_t>(K));
+      T* awb = aw.data() + b * D * plane + (y + R) * Wp + R;
       for (int64_t x = 0; x < W; ++x) {
-        wd[0] = 1.0;
         double s = 1.0;
         for (int64_t d = 0; d < D; ++d) {
           const int64_t dy = P.dy[d], dx = P.dx[d];
           const bool fwd_in = y + dy < H && x + dx >= 0 && x + dx < W;
           const bool back_in = y - dy >= 0 && x - dx >= 0 && x - dx < W;
-          wd[1 + d] = fwd_in ? pow_beta(ab[d * HW + y * W + x], beta, ibeta) : 0.0;
-          wd[1 + D + d] = back_in ? pow_beta(ab[d * HW + (y - dy) * W + (x - dx)], beta, ibeta) : 0.0;
-          s += wd[1 + d] + wd[1 + D + d];
+          const double wf = fwd_in ? pow_beta(ab[d * HW + y * W + x], beta, ibeta) : 0.0;
+          const double wb = back_in ? pow_beta(ab[d * HW + (y - dy) * W + (x - dx)], beta, ibeta) : 0.0;
+          awb[d * plane + x] = static_cast<T>(wf);
+          s += wf + wb;
         }
-        T* wb = wts.data() + b * K * HWq + y * Wq + x;
-        for (int64_t k = 0; k < K; ++k) wb[k * HWq] = static_cast<T>(wd[k] / s);
+        inv_s[b * plane + (y + R) * Wp + R + x] = static_cast<T>(1.0 / s);
       }
     }
   });
 
-  // Stencil offsets in the padded plane.
-  std::vector<int64_t> off(static_cast<size_t>(K));
-  off[0] = 0;
-  for (int64_t d = 0; d < D; ++d) {
-    off[1 + d] = P.dy[d] * Wp + P.dx[d];
-    off[1 + D + d] = -(P.dy[d] * Wp + P.dx[d]);
-  }
+  // Stencil offsets of the half-disk pairs in the padded plane.
+  std::vector<int64_t> off(static_cast<size_t>(std::max<int64_t>(D, 1)));
+  for (int64_t d = 0; d < D; ++d) off[d] = P.dy[d] * Wp + P.dx[d];
 
   // Zero-padded double buffers [B*C, Hp, Wp]; the halo stays 0.
   std::vector<T> buf0(static_cast<size_t>(B * C * plane), T(0)), buf1(buf0.size(), T(0));
@@ -178,19 +183,21 @@ void random_walk_impl(const at::Tensor& x0, const at::Tensor& e, at::Tensor& out
   auto row = [&](const T* src, T* dst, int64_t grp, int64_t y, double* acc, T* part) {
     const int64_t b = grp / groups_per_b, c0 = (grp % groups_per_b) * NG;
     const int64_t nc = std::min<int64_t>(NG, C - c0);
-    const int64_t base = (b * C + c0) * plane + (y + R) * Wp + R;
-    const T* w = wts.data() + b * K * HWq + y * Wq;
+    const int64_t rowoff = (y + R) * Wp + R;
+    const int64_t base = (b * C + c0) * plane + rowoff;
+    const T* a0 = aw.data() + b * D * plane + rowoff;
+    const T* is = inv_s.data() + b * plane + rowoff;
 #ifdef WSSS_RW_VECTOR
     if constexpr (std::is_same_v<T, float>) {
       const float* s2[2] = {src + base, src + base + (nc > 1 ? plane : 0)};
       float* d2[2] = {dst + base, dst + base + (nc > 1 ? plane : 0)};
-      if (nc == 2) stencil_row_f32<2>(d2, s2, w, HWq, off.data(), K, Wq);
-      else stencil_row_f32<1>(d2, s2, w, HWq, off.data(), K, Wq);
+      if (nc == 2) stencil_row_f32<2>(d2, s2, a0, plane, is, off.data(), D, Wq);
+      else stencil_row_f32<1>(d2, s2, a0, plane, is, off.data(), D, Wq);
       return;
     }
 #endif
     for (int64_t c = 0; c < nc; ++c)
-      stencil_row<T>(dst + base + c * plane, w, HWq, src + base + c * plane, off.data(), K, Wq, acc, part);
+      stencil_row<T>(dst + base + c * plane, a0, plane, is, src + base + c * plane, off.data(), D, Wq, acc, part);
   };
   if (groups >= nthreads) {
     // Enough groups: each thread walks whole groups through every step (no barriers).
@@ -209,7 +216,7 @@ void random_walk_impl(const at::Tensor& x0, const at::Tensor& e, at::Tensor& out
     // Few groups: every step is split over rows, with at least ~2^19 multiply-adds per task,
     // so small maps (IRNet's 48x48 needs ~6.6k per row) stay on one thread instead of
     // paying a barrier per step.
-    const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 19) / std::max<int64_t>(K * Wq * NG, 1));
+    const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 19) / std::max<int64_t>((2 * D + 1) * Wq * NG, 1));
     std::vector<double> acc(static_cast<size_t>(Wq));
     std::vector<T> part(static_cast<size_t>(Wq));
     for (int64_t s = 0; s < steps; ++s) {
