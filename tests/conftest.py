@@ -24,3 +24,13 @@ def compiled_ops() -> None:
     from wsss_fast._ext import has_ops
 
     assert has_ops(), "wsss_fast._C is not built; run `make build`"
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: the test machines share 2 cores, and the tiny
+    convolutions of the pipeline tests run faster (and deterministically) on one."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

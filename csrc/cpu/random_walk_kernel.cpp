@@ -248,17 +248,10 @@ void random_walk_impl(const at::Tensor& x0, const at::Tensor& e, at::Tensor& out
 at::Tensor random_walk_cpu(const at::Tensor& x, const at::Tensor& edge, int64_t radius, double beta,
                            int64_t steps) {
   const char* op = "random_walk";
-  check_radius(op, radius);
-  TORCH_CHECK(steps >= 0, op, ": steps must be >= 0, got ", steps);
-  TORCH_CHECK(beta > 0, op, ": beta must be > 0, got ", beta);
-  WSSS_CHECK_DIM("random_walk", "x", x, 4, "[B, C, H, W]");
-  WSSS_CHECK_FLOATING("random_walk", "x", x);
+  check_random_walk_args(x, radius, beta, steps);
   WSSS_CHECK_SAME_DEVICE("random_walk", "x", x, "edge", edge);
   WSSS_CHECK_CPU("random_walk", "x", x);
-  const at::Tensor e3 = edge_as_bhw(op, edge);
-  TORCH_CHECK(e3.size(0) == x.size(0) && e3.size(1) == x.size(2) && e3.size(2) == x.size(3), op,
-              ": edge must have shape [B, H, W] = [", x.size(0), ", ", x.size(2), ", ", x.size(3),
-              "] (or [B, 1, H, W]) to match x ", shape_str(x), ", got ", shape_str(edge));
+  const at::Tensor e3 = random_walk_edge(x, edge);
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
               ": x must be float32 or float64 on CPU, got ", x.scalar_type());
   const at::Tensor e = e3.to(x.scalar_type()).contiguous();

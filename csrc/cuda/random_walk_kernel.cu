@@ -234,18 +234,11 @@ void launch_steps(const at::Tensor& wts, at::Tensor& buf0, at::Tensor& buf1, con
 at::Tensor random_walk_cuda(const at::Tensor& x, const at::Tensor& edge, int64_t radius, double beta,
                             int64_t steps) {
   const char* op = "random_walk";
-  check_radius(op, radius);
-  TORCH_CHECK(steps >= 0, op, ": steps must be >= 0, got ", steps);
-  TORCH_CHECK(beta > 0, op, ": beta must be > 0, got ", beta);
-  WSSS_CHECK_DIM("random_walk", "x", x, 4, "[B, C, H, W]");
-  WSSS_CHECK_FLOATING("random_walk", "x", x);
+  check_random_walk_args(x, radius, beta, steps);
   WSSS_CHECK_CUDA("random_walk", "x", x);
   WSSS_CHECK_SAME_DEVICE("random_walk", "x", x, "edge", edge);
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor e3 = edge_as_bhw(op, edge);
-  TORCH_CHECK(e3.size(0) == x.size(0) && e3.size(1) == x.size(2) && e3.size(2) == x.size(3), op,
-              ": edge must have shape [B, H, W] = [", x.size(0), ", ", x.size(2), ", ", x.size(3),
-              "] (or [B, 1, H, W]) to match x ", shape_str(x), ", got ", shape_str(edge));
+  const at::Tensor e3 = random_walk_edge(x, edge);
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16,
               op, ": x must be float32, float16 or bfloat16 on CUDA, got ", x.scalar_type());
   if (steps == 0 || x.numel() == 0) return x * (1 - e3.to(x.scalar_type()).unsqueeze(1));

@@ -19,12 +19,7 @@ from wsss_fast.runs import RunPaths, atomic_torch_save, load_cam_file, save_cam_
 ORIG, WORK = 48, 32  # original image size, working resolution
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -71,12 +71,9 @@ def write_cams(ds: FakeDataset, paths: RunPaths) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """The test machine is small and shared: one intra-op thread is much faster than two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
+    """Every IRNet test runs on one intra-op thread (see the root conftest's ``one_thread``)."""
     yield
-    torch.set_num_threads(n)
 
 
 SPLITS = {"train": dict(n=8, seed=0, prefix="tr"), "val": dict(n=4, seed=1, prefix="va"),

@@ -15,12 +15,7 @@ from wsss_fast.models import ARCHS, Classifier, build_classifier
 DB = {"p": 0.5, "block_size": 3, "place": "after_conv1"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convolutions: one thread is faster on the shared cores
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -60,12 +60,7 @@ def tiny_cfg(*overrides: str) -> dict:
     return load_config(None, base + list(overrides))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tests share 2 cores; one thread is faster and deterministic
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_training_reduces_loss_and_writes_outputs(tmp_path):
