@@ -131,6 +131,15 @@ void random_walk_impl(const at::Tensor& x0, const at::Tensor& e, at::Tensor& out
   const int64_t ibeta = (beta == std::floor(beta) && beta <= 64) ? static_cast<int64_t>(beta) : 0;
   std::vector<double> aff(static_cast<size_t>(B * D * HW));
   if (D > 0) path_affinity_forward_cpu<double>(e64.data_ptr<double>(), aff.data(), B, H, W, P);
+  // aff <- A^beta in place, once per pair (0 where the pair leaves the image).
+  at::parallel_for(0, B * D * H, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t d = (r / H) % D, y = r % H, dy = P.dy[d], dx = P.dx[d];
+      double* row = aff.data() + r * W;
+      for (int64_t x = 0; x < W; ++x)
+        row[x] = (y + dy < H && x + dx >= 0 && x + dx < W) ? pow_beta(row[x], beta, ibeta) : 0.0;
+    }
+  });
   std::vector<T> aw(static_cast<size_t>(B * D * plane), T(0)), inv_s(static_cast<size_t>(B * plane), T(0));
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
@@ -141,10 +150,9 @@ void random_walk_impl(const at::Tensor& x0, const at::Tensor& e, at::Tensor& out
         double s = 1.0;
         for (int64_t d = 0; d < D; ++d) {
           const int64_t dy = P.dy[d], dx = P.dx[d];
-          const bool fwd_in = y + dy < H && x + dx >= 0 && x + dx < W;
           const bool back_in = y - dy >= 0 && x - dx >= 0 && x - dx < W;
-          const double wf = fwd_in ? pow_beta(ab[d * HW + y * W + x], beta, ibeta) : 0.0;
-          const double wb = back_in ? pow_beta(ab[d * HW + (y - dy) * W + (x - dx)], beta, ibeta) : 0.0;
+          const double wf = ab[d * HW + y * W + x];
+          const double wb = back_in ? ab[d * HW + (y - dy) * W + (x - dx)] : 0.0;
           awb[d * plane + x] = static_cast<T>(wf);
           s += wf + wb;
         }
