@@ -46,7 +46,7 @@ gpu-check:
 # Pure-Python wheels the GPU machine lacks (it has no network): carried in .whl/.
 gpu-wheels: venv
 	mkdir -p .whl
-	$(PIP) wheel -q --no-deps -w .whl grad-cam==1.5.7 ttach==0.0.3 segmentation-models-pytorch==0.6.0
+	$(PIP) wheel -q --no-deps -w .whl grad-cam==1.5.7 ttach==0.0.3 segmentation-models-pytorch==0.6.0 pydicom==3.0.2 expecttest==0.3.0
 
 clean:
 	rm -rf build wsss_fast/_C*.so wsss_fast/.build-stamp

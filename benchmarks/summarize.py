@@ -1,6 +1,6 @@
 """Summarize a pytest-benchmark JSON as a ratio table: ours against the baselines.
 
-Usage: python benchmarks/summarize.py BENCH.json [--out FIGURES.json] [--markdown]
+Usage: python benchmarks/summarize.py BENCH.json [BENCH.json ...] [--out FIGURES.json] [--markdown]
 
 In each benchmark group the entry whose name contains "ours" is the reference point;
 every other entry (torchvision, pytorch-grad-cam, the package's pure-PyTorch reference,
@@ -65,11 +65,15 @@ def render(rows: list[dict], markdown: bool = False) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("bench_json")
+    ap.add_argument("bench_json", nargs="+", help="pytest-benchmark JSON files (merged)")
     ap.add_argument("--out", help="write the figures (rows + machine) as JSON here")
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
-    data = json.load(open(args.bench_json))
+    data = {"benchmarks": []}
+    for path in args.bench_json:
+        part = json.load(open(path))
+        data["benchmarks"] += part.get("benchmarks", [])
+        data.setdefault("machine_info", part.get("machine_info", {}))
     rows = summarize(data)
     machine = data.get("machine_info", {})
     print(f"machine: {machine.get('cpu', {}).get('brand_raw', platform.processor())}, "

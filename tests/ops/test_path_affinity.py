@@ -125,8 +125,11 @@ def test_backward_values_above_one(device, compiled_ops, dtype):
 def test_gradcheck(device, compiled_ops):
     torch.manual_seed(4)
     edge = torch.rand(2, 7, 8, dtype=torch.float64, device=device, requires_grad=True)  # no ties
-    assert torch.autograd.gradcheck(lambda e: path_affinity(e, 3), (edge,), fast_mode=True)
-    assert torch.autograd.gradcheck(lambda e: path_affinity(e, 4), (edge,), fast_mode=True)
+    # CUDA adds the gradients of the paths that share a maximum with atomics: the order, so the
+    # last bits of a float64 sum, may differ between two backward passes.
+    tol = 1e-12 if device == "cuda" else 0.0
+    assert torch.autograd.gradcheck(lambda e: path_affinity(e, 3), (edge,), fast_mode=True, nondet_tol=tol)
+    assert torch.autograd.gradcheck(lambda e: path_affinity(e, 4), (edge,), fast_mode=True, nondet_tol=tol)
 
 
 def test_tie_goes_to_first_path_point(device, compiled_ops):
@@ -190,7 +193,7 @@ def test_cpu_vs_cuda(compiled_ops):
     grad = torch.randn(3, 152, 31, 45, dtype=torch.float64)
     outs, grads = [], []
     for dev in ("cpu", "cuda"):
-        e = edge.to(dev).requires_grad_()
+        e = edge.to(dev).detach().requires_grad_()  # a leaf on each device
         out = path_affinity(e, 10)
         out.backward(grad.to(dev))
         outs.append(out.cpu())

@@ -31,6 +31,16 @@ def test_matches_reference(compiled_ops, device, out_size, normalize, dtype):
         assert out.amax(dim=(-2, -1)).min() > 0.99
 
 
+@pytest.mark.parametrize("out_size", [None, (100, 61), (4, 3)])
+def test_many_pixels_and_channels(compiled_ops, device, out_size):
+    # More pixels than one block and more channels than one slice per warp; up- and downsampling.
+    a, w = _inputs(b=3, c=5, k=70, h=9, w=37, device=device, seed=3)
+    for normalize in (False, True):
+        out = weighted_cam(a, w, out_size=out_size, normalize=normalize)
+        ref = ref_cam(a, w, out_size=out_size, normalize=normalize)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half(compiled_ops, device, dtype):
     a, w = _inputs(device=device, dtype=dtype)
