@@ -104,3 +104,27 @@ def test_sharded_equals_single(trained, tmp_path):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_allclose(np.load(paths.rw / f"{image_id}.npy").astype(np.float32),
                                    np.load(other.rw / f"{image_id}.npy").astype(np.float32), atol=2e-3)
+
+
+def test_upsampled_walk(trained, tmp_path):
+    # sem_seg.upsample = 2: the walk runs on the stride-4 grid of the 2x image; outputs keep
+    # the image's size and differ from the plain walk's.
+    paths, datasets = trained
+    ds = datasets["train"]
+    runs = {}
+    for up in (1, 2):
+        cfg = tiny_cfg()
+        cfg["sem_seg"]["upsample"] = up
+        runs[up] = RunPaths(tmp_path / f"up{up}")
+        shutil.copytree(paths.cam, runs[up].cam)
+        shutil.copytree(paths.irn, runs[up].irn)
+        run_shard(cfg, str(runs[up].root), "train", list(range(len(ds.image_ids))), "cpu", show_progress=False)
+    differs = []
+    for image_id in ds.image_ids:
+        keys = load_cam_file(paths.cam / f"{image_id}.npy")["keys"]
+        rw1, rw2 = (np.load(runs[u].rw / f"{image_id}.npy").astype(np.float32) for u in (1, 2))
+        assert rw2.shape == rw1.shape == (len(keys), 64, 64)
+        assert read_png(runs[2].sem_seg / f"{image_id}.png").shape == ds.orig
+        if len(keys):
+            differs.append(float(np.abs(rw1 - rw2).max()))
+    assert differs and max(differs) > 1e-2

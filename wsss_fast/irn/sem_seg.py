@@ -104,21 +104,31 @@ def _process_batch(model: EdgeDisplacement, items: list[dict], cfg: dict, paths:
                    device: torch.device) -> None:
     x = torch.stack([it["image"] for it in items]).to(device)
     H, W = x.shape[-2:]
-    edge = _edges(model, x, [float(s) for s in get(cfg, "sem_seg.scales", [1.0])])  # [B, h, w]
+    # upsample > 1: the walk runs on a finer grid (stride 4 of the upsampled image), for images
+    # whose lesions are only a few stride-4 cells wide; the CAMs are interpolated onto it.
+    up = max(1, int(get(cfg, "sem_seg.upsample", 1)))
+    xe = x if up == 1 else F.interpolate(x, scale_factor=up, mode="bilinear", align_corners=False)
+    edge = _edges(model, xe, [float(s) for s in get(cfg, "sem_seg.scales", [1.0])])  # [B, h, w]
     h, w = edge.shape[-2:]
+    h0, w0 = (H + 3) // 4, (W + 3) // 4
     kmax = max(int(it["cam"].shape[0]) for it in items)
     rw_up = None
     if kmax > 0:
         cams = torch.zeros((len(items), kmax, h, w), device=device)
         for b, it in enumerate(items):
             c = it["cam"].to(device)
-            if c.shape[-2:] != (h, w):
+            if c.shape[-2:] != (h0, w0):
                 raise ValueError(f"{it['id']}: CAM 'cam' is {tuple(c.shape[-2:])}, expected stride-4 size "
-                                 f"{(h, w)} of the {H}x{W} image")
+                                 f"{(h0, w0)} of the {H}x{W} image")
+            if c.shape[0] == 0:
+                continue
+            if up > 1:
+                c = F.interpolate(c[None], size=(h, w), mode="bilinear", align_corners=False)[0]
             cams[b, : c.shape[0]] = c
         rw = ops.random_walk(cams, edge, radius=int(get(cfg, "sem_seg.radius", 5)),
                              beta=float(get(cfg, "sem_seg.beta", 10.0)), steps=int(get(cfg, "sem_seg.steps", 256)))
-        rw_up = F.interpolate(rw.float(), scale_factor=4, mode="bilinear", align_corners=False)[..., :H, :W]
+        rw_up = F.interpolate(rw.float(), size=(4 * h // up, 4 * w // up), mode="bilinear",
+                              align_corners=False)[..., :H, :W]
     bg_thres = float(get(cfg, "sem_seg.bg_thres", 0.25))
     for b, it in enumerate(items):
         k = int(it["cam"].shape[0])

@@ -145,8 +145,12 @@ def show(cfg: dict, paths: RunPaths) -> None:
             hr = np.asarray(load_cam_file(cam_path(paths, image_id))["high_res"], np.float32)
             cam = hr.max(0) if hr.shape[0] else np.zeros(hr.shape[1:], np.float32)
         if model is not None:
+            x = item["image"][None].to(device)
+            up = max(1, int(get(cfg, "sem_seg.upsample", 1)))  # the boundary map the walk used
+            if up > 1:
+                x = torch.nn.functional.interpolate(x, scale_factor=up, mode="bilinear", align_corners=False)
             with torch.no_grad():
-                e, d = model(item["image"][None].to(device))
+                e, d = model(x)
             edge, dp = e[0].cpu().numpy(), d[0].cpu().numpy()
         npy = paths.rw / f"{image_id}.npy"
         if npy.exists():

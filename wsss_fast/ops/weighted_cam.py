@@ -5,9 +5,10 @@ Selvaraju et al., "Grad-CAM", ICCV 2017; Chattopadhay et al., "Grad-CAM++", WACV
 
 The weighted sum and the ReLU are one kernel (no ``[B, C, K, h, w]`` intermediate, as
 pytorch-grad-cam builds on the host). The optional bilinear upsampling
-(``align_corners=False``) and the per-map min-max normalization
-``(m - min) / (max - min + 1e-7)`` (pytorch-grad-cam's ``scale_cam_image``) run on the same
-device inside the compiled op through ATen; nothing is copied to the host.
+(``align_corners=False``, ATen's formula) and the per-map min-max normalization
+``(m - min) / (max - min + 1e-7)`` (pytorch-grad-cam's ``scale_cam_image``) follow on the same
+device: on CUDA fused in two more kernels (min/max of the interpolated map, then one write of
+the normalized full-size map), on the CPU through ATen; nothing is copied to the host.
 
 Autograd: the op is differentiable w.r.t. ``activations`` and ``weights`` through a
 closed-form backward (two batched matmuls through the ReLU mask, preceded by the
