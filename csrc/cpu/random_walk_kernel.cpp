@@ -260,6 +260,7 @@ void random_walk_impl(const at::Tensor& x0, const at::Tensor& e, at::Tensor& out
 #endif
   const int64_t groups_per_b = (C + NG - 1) / NG, groups = B * groups_per_b;
 #ifdef WSSS_RW_AVX2
+  // WSSS_FAST_NO_AVX2 (any value) keeps the portable 4-float rows: for tests and comparisons.
   const bool avx2 = rw_has_avx2() && std::getenv("WSSS_FAST_NO_AVX2") == nullptr;
 #endif
   auto row = [&](const T* src, T* dst, int64_t grp, int64_t y, double* acc, T* part) {

@@ -43,6 +43,23 @@ def test_radii(device, compiled_ops, radius):
         torch.testing.assert_close(out, x * (1 - edge[:, None]))
 
 
+@pytest.mark.parametrize("channels", [1, 2, 3])
+def test_portable_and_avx2_rows_agree(compiled_ops, monkeypatch, channels):
+    # The CPU kernel picks AVX2+FMA rows at run time; WSSS_FAST_NO_AVX2 forces the portable
+    # 4-float rows. Both must match the dense float64 walk (and so each other).
+    torch.manual_seed(channels)
+    x = torch.rand(2, channels, 19, 37)
+    edge = torch.rand(2, 19, 37)
+    expected = _dense64(x, edge, radius=5, beta=10.0, steps=64)
+    fast = random_walk(x, edge, steps=64)
+    monkeypatch.setenv("WSSS_FAST_NO_AVX2", "1")
+    portable = random_walk(x, edge, steps=64)
+    assert _rel_err(fast, expected) < 1e-4 and _rel_err(portable, expected) < 1e-4
+    assert _rel_err(fast, portable.double()) < 1e-4
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        assert not torch.equal(fast, portable)  # FMAs round differently: the switch took effect
+
+
 def test_sparse_reference_matches_dense():
     torch.manual_seed(0)
     x = torch.rand(2, 2, 9, 11, dtype=torch.float64)
