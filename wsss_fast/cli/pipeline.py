@@ -170,8 +170,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     cfg = prepare_demo_data(cfg, out)
     data_s = time.perf_counter() - t0
     paths = RunPaths(out)
+    # The evaluate step prints the report when it runs; print it here only when it was
+    # skipped (finished in an earlier run), so a fresh demo shows the table once.
+    evaluated_before = args.from_step is None and paths.is_done(step_dir(paths, "evaluate"))
     timings = run_pipeline(cfg, paths, start=args.from_step)
-    if paths.report.exists():
+    if evaluated_before and paths.report.exists():
         from ..metrics.report import format_table
 
         report = json.loads(paths.report.read_text())
