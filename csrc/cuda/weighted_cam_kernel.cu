@@ -165,8 +165,8 @@ at::Tensor weighted_cam_cuda(const at::Tensor& activations, const at::Tensor& we
   const int64_t B = act.size(0), K = act.size(1), h = act.size(2), wd = act.size(3), HW = h * wd, C = w.size(1);
   const auto acc_type = at::toOpMathType(act.scalar_type());
   const int64_t H = out_size.has_value() ? (*out_size)[0] : h, W = out_size.has_value() ? (*out_size)[1] : wd;
-  auto cam = at::empty({B, C, h, wd}, act.options().dtype(acc_type));
   if (B * C == 0 || HW == 0) return at::zeros({B, C, H, W}, act.options());
+  auto cam = at::empty({B, C, h, wd}, act.options().dtype(acc_type));
   TORCH_CHECK(B <= 65535 && B * C <= 65535, "weighted_cam: at most 65535 images and 65535 maps on CUDA, got B=", B,
               ", B*C=", B * C);
   TORCH_CHECK(H <= INT32_MAX && W <= INT32_MAX, "weighted_cam: out_size too large, got ", H, " x ", W);

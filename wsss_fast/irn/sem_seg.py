@@ -86,9 +86,27 @@ class _InferDataset(Dataset):
                 "cam": torch.from_numpy(np.asarray(cam["cam"], dtype=np.float32))}
 
 
+def _stride4(n: int) -> int:
+    """Size of a side of ``n`` pixels on IRNet's stride-4 grid (CAM 'cam', boundary map)."""
+    return (n + 3) // 4
+
+
+def walk_image(cfg: dict, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The images ``[B, 3, H, W]`` the boundary branch sees for the walk, and the factor.
+
+    ``sem_seg.upsample`` > 1 runs the walk on a finer grid (stride 4 of the upsampled image),
+    for images whose lesions are only a few stride-4 cells wide; the CAMs are interpolated
+    onto it.
+    """
+    up = max(1, int(get(cfg, "sem_seg.upsample", 1)))
+    if up > 1:
+        x = F.interpolate(x, scale_factor=up, mode="bilinear", align_corners=False)
+    return x, up
+
+
 def _edges(model: EdgeDisplacement, x: torch.Tensor, scales: list[float]) -> torch.Tensor:
     """Boundary map ``[B, h, w]`` (stride 4), averaged over scales (each: image + flip)."""
-    h, w = (x.shape[-2] + 3) // 4, (x.shape[-1] + 3) // 4
+    h, w = _stride4(x.shape[-2]), _stride4(x.shape[-1])
     acc = None
     for s in scales:
         xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
@@ -104,13 +122,10 @@ def _process_batch(model: EdgeDisplacement, items: list[dict], cfg: dict, paths:
                    device: torch.device) -> None:
     x = torch.stack([it["image"] for it in items]).to(device)
     H, W = x.shape[-2:]
-    # upsample > 1: the walk runs on a finer grid (stride 4 of the upsampled image), for images
-    # whose lesions are only a few stride-4 cells wide; the CAMs are interpolated onto it.
-    up = max(1, int(get(cfg, "sem_seg.upsample", 1)))
-    xe = x if up == 1 else F.interpolate(x, scale_factor=up, mode="bilinear", align_corners=False)
+    xe, up = walk_image(cfg, x)
     edge = _edges(model, xe, [float(s) for s in get(cfg, "sem_seg.scales", [1.0])])  # [B, h, w]
     h, w = edge.shape[-2:]
-    h0, w0 = (H + 3) // 4, (W + 3) // 4
+    h0, w0 = _stride4(H), _stride4(W)
     kmax = max(int(it["cam"].shape[0]) for it in items)
     rw_up = None
     if kmax > 0:

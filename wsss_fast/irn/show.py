@@ -21,6 +21,7 @@ from . import common
 from .common import as_list, cam_path, read_png, resize_image_uint8, resize_label
 from .crf import to_rgb_uint8
 from .net import EdgeDisplacement, load_irnet
+from .sem_seg import walk_image
 
 TITLES = ["image", "CAM", "boundary", "displacement", "random walk", "pseudo label", "ground truth"]
 
@@ -145,10 +146,7 @@ def show(cfg: dict, paths: RunPaths) -> None:
             hr = np.asarray(load_cam_file(cam_path(paths, image_id))["high_res"], np.float32)
             cam = hr.max(0) if hr.shape[0] else np.zeros(hr.shape[1:], np.float32)
         if model is not None:
-            x = item["image"][None].to(device)
-            up = max(1, int(get(cfg, "sem_seg.upsample", 1)))  # the boundary map the walk used
-            if up > 1:
-                x = torch.nn.functional.interpolate(x, scale_factor=up, mode="bilinear", align_corners=False)
+            x, _ = walk_image(cfg, item["image"][None].to(device))  # the boundary map the walk used
             with torch.no_grad():
                 e, d = model(x)
             edge, dp = e[0].cpu().numpy(), d[0].cpu().numpy()
