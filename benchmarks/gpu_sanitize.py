@@ -47,7 +47,6 @@ def main() -> None:
     weighted_cam(a, w, out_size=(20, 36))
     if cuda:
         weighted_cam(a.half(), w.half())
-    if cuda:
         torch.cuda.synchronize()
     print("sanitize: all kernels ran")
 
