@@ -8,6 +8,7 @@ misaligned accesses that a comparison with the reference can miss.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -32,14 +33,20 @@ def main() -> None:
     e = torch.rand(2, 33, 29, device=dev, generator=g, requires_grad=True)
     for r in (1, 5, 10):
         path_affinity(e, r).sum().backward()
-    for shape in [(2, 3, 17, 300), (1, 2, 5, 5)]:
+    for shape in [(2, 3, 17, 300), (1, 2, 5, 5), (1, 2, 70, 100)]:
         x = torch.randn(shape, device=dev, generator=g, requires_grad=True)
-        for bs in (1, 4, 7):
+        for bs in (1, 4, 7, 66):  # 66: clipped to min(H, W), or a 3-chunk horizontal window
             for shared in (False, True):
                 for mode in ("paper", "simple"):
                     drop_block2d(x, 0.3, bs, shared_mask=shared, gamma_mode=mode).sum().backward()
         xl = x.detach().to(memory_format=torch.channels_last)
         drop_block2d(xl.half() if cuda else xl, 0.3, 3)
+        drop_block2d(x.detach().double(), 0.3, 3)
+        if cuda:
+            drop_block2d(x.detach().half(), 0.3, 3)
+    os.environ["WSSS_FAST_DROPBLOCK_INDEX64"] = "1"  # the 64-bit index kernels
+    drop_block2d(torch.randn(2, 3, 17, 45, device=dev, generator=g), 0.3, 5)
+    del os.environ["WSSS_FAST_DROPBLOCK_INDEX64"]
     a = torch.rand(3, 7, 5, 9, device=dev, generator=g)
     gr = torch.randn(3, 2, 7, 5, 9, device=dev, generator=g)
     for variant in ("paper", "wsmis"):

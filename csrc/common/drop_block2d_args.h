@@ -53,17 +53,26 @@ inline at::MemoryFormat out_format(const at::Tensor& x) {
              : at::MemoryFormat::Contiguous;
 }
 
-inline void check_backward_args(const at::Tensor& grad, const at::Tensor& mask, const at::Tensor& count) {
+// The bit-packed keep mask: int32[ceil(N * Cm * H * W / 32)], bit e of the flat index e
+// over [N, Cm, H, W] (see drop_block2d_common.h).
+inline int64_t mask_words_for(int64_t N, int64_t Cm, int64_t H, int64_t W) { return (N * Cm * H * W + 31) / 32; }
+
+inline at::Tensor new_mask(const at::Tensor& x, const Geometry& g) {
+  return at::empty({mask_words_for(g.N, g.Cm, g.H, g.W)}, x.options().dtype(at::kInt));
+}
+
+inline void check_backward_args(const at::Tensor& grad, const at::Tensor& mask, const at::Tensor& count,
+                                bool shared_mask) {
   constexpr const char* op = "drop_block2d_backward";
   TORCH_CHECK(grad.dim() == 4, op, ": grad must be a 4-D tensor [N, C, H, W], got shape ", shape_str(grad));
   TORCH_CHECK(at::isFloatingType(grad.scalar_type()), op,
               ": grad must be a floating-point tensor, got dtype ", grad.scalar_type());
-  TORCH_CHECK(mask.scalar_type() == at::kByte, op, ": mask must have dtype uint8, got ", mask.scalar_type());
-  TORCH_CHECK(mask.dim() == 4 && mask.size(0) == grad.size(0) &&
-                  (mask.size(1) == 1 || mask.size(1) == grad.size(1)) && mask.size(2) == grad.size(2) &&
-                  mask.size(3) == grad.size(3),
-              op, ": mask must have shape [N, C or 1, H, W] matching grad ", shape_str(grad), ", got ",
-              shape_str(mask));
+  TORCH_CHECK(mask.scalar_type() == at::kInt, op, ": mask must be the int32 bit mask of the forward, got dtype ",
+              mask.scalar_type());
+  const int64_t want = mask_words_for(grad.size(0), shared_mask ? 1 : grad.size(1), grad.size(2), grad.size(3));
+  TORCH_CHECK(mask.dim() == 1 && mask.size(0) == want, op, ": mask must have shape [", want,
+              "] (ceil(N * ", shared_mask ? "1" : "C", " * H * W / 32) words) for grad ", shape_str(grad),
+              ", got ", shape_str(mask));
   TORCH_CHECK(count.scalar_type() == at::kLong && count.numel() == 1, op,
               ": count must be a one-element int64 tensor, got dtype ", count.scalar_type(), " shape ",
               shape_str(count));

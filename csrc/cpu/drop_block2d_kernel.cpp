@@ -1,21 +1,26 @@
 // CPU kernels of drop_block2d (DropBlock, Ghiasi et al., NeurIPS 2018).
 //
-// Pass 1 (at::parallel_for over maps) builds the uint8 keep mask of each map from its
-// seeds in O(H * W + Hs * Ws) with a streaming separable window: for each seed row the
-// horizontal "some seed in the window" bits are found with a running "last seed column",
-// and each column keeps the last seed row that hit it, so a pixel is dropped iff that row
-// lies in its vertical window. It counts kept pixels. x is not touched.
-// Pass 2 (parallel over elements) writes out = x * (keep ? numel / count : 0), reading x
-// and the 1-byte mask once. The backward is pass 2 applied to grad.
+// The mask is built with the bit-word functions of common/drop_block2d_common.h, the same
+// ones every CUDA thread runs:
+// Pass 1 (at::parallel_for over seed rows): the seed words of one seed row (hashes, 8 per
+// AVX2 instruction, packed into bits), then its row words (horizontal dilation by word
+// shifts); rows without a seed are zero.
+// Pass 2 (parallel over keep words): each 32-bit word of the flat keep mask ORs the row
+// words of the bs seed rows of its output rows and counts its kept bits.
+// Pass 3 (parallel over elements) writes out = x * (keep ? numel / count : 0), reading x
+// and the 1-bit mask once. The backward is pass 3 applied to grad.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/util/string_view.h>
 #include <torch/library.h>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include <algorithm>
 #include <atomic>
-#include <limits>
 #include <vector>
 
 #include "common/accumulate.h"
@@ -36,86 +41,111 @@ int64_t grain_for(int64_t elems_per_item) {
 
 std::string_view sv(c10::string_view s) { return std::string_view(s.data(), s.size()); }
 
-// Seed bits of one seed row (positions base .. base + Ws - 1 of a map); returns whether any
-// is set. Cloned for AVX2 (8 hashes per instruction) with a generic fallback.
+// A new tensor like t in layout fmt. Large buffers are fresh mmap()ed pages whose 4 KiB
+// first-touch faults cost more than the op itself (about 11 ms of ~25 for a 32 MiB output on
+// the 2-core development machine); on Linux they are advised to use transparent huge pages,
+// as c10's THP_MEM_ALLOC_ENABLE does for every allocation. Only a hint: nothing changes
+// where THP is off.
+at::Tensor new_output(const at::Tensor& t, at::MemoryFormat fmt) {
+  at::Tensor out = at::empty(t.sizes(), t.options().memory_format(fmt));
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const size_t nbytes = out.nbytes();
+  if (nbytes >= 2 * kHuge) {
+    const uintptr_t p = reinterpret_cast<uintptr_t>(out.data_ptr());
+    const uintptr_t lo = (p + kHuge - 1) & ~(kHuge - 1), hi = (p + nbytes) & ~(kHuge - 1);
+    if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);  // failure is harmless
+  }
+#endif
+  return out;
+}
+
+// The int32 mask tensor as its 32-bit keep words.
+uint32_t* mask_words(const at::Tensor& mask) { return reinterpret_cast<uint32_t*>(mask.data_ptr<int32_t>()); }
+
+// Seed bytes of seed row a of one map (dropblock::HashSeedFn, the CUDA kernel's draw);
+// returns whether any is set. Cloned for AVX2 (8 hashes per instruction) with a generic
+// fallback.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 __attribute__((target_clones("avx2", "default")))
 #endif
-bool fill_hash_row(uint32_t base, int64_t Ws, uint32_t ka, uint32_t kb, uint64_t thresh, uint8_t* row) {
-  const dropblock::MapKey key{ka, kb};
-  if (thresh >= 4294967296ull) {
-    std::fill(row, row + Ws, uint8_t(1));
-    return Ws > 0;
-  }
-  const uint32_t t = static_cast<uint32_t>(thresh);
+bool fill_hash_row(const dropblock::HashSeedFn& fn, int64_t a, int64_t Ws, uint8_t* row) {
   uint8_t any = 0;
   for (int64_t b = 0; b < Ws; ++b) {
-    const uint8_t v = dropblock::pos_hash(base + static_cast<uint32_t>(b), key) < t;
+    const uint8_t v = fn(a, b);
     row[b] = v;
     any |= v;
   }
   return any != 0;
 }
 
-// One output row of the keep mask: kept iff the last seed row hitting the column is < lo.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-__attribute__((target_clones("avx2", "default")))
-#endif
-int64_t emit_row(const int32_t* last, int32_t lo, uint8_t* orow, int64_t W) {
-  int32_t k = 0;
-  for (int64_t c = 0; c < W; ++c) {
-    const uint8_t keep = last[c] < lo;
-    orow[c] = keep;
-    k += keep;
-  }
-  return k;
+// Packs Ws seed bytes into seed words: the seed words of dropblock::ByteSeedFn.
+void pack_row(const uint8_t* row, int64_t Ws, uint32_t* words) {
+  const dropblock::ByteSeedFn fn{row, Ws};
+  for (int64_t k = 0; k < dropblock::words_for(Ws); ++k) words[k] = dropblock::seed_word(fn, 0, k, Ws);
 }
 
-// Builds the keep mask of every map. fill_row(m, a, row) writes the Ws seed bits of seed
-// row a of map m into row and returns whether any is set. Returns the total kept count.
+// Builds the keep words K of every map and returns the kept count. fill_row(m, a, bytes)
+// writes the Ws seed bytes of seed row a of map m and returns whether any is set.
 template <typename FillRow>
-int64_t build_mask(const Geometry& g, uint8_t* mask, const FillRow& fill_row) {
+int64_t build_mask(const Geometry& g, uint32_t* K, const FillRow& fill_row) {
   const int64_t M = g.N * g.Cm, H = g.H, W = g.W, Hs = g.Hs, Ws = g.Ws, bs = g.bs, shift = g.shift;
-  std::atomic<int64_t> total{0};
-  at::parallel_for(0, M, grain_for(H * W), [&](int64_t m0, int64_t m1) {
-    std::vector<uint8_t> row(static_cast<size_t>(std::max<int64_t>(Ws, 1)));
-    std::vector<int32_t> last(static_cast<size_t>(W));
-    int64_t kept = 0;
-    for (int64_t m = m0; m < m1; ++m) {
-      std::fill(last.begin(), last.end(), std::numeric_limits<int32_t>::min() / 2);
-      uint8_t* out = mask + m * H * W;
-      int64_t next_a = 0;
-      for (int64_t r = 0; r < H; ++r) {
-        const int64_t a_max = std::min(r + shift, Hs - 1);
-        for (; next_a <= a_max; ++next_a) {
-          if (!fill_row(m, next_a, row.data())) continue;
-          // Horizontal: column c is hit iff a seed b in [c - bs + 1 + shift, c + shift].
-          int64_t last_b = std::numeric_limits<int64_t>::min() / 2;
-          int64_t b = 0;
-          for (int64_t c = 0; c < W; ++c) {
-            const int64_t b_max = std::min(c + shift, Ws - 1);
-            for (; b <= b_max; ++b) {
-              if (row[b]) last_b = b;
-            }
-            if (last_b >= c - bs + 1 + shift) last[c] = static_cast<int32_t>(next_a);
-          }
-        }
-        // Vertical: dropped iff the last hitting seed row is >= r - bs + 1 + shift.
-        kept += emit_row(last.data(), static_cast<int32_t>(r - bs + 1 + shift), out + r * W, W);
+  const int64_t nsw = dropblock::words_for(Ws), nrw = dropblock::words_for(W);
+  std::vector<uint32_t> R(static_cast<size_t>(M * Hs * nrw));
+  uint32_t* Rp = R.data();
+  // Pass 1: row words of every seed row.
+  at::parallel_for(0, M * Hs, grain_for(Ws), [&](int64_t q0, int64_t q1) {
+    std::vector<uint8_t> bytes(static_cast<size_t>(Ws));
+    std::vector<uint32_t> sw(static_cast<size_t>(nsw));
+    for (int64_t q = q0; q < q1; ++q) {
+      uint32_t* rrow = Rp + q * nrw;
+      if (!fill_row(q / Hs, q % Hs, bytes.data())) {
+        std::fill(rrow, rrow + nrw, 0u);
+        continue;
       }
+      pack_row(bytes.data(), Ws, sw.data());
+      for (int64_t j = 0; j < nrw; ++j) rrow[j] = dropblock::row_word(sw.data(), nsw, j, bs, shift, W);
+    }
+  });
+  // Pass 2: keep words and the kept count.
+  const int64_t nk = dropblock::words_for(M * H * W);
+  std::atomic<int64_t> total{0};
+  at::parallel_for(0, nk, grain_for(32 * bs), [&](int64_t f0, int64_t f1) {
+    int64_t kept = 0;
+    for (int64_t f = f0; f < f1; ++f) {
+      const uint32_t w = dropblock::keep_word(Rp, f, M, H, W, Hs, bs, shift);
+      K[f] = w;
+      kept += __builtin_popcount(w);
     }
     total += kept;
   });
   return total.load();
 }
 
-// out = in * (mask ? scale : 0); in/out share the layout fmt, mask is [N, Cm, H, W].
-void apply_mask(const at::Tensor& in, at::Tensor& out, const at::Tensor& mask, int64_t count,
+// y[0 .. n) = x * (bit t of w ? scale : 0), n <= 32. The full-word loop has a fixed trip
+// count and a constant bit per lane, so it vectorizes (compare, select, multiply).
+template <typename scalar_t, typename acc>
+inline void apply_word(const scalar_t* x, scalar_t* y, uint32_t w, int64_t n, acc scale) {
+  if (n == 32) {
+    for (int t = 0; t < 32; ++t) {
+      const acc f = (w & (1u << t)) ? scale : acc(0);
+      y[t] = static_cast<scalar_t>(static_cast<acc>(x[t]) * f);
+    }
+    return;
+  }
+  for (int64_t t = 0; t < n; ++t) {
+    const acc f = ((w >> t) & 1u) ? scale : acc(0);
+    y[t] = static_cast<scalar_t>(static_cast<acc>(x[t]) * f);
+  }
+}
+
+// out = in * (keep ? scale : 0); in/out share the layout fmt; K holds the keep bits of the
+// flat [N, Cm, H, W] mask.
+void apply_mask(const at::Tensor& in, at::Tensor& out, const uint32_t* K, bool shared, int64_t count,
                 at::MemoryFormat fmt) {
   const int64_t N = in.size(0), C = in.size(1), HW = in.size(2) * in.size(3);
-  const int64_t Cm = mask.size(1);
-  const double scale_d = dropblock::keep_scale(mask.numel(), count);
-  const uint8_t* mk = mask.data_ptr<uint8_t>();
+  const int64_t Cm = shared ? 1 : C;
+  const double scale_d = dropblock::keep_scale(N * Cm * HW, count);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "drop_block2d_cpu_apply", [&] {
     using acc = acc_t<scalar_t>;
     const acc scale = static_cast<acc>(scale_d);
@@ -124,12 +154,14 @@ void apply_mask(const at::Tensor& in, at::Tensor& out, const at::Tensor& mask, i
     if (fmt == at::MemoryFormat::Contiguous) {
       at::parallel_for(0, N * C, grain_for(HW), [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i) {
-          const uint8_t* mrow = mk + (Cm == 1 ? i / C : i) * HW;
+          const int64_t base = (Cm == 1 ? i / C : i) * HW;  // flat mask index of element 0
           const scalar_t* xr = x + i * HW;
           scalar_t* yr = y + i * HW;
-          for (int64_t j = 0; j < HW; ++j) {
-            const acc f = mrow[j] ? scale : acc(0);
-            yr[j] = static_cast<scalar_t>(static_cast<acc>(xr[j]) * f);
+          for (int64_t j = 0; j < HW;) {
+            const int64_t b = base + j;
+            const int64_t n = std::min<int64_t>(32 - (b & 31), HW - j);
+            apply_word<scalar_t, acc>(xr + j, yr + j, K[b >> 5] >> (b & 31), n, scale);
+            j += n;
           }
         }
       });
@@ -137,11 +169,11 @@ void apply_mask(const at::Tensor& in, at::Tensor& out, const at::Tensor& mask, i
       at::parallel_for(0, N * HW, grain_for(C), [&](int64_t q0, int64_t q1) {
         for (int64_t q = q0; q < q1; ++q) {
           const int64_t n = q / HW, hw = q % HW;
-          const uint8_t* mp = mk + n * Cm * HW + hw;
+          const int64_t base = n * Cm * HW + hw;
           const scalar_t* xr = x + q * C;
           scalar_t* yr = y + q * C;
           for (int64_t c = 0; c < C; ++c) {
-            const acc f = mp[Cm == 1 ? 0 : c * HW] ? scale : acc(0);
+            const acc f = dropblock::keep_bit(K, base + (Cm == 1 ? 0 : c * HW)) ? scale : acc(0);
             yr[c] = static_cast<scalar_t>(static_cast<acc>(xr[c]) * f);
           }
         }
@@ -154,9 +186,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> finish(const at::Tensor& x, const
                                                       at::Tensor& mask, int64_t count) {
   const auto fmt = dropblock::out_format(x);
   const at::Tensor xc = x.contiguous(fmt);
-  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(fmt));
+  at::Tensor out = new_output(x, fmt);
   at::Tensor cnt = at::full({}, count, x.options().dtype(at::kLong));
-  if (x.numel() > 0) apply_mask(xc, out, mask, count, fmt);
+  if (x.numel() > 0) apply_mask(xc, out, mask_words(mask), g.Cm == 1 && g.C != 1, count, fmt);
   return {out, mask, cnt};
 }
 
@@ -166,18 +198,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> drop_block2d_cpu(const at::Tensor
   const bool paper = dropblock::is_paper("drop_block2d", sv(gamma_mode));
   const Geometry g = dropblock::make_geometry(x, block_size, shared_mask, paper, "drop_block2d");
   dropblock::check_seed_args(x, seed, p);
-  at::Tensor mask = at::empty({g.N, g.Cm, g.H, g.W}, x.options().dtype(at::kByte));
+  at::Tensor mask = dropblock::new_mask(x, g);
   if (x.numel() == 0) return finish(x, g, mask, 0);
   const at::Tensor sd = seed.contiguous();
   const int64_t* s = sd.const_data_ptr<int64_t>();
   const uint32_t k0 = static_cast<uint32_t>(s[0]), k1 = static_cast<uint32_t>(s[1]);
   const uint64_t thresh =
       dropblock::seed_threshold(p.item<double>(), g.H, g.W, g.bs, g.Hs, g.Ws);
-  const int64_t Ws = g.Ws;
-  const int64_t count = build_mask(g, mask.data_ptr<uint8_t>(), [&](int64_t m, int64_t a, uint8_t* row) {
+  const int64_t count = build_mask(g, mask_words(mask), [&](int64_t m, int64_t a, uint8_t* row) {
     if (thresh == 0) return false;
-    const dropblock::MapKey key = dropblock::map_key(static_cast<uint32_t>(m), k0, k1);
-    return fill_hash_row(static_cast<uint32_t>(a * Ws), Ws, key.ka, key.kb, thresh, row);
+    const dropblock::HashSeedFn fn{dropblock::map_key(static_cast<uint32_t>(m), k0, k1),
+                                   static_cast<uint32_t>(g.Ws), thresh};
+    return fill_hash_row(fn, a, g.Ws, row);
   });
   return finish(x, g, mask, count);
 }
@@ -190,12 +222,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> drop_block2d_from_seeds_cpu(const
   const bool shared = seeds.dim() == 4 && seeds.size(1) == 1;
   const Geometry g = dropblock::make_geometry(x, block_size, shared, paper, "drop_block2d_from_seeds");
   dropblock::check_seeds_tensor(x, seeds, g);
-  at::Tensor mask = at::empty({g.N, g.Cm, g.H, g.W}, x.options().dtype(at::kByte));
+  at::Tensor mask = dropblock::new_mask(x, g);
   if (x.numel() == 0) return finish(x, g, mask, 0);
   const at::Tensor sb = seeds.ne(0).to(at::kByte).contiguous();
   const uint8_t* sp = sb.const_data_ptr<uint8_t>();
   const int64_t Hs = g.Hs, Ws = g.Ws;
-  const int64_t count = build_mask(g, mask.data_ptr<uint8_t>(), [&](int64_t m, int64_t a, uint8_t* row) {
+  const int64_t count = build_mask(g, mask_words(mask), [&](int64_t m, int64_t a, uint8_t* row) {
     const uint8_t* src = sp + (m * Hs + a) * Ws;
     uint8_t any = 0;
     for (int64_t b = 0; b < Ws; ++b) {
@@ -207,12 +239,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> drop_block2d_from_seeds_cpu(const
   return finish(x, g, mask, count);
 }
 
-at::Tensor drop_block2d_backward_cpu(const at::Tensor& grad, const at::Tensor& mask, const at::Tensor& count) {
-  dropblock::check_backward_args(grad, mask, count);
+at::Tensor drop_block2d_backward_cpu(const at::Tensor& grad, const at::Tensor& mask, const at::Tensor& count,
+                                     bool shared_mask) {
+  dropblock::check_backward_args(grad, mask, count, shared_mask);
   const auto fmt = dropblock::out_format(grad);
   const at::Tensor gc = grad.contiguous(fmt);
-  at::Tensor out = at::empty(grad.sizes(), grad.options().memory_format(fmt));
-  if (grad.numel() > 0) apply_mask(gc, out, mask.contiguous(), count.item<int64_t>(), fmt);
+  at::Tensor out = new_output(grad, fmt);
+  const at::Tensor mc = mask.contiguous();
+  if (grad.numel() > 0) {
+    apply_mask(gc, out, mask_words(mc), shared_mask && grad.size(1) != 1, count.item<int64_t>(), fmt);
+  }
   return out;
 }
 

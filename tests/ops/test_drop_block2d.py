@@ -62,6 +62,43 @@ def test_from_seeds_matches_reference(compiled_ops, device, mode, shared, shape,
     torch.testing.assert_close(got.cpu(), want, rtol=0, atol=0)
 
 
+def _unpack(words, shape):
+    """Keep mask [N, M, H, W] (bool) from the op's int32 bit words (bit e = flat element e)."""
+    n = 1
+    for s in shape:
+        n *= s
+    w = words.cpu().to(torch.int64) & 0xFFFFFFFF
+    bits = (w[:, None] >> torch.arange(32)) & 1
+    return bits.reshape(-1)[:n].reshape(shape).bool()
+
+
+# W < 32 (several rows per word), H * W % 32 != 0 (maps share words), W > 64, bs > 32 and
+# bs > 64 (several 32-column chunks of the horizontal window), bs = 1.
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("shape,bs", [((2, 3, 13, 9), 4), ((3, 2, 5, 7), 1), ((1, 3, 6, 37), 5),
+                                      ((2, 2, 40, 70), 33), ((1, 2, 70, 100), 66), ((1, 1, 3, 130), 2)])
+def test_bit_mask_and_count(compiled_ops, device, mode, shared, shape, bs):
+    N, C, H, W = shape
+    x = torch.randn(shape, device=device)
+    seeds = _seeds(shape, bs, shared, mode, rate=0.1, device=device)
+    if bs > 30:  # one seed per map (a few random ones would drop everything)
+        seeds = torch.zeros_like(seeds)
+        seeds[..., seeds.shape[2] // 3, seeds.shape[3] // 4] = True
+        seeds[0, -1, -1, 3] = True
+    out, words, count = torch.ops.wsss_fast.drop_block2d_from_seeds(x, seeds, bs, mode)
+    M = 1 if shared else C
+    assert words.dtype == torch.int32 and words.shape == ((N * M * H * W + 31) // 32,)
+    keep = ref.keep_mask_from_seeds(seeds.cpu(), H, W, bs, mode)
+    got = _unpack(words, (N, M, H, W))
+    assert torch.equal(got, keep)
+    assert count.item() == int(keep.sum())
+    assert 0 < count.item() < keep.numel()
+    tail = (N * M * H * W) % 32  # bits past the last element stay clear
+    if tail:
+        assert (int(words[-1]) & 0xFFFFFFFF) >> tail == 0
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_from_seeds_dtypes(compiled_ops, device, dtype):
     x = torch.randn(2, 4, 12, 10, device=device).to(dtype)
@@ -117,8 +154,13 @@ def test_same_seed_same_mask_and_new_seed_new_mask(compiled_ops, device):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shared", [False, True])
-@pytest.mark.parametrize("shape,bs", [((2, 5, 40, 300), 7), ((1, 2, 300, 300), 250), ((3, 2, 9, 70), 4)])
-def test_cuda_kernel_equals_cpu_kernel(compiled_ops, mode, shared, shape, bs):
+@pytest.mark.parametrize("index64", [False, True])
+@pytest.mark.parametrize("shape,bs", [((2, 5, 40, 300), 7), ((1, 2, 300, 300), 250), ((3, 2, 9, 70), 4),
+                                      ((2, 3, 5, 7), 3), ((16, 64, 256, 256), 7)])
+def test_cuda_kernel_equals_cpu_kernel(compiled_ops, monkeypatch, mode, shared, shape, bs, index64):
+    # the last shape has more words than the mask kernels have threads (grid-stride loops)
+    if index64:
+        monkeypatch.setenv("WSSS_FAST_DROPBLOCK_INDEX64", "1")
     x = torch.randn(shape)
     seed = torch.tensor([12345, 678], dtype=torch.int64)
     p = torch.tensor(0.3, dtype=torch.float64)
@@ -126,9 +168,10 @@ def test_cuda_kernel_equals_cpu_kernel(compiled_ops, mode, shared, shape, bs):
     got = torch.ops.wsss_fast.drop_block2d(x.cuda(), seed.cuda(), p.cuda(), bs, shared, mode)
     for g, w in zip(got, want):
         torch.testing.assert_close(g.cpu(), w, rtol=0, atol=0)
+    assert 0 < want[2].item() < x.numel() // (x.shape[1] if shared else 1)
     grad = torch.randn(shape)
-    gw = torch.ops.wsss_fast.drop_block2d_backward(grad, want[1], want[2])
-    gg = torch.ops.wsss_fast.drop_block2d_backward(grad.cuda(), got[1], got[2])
+    gw = torch.ops.wsss_fast.drop_block2d_backward(grad, want[1], want[2], shared)
+    gg = torch.ops.wsss_fast.drop_block2d_backward(grad.cuda(), got[1], got[2], shared)
     torch.testing.assert_close(gg.cpu(), gw, rtol=0, atol=0)
 
 
@@ -278,8 +321,13 @@ def test_op_level_errors(compiled_ops, device):
         torch.ops.wsss_fast.drop_block2d(x, seed.float(), p, 3, False, "paper")
     with pytest.raises(RuntimeError, match="gamma_mode"):
         torch.ops.wsss_fast.drop_block2d(x, seed, p, 3, False, "x")
-    with pytest.raises(RuntimeError, match="mask"):
-        torch.ops.wsss_fast.drop_block2d_backward(x, torch.ones(2, 3, 8, 8, device=device), seed[0])
+    with pytest.raises(RuntimeError, match="mask must be the int32 bit mask"):
+        torch.ops.wsss_fast.drop_block2d_backward(x, torch.ones(2, 3, 8, 8, device=device), seed[0], False)
+    words = torch.zeros(12, dtype=torch.int32, device=device)  # 2 * 3 * 8 * 8 / 32
+    with pytest.raises(RuntimeError, match=r"mask must have shape \[4\]"):
+        torch.ops.wsss_fast.drop_block2d_backward(x, words, seed[0], True)
+    with pytest.raises(RuntimeError, match="count"):
+        torch.ops.wsss_fast.drop_block2d_backward(x, words, seed.float(), False)
 
 
 # --------------------------------------------------------------------------- autograd / library
@@ -318,7 +366,9 @@ def test_opcheck(compiled_ops, device, channels_last):
     seeds = _seeds(x.shape, 3, False, "paper", device=device)
     torch.library.opcheck(torch.ops.wsss_fast.drop_block2d_from_seeds, (x, seeds, 3, "paper"))
     _, mask, count = torch.ops.wsss_fast.drop_block2d(x.detach(), seed, p, 3, False, "paper")
-    torch.library.opcheck(torch.ops.wsss_fast.drop_block2d_backward, (torch.randn_like(x), mask, count))
+    torch.library.opcheck(torch.ops.wsss_fast.drop_block2d_backward, (torch.randn_like(x), mask, count, False))
+    _, mask, count = torch.ops.wsss_fast.drop_block2d(x.detach(), seed, p, 3, True, "paper")
+    torch.library.opcheck(torch.ops.wsss_fast.drop_block2d_backward, (torch.randn_like(x), mask, count, True))
 
 
 def test_torch_compile_fullgraph(compiled_ops, device):

@@ -6,8 +6,9 @@ networks", NeurIPS 2018 (https://arxiv.org/abs/1810.12890).
 The mask is built from a small seed tensor drawn from torch's generator: every seed
 position is a Bernoulli(gamma) draw of a counter-based hash keyed by that seed, so the op
 is a pure function of its inputs (``opcheck``/``torch.compile`` friendly), CPU, CUDA and
-the reference draw the same mask from the same seed, and the backward reuses the 1-byte
-keep mask saved by the forward (``grad * mask * scale``; the forward is never recomputed).
+the reference draw the same mask from the same seed, and the backward reuses the keep
+mask saved by the forward, packed to 1 bit per element (``grad * mask * scale``; the
+forward is never recomputed).
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ if _HAS_OP:
     def _fake(x, mask_channels):
         N, C, H, W = x.shape
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_out_format(x))
-        mask = x.new_empty((N, mask_channels, H, W), dtype=torch.uint8)
+        mask = x.new_empty(((N * mask_channels * H * W + 31) // 32,), dtype=torch.int32)
         count = x.new_empty((), dtype=torch.int64)
         return out, mask, count
 
@@ -174,19 +175,26 @@ if _HAS_OP:
         return _fake(x, seeds.shape[1])
 
     @torch.library.register_fake("wsss_fast::drop_block2d_backward")
-    def _drop_block2d_backward_fake(grad, mask, count):
+    def _drop_block2d_backward_fake(grad, mask, count, shared_mask):
         return torch.empty(grad.shape, dtype=grad.dtype, device=grad.device, memory_format=_out_format(grad))
 
-    def _setup_context(ctx, inputs, output):
+    def _save(ctx, output, shared: bool):
         _, mask, count = output
         ctx.save_for_backward(mask, count)
+        ctx.shared_mask = shared
         ctx.set_materialize_grads(False)  # no zero-filled gradients for mask and count
+
+    def _setup_context(ctx, inputs, output):
+        _save(ctx, output, bool(inputs[4]))
+
+    def _setup_from_seeds(ctx, inputs, output):
+        _save(ctx, output, inputs[1].shape[1] == 1)
 
     def _grad_x(ctx, grad_out):
         if grad_out is None:
             return None
         mask, count = ctx.saved_tensors
-        return torch.ops.wsss_fast.drop_block2d_backward(grad_out, mask, count)
+        return torch.ops.wsss_fast.drop_block2d_backward(grad_out, mask, count, ctx.shared_mask)
 
     def _backward_drop_block2d(ctx, grad_out, grad_mask, grad_count):
         return _grad_x(ctx, grad_out), None, None, None, None, None
@@ -195,18 +203,19 @@ if _HAS_OP:
         return _grad_x(ctx, grad_out), None, None, None
 
     def _setup_backward(ctx, inputs, output):
-        _, mask, count = inputs
+        _, mask, count, shared = inputs
         ctx.save_for_backward(mask, count)
+        ctx.shared_mask = shared
 
     def _backward_backward(ctx, gg):
         mask, count = ctx.saved_tensors
-        return torch.ops.wsss_fast.drop_block2d_backward(gg, mask, count), None, None
+        return torch.ops.wsss_fast.drop_block2d_backward(gg, mask, count, ctx.shared_mask), None, None, None
 
     torch.library.register_autograd(
         "wsss_fast::drop_block2d", _backward_drop_block2d, setup_context=_setup_context
     )
     torch.library.register_autograd(
-        "wsss_fast::drop_block2d_from_seeds", _backward_from_seeds, setup_context=_setup_context
+        "wsss_fast::drop_block2d_from_seeds", _backward_from_seeds, setup_context=_setup_from_seeds
     )
     torch.library.register_autograd(
         "wsss_fast::drop_block2d_backward", _backward_backward, setup_context=_setup_backward
