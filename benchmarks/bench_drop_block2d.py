@@ -57,3 +57,25 @@ def test_drop_block2d(benchmark, device, passes, impl, mask):
         outputs = 2 * nbytes
     record(benchmark, run, device, shape=list(shape), p=P, block_size=BS, dtype="float32",
            outputs_mib=round(outputs / 2**20, 2))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", ["ours", "torch_mul"])
+def test_drop_block2d_apply(benchmark, device, impl):
+    """The backward alone (grad * keep * scale) against ``grad * 1.5``, PyTorch's own
+    elementwise kernel over the same bytes: how close the apply pass is to a plain copy,
+    and, with the fwd rows, how much of the forward the mask construction takes."""
+    torch.manual_seed(0)
+    shape = SHAPES[device]
+    x = torch.randn(shape, device=device)
+    g = torch.randn_like(x)
+    seed = torch.tensor([1, 2], dtype=torch.int64, device=device)
+    p = torch.tensor(P, dtype=torch.float64, device=device)
+    _, mask, count = torch.ops.wsss_fast.drop_block2d(x, seed, p, BS, False, "paper")
+    benchmark.group = f"drop_block2d-apply-{device}"
+    if impl == "ours":
+        run = lambda: torch.ops.wsss_fast.drop_block2d_backward(g, mask, count, False)  # noqa: E731
+    else:
+        run = lambda: g * 1.5  # noqa: E731
+    record(benchmark, run, device, shape=list(shape), dtype="float32",
+           outputs_mib=round(x.numel() * x.element_size() / 2**20, 2))
