@@ -6,6 +6,7 @@
 #include <string_view>
 
 #include "common/checks.h"
+#include "common/drop_block2d_common.h"
 
 namespace wsss_fast {
 namespace dropblock {
@@ -55,11 +56,12 @@ inline at::MemoryFormat out_format(const at::Tensor& x) {
 
 // The bit-packed keep mask: int32[ceil(N * Cm * H * W / 32)], bit e of the flat index e
 // over [N, Cm, H, W] (see drop_block2d_common.h).
-inline int64_t mask_words_for(int64_t N, int64_t Cm, int64_t H, int64_t W) { return (N * Cm * H * W + 31) / 32; }
-
 inline at::Tensor new_mask(const at::Tensor& x, const Geometry& g) {
-  return at::empty({mask_words_for(g.N, g.Cm, g.H, g.W)}, x.options().dtype(at::kInt));
+  return at::empty({words_for(g.N * g.Cm * g.H * g.W)}, x.options().dtype(at::kInt));
 }
+
+// An int32 tensor of bit words (the mask and the kernels' intermediates) as uint32 words.
+inline uint32_t* words(const at::Tensor& t) { return reinterpret_cast<uint32_t*>(t.data_ptr<int32_t>()); }
 
 inline void check_backward_args(const at::Tensor& grad, const at::Tensor& mask, const at::Tensor& count,
                                 bool shared_mask) {
@@ -69,7 +71,7 @@ inline void check_backward_args(const at::Tensor& grad, const at::Tensor& mask, 
               ": grad must be a floating-point tensor, got dtype ", grad.scalar_type());
   TORCH_CHECK(mask.scalar_type() == at::kInt, op, ": mask must be the int32 bit mask of the forward, got dtype ",
               mask.scalar_type());
-  const int64_t want = mask_words_for(grad.size(0), shared_mask ? 1 : grad.size(1), grad.size(2), grad.size(3));
+  const int64_t want = words_for(grad.size(0) * (shared_mask ? 1 : grad.size(1)) * grad.size(2) * grad.size(3));
   TORCH_CHECK(mask.dim() == 1 && mask.size(0) == want, op, ": mask must have shape [", want,
               "] (ceil(N * ", shared_mask ? "1" : "C", " * H * W / 32) words) for grad ", shape_str(grad),
               ", got ", shape_str(mask));

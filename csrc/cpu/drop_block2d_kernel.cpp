@@ -60,9 +60,6 @@ at::Tensor new_output(const at::Tensor& t, at::MemoryFormat fmt) {
   return out;
 }
 
-// The int32 mask tensor as its 32-bit keep words.
-uint32_t* mask_words(const at::Tensor& mask) { return reinterpret_cast<uint32_t*>(mask.data_ptr<int32_t>()); }
-
 // Seed bytes of seed row a of one map (dropblock::HashSeedFn, the CUDA kernel's draw);
 // returns whether any is set. Cloned for AVX2 (8 hashes per instruction) with a generic
 // fallback.
@@ -188,7 +185,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> finish(const at::Tensor& x, const
   const at::Tensor xc = x.contiguous(fmt);
   at::Tensor out = new_output(x, fmt);
   at::Tensor cnt = at::full({}, count, x.options().dtype(at::kLong));
-  if (x.numel() > 0) apply_mask(xc, out, mask_words(mask), g.Cm == 1 && g.C != 1, count, fmt);
+  if (x.numel() > 0) apply_mask(xc, out, dropblock::words(mask), g.Cm == 1, count, fmt);
   return {out, mask, cnt};
 }
 
@@ -205,7 +202,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> drop_block2d_cpu(const at::Tensor
   const uint32_t k0 = static_cast<uint32_t>(s[0]), k1 = static_cast<uint32_t>(s[1]);
   const uint64_t thresh =
       dropblock::seed_threshold(p.item<double>(), g.H, g.W, g.bs, g.Hs, g.Ws);
-  const int64_t count = build_mask(g, mask_words(mask), [&](int64_t m, int64_t a, uint8_t* row) {
+  const int64_t count = build_mask(g, dropblock::words(mask), [&](int64_t m, int64_t a, uint8_t* row) {
     if (thresh == 0) return false;
     const dropblock::HashSeedFn fn{dropblock::map_key(static_cast<uint32_t>(m), k0, k1),
                                    static_cast<uint32_t>(g.Ws), thresh};
@@ -227,7 +224,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> drop_block2d_from_seeds_cpu(const
   const at::Tensor sb = seeds.ne(0).to(at::kByte).contiguous();
   const uint8_t* sp = sb.const_data_ptr<uint8_t>();
   const int64_t Hs = g.Hs, Ws = g.Ws;
-  const int64_t count = build_mask(g, mask_words(mask), [&](int64_t m, int64_t a, uint8_t* row) {
+  const int64_t count = build_mask(g, dropblock::words(mask), [&](int64_t m, int64_t a, uint8_t* row) {
     const uint8_t* src = sp + (m * Hs + a) * Ws;
     uint8_t any = 0;
     for (int64_t b = 0; b < Ws; ++b) {
@@ -247,7 +244,7 @@ at::Tensor drop_block2d_backward_cpu(const at::Tensor& grad, const at::Tensor& m
   at::Tensor out = new_output(grad, fmt);
   const at::Tensor mc = mask.contiguous();
   if (grad.numel() > 0) {
-    apply_mask(gc, out, mask_words(mc), shared_mask && grad.size(1) != 1, count.item<int64_t>(), fmt);
+    apply_mask(gc, out, dropblock::words(mc), shared_mask, count.item<int64_t>(), fmt);
   }
   return out;
 }

@@ -161,10 +161,6 @@ __global__ void apply_nhwc_kernel(const scalar_t* __restrict__ in, scalar_t* __r
   }
 }
 
-const uint32_t* words_of(const at::Tensor& mask) {
-  return reinterpret_cast<const uint32_t*>(mask.const_data_ptr<int32_t>());
-}
-
 void launch_apply(const at::Tensor& in, at::Tensor& out, const at::Tensor& mask, const at::Tensor& count,
                   bool shared, at::MemoryFormat fmt) {
   const int64_t numel = in.numel();
@@ -177,7 +173,7 @@ void launch_apply(const at::Tensor& in, at::Tensor& out, const at::Tensor& mask,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "drop_block2d_cuda_apply", [&] {
     const scalar_t* x = in.const_data_ptr<scalar_t>();
     scalar_t* y = out.mutable_data_ptr<scalar_t>();
-    const uint32_t* K = words_of(mask);
+    const uint32_t* K = dropblock::words(mask);
     const int64_t* cnt = count.const_data_ptr<int64_t>();
     if (fmt == at::MemoryFormat::Contiguous) {
       constexpr int VEC = 16 / sizeof(scalar_t);
@@ -207,9 +203,9 @@ void launch_mask_as(const Seeds& src, const Geometry& g, at::Tensor& mask, at::T
   const at::TensorOptions opts = mask.options();
   const at::Tensor S = at::empty({M * g.Hs * nsw}, opts);
   const at::Tensor R = at::empty({M * g.Hs * nrw}, opts);
-  uint32_t* Sp = reinterpret_cast<uint32_t*>(S.data_ptr<int32_t>());
-  uint32_t* Rp = reinterpret_cast<uint32_t*>(R.data_ptr<int32_t>());
-  uint32_t* Kp = reinterpret_cast<uint32_t*>(mask.data_ptr<int32_t>());
+  uint32_t* Sp = dropblock::words(S);
+  uint32_t* Rp = dropblock::words(R);
+  uint32_t* Kp = dropblock::words(mask);
   auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t max_blocks = static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 32;
   const int64_t ns = M * g.Hs * nsw, nr = M * g.Hs * nrw, nk = mask.numel();
