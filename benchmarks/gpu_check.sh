@@ -7,6 +7,8 @@
 #   4. if time is left, runs every kernel once under compute-sanitizer (memcheck).
 # Under $OUT (default ./gpu_out): gpu_check.log, build.log, tests.log, bench.log,
 # bench.json, bench_rw.json, figures.json, sanitize.log.
+# GPU_CHECK_K="drop_block2d" narrows the tests and benchmarks to a pytest -k expression
+# (a second run after a kernel change, within one session's device time).
 # Packages missing there (grad-cam, ttach, segmentation-models-pytorch, pydicom, expecttest)
 # travel as wheels in .whl/ (`make gpu-wheels` here), installed with --no-index into /tmp/site.
 set -uo pipefail
@@ -37,7 +39,7 @@ export TORCH_CUDA_ARCH_LIST="9.0" CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" MAX_
 if [ -x /usr/bin/g++ ] && [ -x /usr/bin/gcc ]; then export CC=/usr/bin/gcc CXX=/usr/bin/g++; fi
 echo "CC=${CC:-} CXX=${CXX:-} ($(${CXX:-c++} --version | head -1))"
 rm -rf build wsss_fast/_C*.so
-if ! timeout 240 "$PY" setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
+if ! timeout "${BUILD_TIMEOUT:-240}" "$PY" setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
   grep -E "error|Error" "$OUT/build.log" | head -30; tail -20 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -50,7 +52,8 @@ TESTS="tests/ops/test_drop_block2d.py tests/ops/test_path_affinity.py tests/ops/
        tests/ops/test_weighted_cam.py tests/nn tests/cam tests/ops/test_random_walk.py"
 XDIST=""; "$PY" -c "import xdist" 2>/dev/null && XDIST="-n 4"  # 4 workers share the GPU
 # shellcheck disable=SC2086
-timeout "${TEST_TIMEOUT:-170}" "$PY" -m pytest $TESTS -m cuda $XDIST -v --tb=short -p no:cacheprovider \
+KSEL=(); [ -n "${GPU_CHECK_K:-}" ] && KSEL=(-k "$GPU_CHECK_K")
+timeout "${TEST_TIMEOUT:-170}" "$PY" -m pytest $TESTS -m cuda "${KSEL[@]}" $XDIST -v --tb=short -p no:cacheprovider \
   --continue-on-collection-errors -o addopts="--import-mode=importlib" > "$OUT/tests.log" 2>&1
 test_rc=$?
 echo "tests rc=$test_rc: $(grep -c ' PASSED' "$OUT/tests.log") passed, $(grep -c ' FAILED' "$OUT/tests.log") failed, $(grep -c ' ERROR' "$OUT/tests.log") errors"
@@ -64,11 +67,12 @@ bench() {  # bench NAME TIMEOUT -k EXPR
     --benchmark-columns=min,median,rounds -o addopts="--import-mode=importlib" >> "$OUT/bench.log" 2>&1
 }
 stamp "CUDA benchmarks"
-bench bench "${BENCH_TIMEOUT:-150}" -k "cuda and not random_walk"
-bench_rc=$?
+SEL="${GPU_CHECK_K:+ and ($GPU_CHECK_K)}"
+bench bench "${BENCH_TIMEOUT:-150}" -k "cuda and not random_walk$SEL"
+bench_rc=$?; [ "$bench_rc" -eq 5 ] && bench_rc=0  # 5: nothing selected
 stamp "CUDA random_walk benchmarks"
-bench bench_rw 90 -k "cuda and random_walk"
-rw_rc=$?
+bench bench_rw 90 -k "cuda and random_walk$SEL"
+rw_rc=$?; [ "$rw_rc" -eq 5 ] && rw_rc=0
 grep -E "^(FAILED|ERROR)|Error" "$OUT/bench.log" | head -20
 
 if command -v compute-sanitizer >/dev/null && [ "$(elapsed)" -lt "${SANITIZE_BEFORE:-300}" ]; then

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/util/string_view.h>
 
 #include <string_view>
 
@@ -15,7 +16,8 @@ struct Geometry {
   int64_t N, C, Cm, H, W, Hs, Ws, bs, shift;
 };
 
-inline bool is_paper(std::string_view op, std::string_view gamma_mode) {
+inline bool is_paper(std::string_view op, c10::string_view mode) {
+  const std::string_view gamma_mode(mode.data(), mode.size());
   TORCH_CHECK(gamma_mode == "paper" || gamma_mode == "simple", op,
               ": gamma_mode must be \"paper\" or \"simple\", got \"", std::string(gamma_mode), "\"");
   return gamma_mode == "paper";
@@ -101,6 +103,26 @@ inline void check_seeds_tensor(const at::Tensor& x, const at::Tensor& seeds, con
               "] for x of shape ", shape_str(x), " and block_size ", g.bs, ", got ", shape_str(seeds));
   TORCH_CHECK(seeds.device() == x.device(), "drop_block2d_from_seeds: seeds must be on x's device ",
               x.device(), ", got ", seeds.device());
+}
+
+// Checked geometry of drop_block2d(x, seed, p, block_size, shared_mask, gamma_mode).
+inline Geometry seed_geometry(const at::Tensor& x, const at::Tensor& seed, const at::Tensor& p, int64_t block_size,
+                              bool shared_mask, c10::string_view gamma_mode) {
+  const bool paper = is_paper("drop_block2d", gamma_mode);
+  const Geometry g = make_geometry(x, block_size, shared_mask, paper, "drop_block2d");
+  check_seed_args(x, seed, p);
+  return g;
+}
+
+// Checked geometry of drop_block2d_from_seeds(x, seeds, block_size, gamma_mode); the mask is
+// shared when seeds has one channel.
+inline Geometry seeds_tensor_geometry(const at::Tensor& x, const at::Tensor& seeds, int64_t block_size,
+                                      c10::string_view gamma_mode) {
+  const bool paper = is_paper("drop_block2d_from_seeds", gamma_mode);
+  const bool shared = seeds.dim() == 4 && seeds.size(1) == 1;
+  const Geometry g = make_geometry(x, block_size, shared, paper, "drop_block2d_from_seeds");
+  check_seeds_tensor(x, seeds, g);
+  return g;
 }
 
 }  // namespace dropblock

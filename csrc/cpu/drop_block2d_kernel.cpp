@@ -39,8 +39,6 @@ int64_t grain_for(int64_t elems_per_item) {
   return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, elems_per_item));
 }
 
-std::string_view sv(c10::string_view s) { return std::string_view(s.data(), s.size()); }
-
 // A new tensor like t in layout fmt. Large buffers are fresh mmap()ed pages whose 4 KiB
 // first-touch faults cost more than the op itself (about 11 ms of ~25 for a 32 MiB output on
 // the 2-core development machine); on Linux they are advised to use transparent huge pages,
@@ -192,9 +190,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> finish(const at::Tensor& x, const
 std::tuple<at::Tensor, at::Tensor, at::Tensor> drop_block2d_cpu(const at::Tensor& x, const at::Tensor& seed,
                                                                const at::Tensor& p, int64_t block_size,
                                                                bool shared_mask, c10::string_view gamma_mode) {
-  const bool paper = dropblock::is_paper("drop_block2d", sv(gamma_mode));
-  const Geometry g = dropblock::make_geometry(x, block_size, shared_mask, paper, "drop_block2d");
-  dropblock::check_seed_args(x, seed, p);
+  const Geometry g = dropblock::seed_geometry(x, seed, p, block_size, shared_mask, gamma_mode);
   at::Tensor mask = dropblock::new_mask(x, g);
   if (x.numel() == 0) return finish(x, g, mask, 0);
   const at::Tensor sd = seed.contiguous();
@@ -215,10 +211,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> drop_block2d_from_seeds_cpu(const
                                                                           const at::Tensor& seeds,
                                                                           int64_t block_size,
                                                                           c10::string_view gamma_mode) {
-  const bool paper = dropblock::is_paper("drop_block2d_from_seeds", sv(gamma_mode));
-  const bool shared = seeds.dim() == 4 && seeds.size(1) == 1;
-  const Geometry g = dropblock::make_geometry(x, block_size, shared, paper, "drop_block2d_from_seeds");
-  dropblock::check_seeds_tensor(x, seeds, g);
+  const Geometry g = dropblock::seeds_tensor_geometry(x, seeds, block_size, gamma_mode);
   at::Tensor mask = dropblock::new_mask(x, g);
   if (x.numel() == 0) return finish(x, g, mask, 0);
   const at::Tensor sb = seeds.ne(0).to(at::kByte).contiguous();

@@ -6,8 +6,9 @@
 //   row_words_kernel:  one horizontally dilated row word per thread, [M, Hs, nrw];
 //   keep_kernel:       one word of the flat 1-bit keep mask per thread (OR of the row words
 //                      of its bs seed rows), plus one atomic per block for the kept count.
-// The intermediates are 1/16 byte per element and the mask 1/8; the seed and p are read
-// from device memory (no host sync). Index arithmetic is 32-bit when the mask fits.
+// The two intermediates (seed and row words) and the mask are 1 bit (1/8 byte) per element
+// each; the seed and p are read from device memory (no host sync). Index arithmetic is
+// 32-bit when the mask fits.
 // apply_kernel: out = in * (keep ? numel / count : 0), 16-byte vectorized for NCHW; the
 // same kernel is the backward.
 #include <ATen/ATen.h>
@@ -28,8 +29,6 @@ namespace wsss_fast {
 namespace {
 
 using dropblock::Geometry;
-
-std::string_view sv(c10::string_view s) { return std::string_view(s.data(), s.size()); }
 
 // Seeds from the counter-based hash of (seed tensor, map, position).
 struct HashSeeds {
@@ -248,9 +247,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> finish(const at::Tensor& x, const
 std::tuple<at::Tensor, at::Tensor, at::Tensor> drop_block2d_cuda(const at::Tensor& x, const at::Tensor& seed,
                                                                 const at::Tensor& p, int64_t block_size,
                                                                 bool shared_mask, c10::string_view gamma_mode) {
-  const bool paper = dropblock::is_paper("drop_block2d", sv(gamma_mode));
-  const Geometry g = dropblock::make_geometry(x, block_size, shared_mask, paper, "drop_block2d");
-  dropblock::check_seed_args(x, seed, p);
+  const Geometry g = dropblock::seed_geometry(x, seed, p, block_size, shared_mask, gamma_mode);
   c10::cuda::CUDAGuard guard(x.device());
   at::Tensor mask = dropblock::new_mask(x, g);
   at::Tensor count = at::zeros({}, x.options().dtype(at::kLong));
@@ -273,10 +270,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> drop_block2d_from_seeds_cuda(cons
                                                                            const at::Tensor& seeds,
                                                                            int64_t block_size,
                                                                            c10::string_view gamma_mode) {
-  const bool paper = dropblock::is_paper("drop_block2d_from_seeds", sv(gamma_mode));
-  const bool shared = seeds.dim() == 4 && seeds.size(1) == 1;
-  const Geometry g = dropblock::make_geometry(x, block_size, shared, paper, "drop_block2d_from_seeds");
-  dropblock::check_seeds_tensor(x, seeds, g);
+  const Geometry g = dropblock::seeds_tensor_geometry(x, seeds, block_size, gamma_mode);
   c10::cuda::CUDAGuard guard(x.device());
   at::Tensor mask = dropblock::new_mask(x, g);
   at::Tensor count = at::zeros({}, x.options().dtype(at::kLong));
