@@ -89,19 +89,35 @@ WSSS_HD uint64_t seed_threshold(double p, int64_t H, int64_t W, int64_t bs, int6
 // index e over [N, C or 1, H, W].
 
 // Seeds from the counter-based hash of one map: seed iff pos_hash(a * Ws + b) < thresh.
+// thresh is in [0, 2^32], so the draw compares in 32 bits, hash <= last = thresh - 1, once
+// possible() (thresh > 0) holds; seed_word checks possible() first. (A 64-bit compare, or
+// folding `any` into every draw, keeps GCC from vectorizing the CPU loop: 2.4x slower.)
 struct HashSeedFn {
   MapKey key;
   uint32_t ws;
-  uint64_t thresh;
-  WSSS_HD bool operator()(int64_t a, int64_t b) const {
-    return static_cast<uint64_t>(pos_hash(static_cast<uint32_t>(a) * ws + static_cast<uint32_t>(b), key)) < thresh;
+  uint32_t last;
+  bool any;
+  WSSS_HD bool possible() const { return any; }
+  WSSS_HD bool operator()(int64_t a, int64_t b) const {  // requires possible()
+    return pos_hash(static_cast<uint32_t>(a) * ws + static_cast<uint32_t>(b), key) <= last;
   }
 };
+
+// The seed draw of map m for seed words k0, k1 and threshold thresh (seed_threshold).
+WSSS_HD HashSeedFn hash_seed_fn(uint32_t m, uint32_t k0, uint32_t k1, int64_t Ws, uint64_t thresh) {
+  HashSeedFn fn;
+  fn.key = map_key(m, k0, k1);
+  fn.ws = static_cast<uint32_t>(Ws);
+  fn.last = thresh > 0 ? static_cast<uint32_t>(thresh - 1) : 0u;
+  fn.any = thresh > 0;
+  return fn;
+}
 
 // Seeds from an explicit uint8 grid of one map ([Hs, Ws], nonzero = seed).
 struct ByteSeedFn {
   const uint8_t* base;
   int64_t ws;
+  WSSS_HD bool possible() const { return true; }
   WSSS_HD bool operator()(int64_t a, int64_t b) const { return base[a * ws + b] != 0; }
 };
 
@@ -112,6 +128,7 @@ template <typename Seeds>
 WSSS_HD uint32_t seed_word(const Seeds& seed, int64_t a, int64_t k, int64_t Ws) {
   const int64_t b0 = 32 * k;
   uint32_t w = 0;
+  if (!seed.possible()) return 0;
   if (Ws - b0 >= 32) {  // full word: fixed trip count, unrolled on the GPU
 #if defined(__CUDA_ARCH__)
 #pragma unroll

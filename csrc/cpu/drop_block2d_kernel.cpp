@@ -2,8 +2,8 @@
 //
 // The mask is built with the bit-word functions of common/drop_block2d_common.h, the same
 // ones every CUDA thread runs:
-// Pass 1 (at::parallel_for over seed rows): the seed words of one seed row (hashes, 8 per
-// AVX2 instruction, packed into bits), then its row words (horizontal dilation by word
+// Pass 1 (at::parallel_for over seed rows): the seed words of one seed row (32 hashed draws
+// per word, 8 per AVX2 instruction), then its row words (horizontal dilation by word
 // shifts); rows without a seed are zero.
 // Pass 2 (parallel over keep words): each 32-bit word of the flat keep mask ORs the row
 // words of the bs seed rows of its output rows and counts its kept bits.
@@ -58,47 +58,38 @@ at::Tensor new_output(const at::Tensor& t, at::MemoryFormat fmt) {
   return out;
 }
 
-// Seed bytes of seed row a of one map (dropblock::HashSeedFn, the CUDA kernel's draw);
-// returns whether any is set. Cloned for AVX2 (8 hashes per instruction) with a generic
-// fallback.
+// Seed words of seed row a of one map (the per-word function every CUDA thread runs); returns
+// the OR of the words. Cloned for AVX2, where GCC vectorizes seed_word's 32 draws.
+template <typename Seeds>
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 __attribute__((target_clones("avx2", "default")))
 #endif
-bool fill_hash_row(const dropblock::HashSeedFn& fn, int64_t a, int64_t Ws, uint8_t* row) {
-  uint8_t any = 0;
-  for (int64_t b = 0; b < Ws; ++b) {
-    const uint8_t v = fn(a, b);
-    row[b] = v;
-    any |= v;
+uint32_t seed_row_words(const Seeds& fn, int64_t a, int64_t Ws, uint32_t* words) {
+  uint32_t any = 0;
+  for (int64_t k = 0; k < dropblock::words_for(Ws); ++k) {
+    words[k] = dropblock::seed_word(fn, a, k, Ws);
+    any |= words[k];
   }
-  return any != 0;
+  return any;
 }
 
-// Packs Ws seed bytes into seed words: the seed words of dropblock::ByteSeedFn.
-void pack_row(const uint8_t* row, int64_t Ws, uint32_t* words) {
-  const dropblock::ByteSeedFn fn{row, Ws};
-  for (int64_t k = 0; k < dropblock::words_for(Ws); ++k) words[k] = dropblock::seed_word(fn, 0, k, Ws);
-}
-
-// Builds the keep words K of every map and returns the kept count. fill_row(m, a, bytes)
-// writes the Ws seed bytes of seed row a of map m and returns whether any is set.
-template <typename FillRow>
-int64_t build_mask(const Geometry& g, uint32_t* K, const FillRow& fill_row) {
+// Builds the keep words K of every map and returns the kept count. seed_row(m, a, words)
+// writes the seed words of seed row a of map m and returns whether any bit is set.
+template <typename SeedRow>
+int64_t build_mask(const Geometry& g, uint32_t* K, const SeedRow& seed_row) {
   const int64_t M = g.N * g.Cm, H = g.H, W = g.W, Hs = g.Hs, Ws = g.Ws, bs = g.bs, shift = g.shift;
   const int64_t nsw = dropblock::words_for(Ws), nrw = dropblock::words_for(W);
   std::vector<uint32_t> R(static_cast<size_t>(M * Hs * nrw));
   uint32_t* Rp = R.data();
   // Pass 1: row words of every seed row.
   at::parallel_for(0, M * Hs, grain_for(Ws), [&](int64_t q0, int64_t q1) {
-    std::vector<uint8_t> bytes(static_cast<size_t>(Ws));
     std::vector<uint32_t> sw(static_cast<size_t>(nsw));
     for (int64_t q = q0; q < q1; ++q) {
       uint32_t* rrow = Rp + q * nrw;
-      if (!fill_row(q / Hs, q % Hs, bytes.data())) {
+      if (!seed_row(q / Hs, q % Hs, sw.data())) {
         std::fill(rrow, rrow + nrw, 0u);
         continue;
       }
-      pack_row(bytes.data(), Ws, sw.data());
       for (int64_t j = 0; j < nrw; ++j) rrow[j] = dropblock::row_word(sw.data(), nsw, j, bs, shift, W);
     }
   });
@@ -198,11 +189,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> drop_block2d_cpu(const at::Tensor
   const uint32_t k0 = static_cast<uint32_t>(s[0]), k1 = static_cast<uint32_t>(s[1]);
   const uint64_t thresh =
       dropblock::seed_threshold(p.item<double>(), g.H, g.W, g.bs, g.Hs, g.Ws);
-  const int64_t count = build_mask(g, dropblock::words(mask), [&](int64_t m, int64_t a, uint8_t* row) {
-    if (thresh == 0) return false;
-    const dropblock::HashSeedFn fn{dropblock::map_key(static_cast<uint32_t>(m), k0, k1),
-                                   static_cast<uint32_t>(g.Ws), thresh};
-    return fill_hash_row(fn, a, g.Ws, row);
+  const int64_t count = build_mask(g, dropblock::words(mask), [&](int64_t m, int64_t a, uint32_t* words) {
+    const dropblock::HashSeedFn fn = dropblock::hash_seed_fn(static_cast<uint32_t>(m), k0, k1, g.Ws, thresh);
+    return fn.possible() && seed_row_words(fn, a, g.Ws, words) != 0;
   });
   return finish(x, g, mask, count);
 }
@@ -217,14 +206,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> drop_block2d_from_seeds_cpu(const
   const at::Tensor sb = seeds.ne(0).to(at::kByte).contiguous();
   const uint8_t* sp = sb.const_data_ptr<uint8_t>();
   const int64_t Hs = g.Hs, Ws = g.Ws;
-  const int64_t count = build_mask(g, dropblock::words(mask), [&](int64_t m, int64_t a, uint8_t* row) {
-    const uint8_t* src = sp + (m * Hs + a) * Ws;
-    uint8_t any = 0;
-    for (int64_t b = 0; b < Ws; ++b) {
-      row[b] = src[b];
-      any |= src[b];
-    }
-    return any != 0;
+  const int64_t count = build_mask(g, dropblock::words(mask), [&](int64_t m, int64_t a, uint32_t* words) {
+    const dropblock::ByteSeedFn fn{sp + m * Hs * Ws, Ws};
+    return seed_row_words(fn, a, Ws, words) != 0;
   });
   return finish(x, g, mask, count);
 }

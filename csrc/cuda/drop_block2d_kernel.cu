@@ -36,12 +36,9 @@ struct HashSeeds {
   const double* p;
   int64_t H, W, bs, Hs, Ws;
   __device__ dropblock::HashSeedFn map(int64_t m) const {
-    dropblock::HashSeedFn fn;
-    fn.key = dropblock::map_key(static_cast<uint32_t>(m), static_cast<uint32_t>(seed[0]),
-                                static_cast<uint32_t>(seed[1]));
-    fn.ws = static_cast<uint32_t>(Ws);
-    fn.thresh = dropblock::seed_threshold(*p, H, W, bs, Hs, Ws);
-    return fn;
+    return dropblock::hash_seed_fn(static_cast<uint32_t>(m), static_cast<uint32_t>(seed[0]),
+                                   static_cast<uint32_t>(seed[1]), Ws,
+                                   dropblock::seed_threshold(*p, H, W, bs, Hs, Ws));
   }
 };
 

@@ -125,8 +125,9 @@ def test_paper_mode_equals_torchvision_given_same_seeds(compiled_ops, device, bs
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shared", [False, True])
-def test_public_op_matches_reference_same_generator(compiled_ops, device, mode, shared):
-    x = torch.randn(3, 4, 20, 17, device=device)
+@pytest.mark.parametrize("shape", [(3, 4, 20, 17), (2, 3, 9, 75)])  # seed rows of < 32 / 2 full + 1 part words
+def test_public_op_matches_reference_same_generator(compiled_ops, device, mode, shared, shape):
+    x = torch.randn(*shape, device=device)
     got = drop_block2d(x, 0.3, 5, shared_mask=shared, gamma_mode=mode, generator=_gen(device, 7))
     want = ref.drop_block2d(x, 0.3, 5, shared_mask=shared, gamma_mode=mode, generator=_gen(device, 7))
     torch.testing.assert_close(got, want, rtol=0, atol=0)
