@@ -250,6 +250,15 @@ def test_eval_and_p0_return_input(compiled_ops, device):
     assert drop_block2d(x, 0.0, 3) is x
 
 
+def test_p_below_one_draw_in_2_32_drops_nothing(compiled_ops, device):
+    # gamma * 2^32 < 1: the seed threshold is 0 and the kernels skip the draws (no seed anywhere)
+    x = torch.randn(2, 3, 40, 70, device=device)
+    got = drop_block2d(x, 1e-12, 3, generator=_gen(device, 3))
+    assert torch.equal(got, x)
+    want = ref.drop_block2d(x, 1e-12, 3, generator=_gen(device, 3))
+    assert torch.equal(got, want)
+
+
 def test_block_size_clipped(compiled_ops, device):
     x = torch.randn(2, 3, 6, 9, device=device)
     a = drop_block2d(x, 0.5, 50, generator=_gen(device, 4))
