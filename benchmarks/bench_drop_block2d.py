@@ -5,7 +5,7 @@ against the package reference. Forward and forward+backward, CPU (8, 64, 128, 12
 CUDA (16, 64, 512, 512), p = 0.2, block_size = 7, float32. ``extra_info`` holds the peak
 extra memory and ``outputs_mib`` (the output, plus the input gradient for fwd+bwd), so
 ``peak_extra_mib - outputs_mib`` is the op's own overhead (ours: the keep mask, 1 bit per
-element, and during the forward its 1/16-byte intermediates).
+element, and during the forward two intermediates of 1 bit per element each).
 
     PYTHONPATH=$PWD python -m pytest benchmarks/bench_drop_block2d.py --benchmark-only
 """
