@@ -1,13 +1,18 @@
 // Shared by the CPU and CUDA kernels of drop_block2d (and mirrored bit for bit by
-// wsss_fast/reference/drop_block2d.py): the counter-based seed hash, the Bernoulli
-// threshold and the block geometry.
+// wsss_fast/reference/drop_block2d.py): the counter-based seed draw and the block geometry.
 //
 // Randomness: the Python wrapper draws a seed tensor int64[2] (two 32-bit words k0, k1)
-// from torch's generator. Every seed position (map m, seed row a, seed column b) is a
-// Bernoulli(gamma) draw: hash(pos = a * Ws + b; map key) < floor(gamma * 2^32). The hash
-// is a keyed variant of Chris Wellons' "triple32" integer mixer (bias ~0.02), keyed per
-// map by two 32-bit round keys derived from (m, k0, k1). It is deterministic, so CPU,
-// CUDA and the reference draw the same mask from the same seed tensor.
+// from torch's generator. Every seed position is an independent Bernoulli(gamma) draw,
+// sampled word by word (32 seed columns) as geometric gaps: from column offset i of a word,
+// one 32-bit hash u of the position says how many positions to skip before the next seed,
+// gap d with probability gamma (1 - gamma)^d, or "no seed in the rest of the word" with
+// probability (1 - gamma)^rest (inverse CDF on the table T of gap_table). A word costs
+// 1 + (its seeds) hashes instead of 32: about 1.1 at DropBlock's gamma of a few 1e-3.
+// The hash is a keyed variant of Chris Wellons' "triple32" integer mixer (bias ~0.02),
+// keyed per map by two 32-bit round keys derived from (m, k0, k1), of the position
+// a * Ws + b where the gap search starts. It is deterministic, and T is computed with the
+// same IEEE double operations everywhere, so CPU, CUDA and the reference draw the same
+// mask from the same seed tensor.
 //
 // Geometry: output pixel r (row; columns alike) is dropped iff some seed row a with
 // r - bs + 1 + shift <= a <= r + shift, 0 <= a < Hs, is a seed (same for columns), where
@@ -64,15 +69,38 @@ WSSS_HD uint32_t pos_hash(uint32_t pos, MapKey k) {
   return x;
 }
 
-// floor(gamma * 2^32) clamped to [0, 2^32]; a position is a seed iff hash < threshold.
 // gamma = p * (H * W) / (bs^2 * Hs * Ws) ("paper"; Hs * Ws = H * W for "simple"), in
-// exactly this order of double operations (the reference does the same).
-WSSS_HD uint64_t seed_threshold(double p, int64_t H, int64_t W, int64_t bs, int64_t Hs,
-                                int64_t Ws) {
-  if (!(p > 0.0)) return 0;  // also NaN
-  const double gamma = (p * static_cast<double>(H * W)) / static_cast<double>(bs * bs * Hs * Ws);
-  if (gamma >= 1.0) return 4294967296ull;
-  return static_cast<uint64_t>(gamma * 4294967296.0);
+// exactly this order of double operations (the reference does the same); 0 for p <= 0 or NaN.
+WSSS_HD double seed_gamma(double p, int64_t H, int64_t W, int64_t bs, int64_t Hs, int64_t Ws) {
+  if (!(p > 0.0)) return 0.0;
+  return (p * static_cast<double>(H * W)) / static_cast<double>(bs * bs * Hs * Ws);
+}
+
+// a * b rounded once, never fused into a neighbouring add (the table below must come out
+// bit-identical on every compiler and device).
+WSSS_HD double mul_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  volatile double r = a * b;
+  return r;
+#endif
+}
+
+constexpr int kGapTable = 33;
+
+// Gap table of the seed draw: T[k] = floor(2^32 (1 - (1 - gamma)^k)) for k = 0 .. 32, the
+// powers by repeated multiplication (gamma >= 1 gives T[k >= 1] = 2^32: every position is
+// a seed). From column offset i of a word with n columns, a hash u gives the next seed at
+// i + d for the smallest d with u < T[d + 1], or none when u >= T[n - i]. Nondecreasing.
+WSSS_HD void gap_table(double gamma, uint64_t* T) {
+  const double q = gamma >= 1.0 ? 0.0 : 1.0 - gamma;
+  double qk = 1.0;
+  T[0] = 0;
+  for (int k = 1; k < kGapTable; ++k) {
+    qk = mul_rn(qk, q);
+    T[k] = gamma > 0.0 ? static_cast<uint64_t>((1.0 - qk) * 4294967296.0) : 0u;
+  }
 }
 
 // ----------------------------------------------------------------------------------------
@@ -88,28 +116,46 @@ WSSS_HD uint64_t seed_threshold(double p, int64_t H, int64_t W, int64_t bs, int6
 // The mask saved for the backward is K: int32[ceil(M H W / 32)], bit e of the flat NCHW
 // index e over [N, C or 1, H, W].
 
-// Seeds from the counter-based hash of one map: seed iff pos_hash(a * Ws + b) < thresh.
-// thresh is in [0, 2^32], so the draw compares in 32 bits, hash <= last = thresh - 1, once
-// possible() (thresh > 0) holds; seed_word checks possible() first. (A 64-bit compare, or
-// folding `any` into every draw, keeps GCC from vectorizing the CPU loop: 2.4x slower.)
+// Seeds from the counter-based hash of one map, drawn as geometric gaps on the table T
+// (gap_table); possible() is false when no seed can be drawn (T[32] = 0).
 struct HashSeedFn {
   MapKey key;
   uint32_t ws;
-  uint32_t last;
-  bool any;
-  WSSS_HD bool possible() const { return any; }
-  WSSS_HD bool operator()(int64_t a, int64_t b) const {  // requires possible()
-    return pos_hash(static_cast<uint32_t>(a) * ws + static_cast<uint32_t>(b), key) <= last;
+  const uint64_t* T;
+  WSSS_HD bool possible() const { return T[kGapTable - 1] > 0; }
+  // Seed word k of seed row a: bit i = seed at (a, 32 k + i) for 32 k + i < Ws.
+  WSSS_HD uint32_t word(int64_t a, int64_t k, int64_t Ws) const {
+    const int64_t b0 = 32 * k;
+    const int n = Ws - b0 >= 32 ? 32 : static_cast<int>(Ws - b0);
+    const uint32_t base = static_cast<uint32_t>(a) * ws + static_cast<uint32_t>(b0);
+    uint32_t w = 0;
+    for (int i = 0; i < n;) {
+      const uint32_t u = pos_hash(base + static_cast<uint32_t>(i), key);
+      const int rest = n - i;
+      if (T[rest] <= u) break;  // no seed in columns i .. n - 1
+      int lo = 0, hi = rest - 1;  // the smallest gap d < rest with u < T[d + 1]
+      while (lo < hi) {
+        const int mid = (lo + hi) >> 1;
+        if (u < T[mid + 1]) {
+          hi = mid;
+        } else {
+          lo = mid + 1;
+        }
+      }
+      i += lo;
+      w |= 1u << i;
+      ++i;
+    }
+    return w;
   }
 };
 
-// The seed draw of map m for seed words k0, k1 and threshold thresh (seed_threshold).
-WSSS_HD HashSeedFn hash_seed_fn(uint32_t m, uint32_t k0, uint32_t k1, int64_t Ws, uint64_t thresh) {
+// The seed draw of map m for seed words k0, k1 on the gap table T.
+WSSS_HD HashSeedFn hash_seed_fn(uint32_t m, uint32_t k0, uint32_t k1, int64_t Ws, const uint64_t* T) {
   HashSeedFn fn;
   fn.key = map_key(m, k0, k1);
   fn.ws = static_cast<uint32_t>(Ws);
-  fn.last = thresh > 0 ? static_cast<uint32_t>(thresh - 1) : 0u;
-  fn.any = thresh > 0;
+  fn.T = T;
   return fn;
 }
 
@@ -118,27 +164,29 @@ struct ByteSeedFn {
   const uint8_t* base;
   int64_t ws;
   WSSS_HD bool possible() const { return true; }
-  WSSS_HD bool operator()(int64_t a, int64_t b) const { return base[a * ws + b] != 0; }
+  WSSS_HD uint32_t word(int64_t a, int64_t k, int64_t Ws) const {
+    const uint8_t* row = base + a * ws + 32 * k;
+    uint32_t w = 0;
+    if (Ws - 32 * k >= 32) {  // full word: fixed trip count (unrolled on the GPU, vectorized on the CPU)
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+      for (int i = 0; i < 32; ++i) w |= static_cast<uint32_t>(row[i] != 0) << i;
+      return w;
+    }
+    const int n = static_cast<int>(Ws - 32 * k);
+    for (int i = 0; i < n; ++i) w |= static_cast<uint32_t>(row[i] != 0) << i;
+    return w;
+  }
 };
 
 WSSS_HD int64_t words_for(int64_t bits) { return (bits + 31) / 32; }
 
-// Seed word k of seed row a: bit i = seed(a, 32 k + i) for 32 k + i < Ws.
+// Seed word k of seed row a: bit i = seed(a, 32 k + i) for 32 k + i < Ws (0 when no seed is
+// possible).
 template <typename Seeds>
 WSSS_HD uint32_t seed_word(const Seeds& seed, int64_t a, int64_t k, int64_t Ws) {
-  const int64_t b0 = 32 * k;
-  uint32_t w = 0;
-  if (!seed.possible()) return 0;
-  if (Ws - b0 >= 32) {  // full word: fixed trip count, unrolled on the GPU
-#if defined(__CUDA_ARCH__)
-#pragma unroll
-#endif
-    for (int i = 0; i < 32; ++i) w |= static_cast<uint32_t>(seed(a, b0 + i)) << i;
-    return w;
-  }
-  const int n = static_cast<int>(Ws - b0);
-  for (int i = 0; i < n; ++i) w |= static_cast<uint32_t>(seed(a, b0 + i)) << i;
-  return w;
+  return seed.possible() ? seed.word(a, k, Ws) : 0u;
 }
 
 // 64 seed bits of one seed row starting at (possibly negative) seed column s; columns

@@ -2,8 +2,8 @@
 //
 // The mask is built with the bit-word functions of common/drop_block2d_common.h, the same
 // ones every CUDA thread runs:
-// Pass 1 (at::parallel_for over seed rows): the seed words of one seed row (32 hashed draws
-// per word, 8 per AVX2 instruction), then its row words (horizontal dilation by word
+// Pass 1 (at::parallel_for over seed rows): the seed words of one seed row (geometric-gap
+// draws, about 1.1 hashes per word), then its row words (horizontal dilation by word
 // shifts); rows without a seed are zero.
 // Pass 2 (parallel over keep words): each 32-bit word of the flat keep mask ORs the row
 // words of the bs seed rows of its output rows and counts its kept bits.
@@ -59,7 +59,7 @@ at::Tensor new_output(const at::Tensor& t, at::MemoryFormat fmt) {
 }
 
 // Seed words of seed row a of one map (the per-word function every CUDA thread runs); returns
-// the OR of the words. Cloned for AVX2, where GCC vectorizes seed_word's 32 draws.
+// the OR of the words. Cloned for AVX2, where GCC vectorizes the byte loop of explicit seeds.
 template <typename Seeds>
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 __attribute__((target_clones("avx2", "default")))
@@ -187,10 +187,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> drop_block2d_cpu(const at::Tensor
   const at::Tensor sd = seed.contiguous();
   const int64_t* s = sd.const_data_ptr<int64_t>();
   const uint32_t k0 = static_cast<uint32_t>(s[0]), k1 = static_cast<uint32_t>(s[1]);
-  const uint64_t thresh =
-      dropblock::seed_threshold(p.item<double>(), g.H, g.W, g.bs, g.Hs, g.Ws);
+  uint64_t T[dropblock::kGapTable];
+  dropblock::gap_table(dropblock::seed_gamma(p.item<double>(), g.H, g.W, g.bs, g.Hs, g.Ws), T);
   const int64_t count = build_mask(g, dropblock::words(mask), [&](int64_t m, int64_t a, uint32_t* words) {
-    const dropblock::HashSeedFn fn = dropblock::hash_seed_fn(static_cast<uint32_t>(m), k0, k1, g.Ws, thresh);
+    const dropblock::HashSeedFn fn = dropblock::hash_seed_fn(static_cast<uint32_t>(m), k0, k1, g.Ws, T);
     return fn.possible() && seed_row_words(fn, a, g.Ws, words) != 0;
   });
   return finish(x, g, mask, count);

@@ -2,7 +2,9 @@
 //
 // The mask is built in three small kernels, each thread running one bit-word function of
 // common/drop_block2d_common.h (the CPU kernel runs the same functions in loops):
-//   seed_words_kernel: one 32-bit seed word (32 hashed Bernoulli draws) per thread, [M, Hs, nsw];
+//   hash_setup_kernel: the gap table of the seed draw and the round keys of every map;
+//   seed_words_kernel: one 32-bit seed word per thread (geometric-gap draws: 1 + its seeds
+//                      hashes, about 1.1 per word at DropBlock's gamma), [M, Hs, nsw];
 //   row_words_kernel:  one horizontally dilated row word per thread, [M, Hs, nrw];
 //   keep_kernel:       one word of the flat 1-bit keep mask per thread (OR of the row words
 //                      of its bs seed rows), plus one atomic per block for the kept count.
@@ -30,17 +32,37 @@ namespace {
 
 using dropblock::Geometry;
 
-// Seeds from the counter-based hash of (seed tensor, map, position).
+// Seeds from the counter-based hash of (seed tensor, map, position): the gap table T and
+// the round keys of every map, written by hash_setup_kernel.
 struct HashSeeds {
-  const int64_t* seed;
-  const double* p;
-  int64_t H, W, bs, Hs, Ws;
+  const uint64_t* T;  // [kGapTable]
+  const uint2* keys;  // [M]: (ka, kb)
+  uint32_t ws;
   __device__ dropblock::HashSeedFn map(int64_t m) const {
-    return dropblock::hash_seed_fn(static_cast<uint32_t>(m), static_cast<uint32_t>(seed[0]),
-                                   static_cast<uint32_t>(seed[1]), Ws,
-                                   dropblock::seed_threshold(*p, H, W, bs, Hs, Ws));
+    const uint2 k = keys[m];
+    dropblock::HashSeedFn fn;
+    fn.key.ka = k.x;
+    fn.key.kb = k.y;
+    fn.ws = ws;
+    fn.T = T;
+    return fn;
   }
 };
+
+// keys[m] = map_key(m, seed) for m < M; thread 0 also writes the gap table T from *p (read on
+// the device: no host sync).
+__global__ void hash_setup_kernel(const int64_t* __restrict__ seed, const double* __restrict__ p,
+                                  uint64_t* __restrict__ T, uint2* __restrict__ keys, int64_t M, int64_t H,
+                                  int64_t W, int64_t bs, int64_t Hs, int64_t Ws) {
+  const uint32_t k0 = static_cast<uint32_t>(seed[0]), k1 = static_cast<uint32_t>(seed[1]);
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t t0 = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  for (int64_t m = t0; m < M; m += stride) {
+    const dropblock::MapKey k = dropblock::map_key(static_cast<uint32_t>(m), k0, k1);
+    keys[m] = make_uint2(k.ka, k.kb);
+  }
+  if (t0 == 0) dropblock::gap_table(dropblock::seed_gamma(*p, H, W, bs, Hs, Ws), T);
+}
 
 // Seeds from an explicit uint8 grid [M, Hs, Ws].
 struct TensorSeeds {
@@ -251,14 +273,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> drop_block2d_cuda(const at::Tenso
   if (x.numel() == 0) return finish(x, g, mask, count);
   const at::Tensor sd = seed.contiguous();
   const at::Tensor pd = p.reshape({}).to(at::kDouble).contiguous();
+  const int64_t M = g.N * g.Cm;
+  const at::Tensor table = at::empty({dropblock::kGapTable + M}, x.options().dtype(at::kLong));
+  uint64_t* T = reinterpret_cast<uint64_t*>(table.data_ptr<int64_t>());
+  uint2* keys = reinterpret_cast<uint2*>(T + dropblock::kGapTable);
+  const int64_t max_blocks = static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 4;
+  hash_setup_kernel<<<blocks_for(M, kThreads, max_blocks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      sd.const_data_ptr<int64_t>(), pd.const_data_ptr<double>(), T, keys, M, g.H, g.W, g.bs, g.Hs, g.Ws);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   HashSeeds src{};
-  src.seed = sd.const_data_ptr<int64_t>();
-  src.p = pd.const_data_ptr<double>();
-  src.H = g.H;
-  src.W = g.W;
-  src.bs = g.bs;
-  src.Hs = g.Hs;
-  src.Ws = g.Ws;
+  src.T = T;
+  src.keys = keys;
+  src.ws = static_cast<uint32_t>(g.Ws);
   launch_mask(src, g, mask, count);
   return finish(x, g, mask, count);
 }

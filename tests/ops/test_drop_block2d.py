@@ -126,10 +126,11 @@ def test_paper_mode_equals_torchvision_given_same_seeds(compiled_ops, device, bs
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("shape", [(3, 4, 20, 17), (2, 3, 9, 75)])  # seed rows of < 32 / 2 full + 1 part words
-def test_public_op_matches_reference_same_generator(compiled_ops, device, mode, shared, shape):
+@pytest.mark.parametrize("p,bs", [(0.3, 5), (0.1, 1), (0.6, 1)])  # bs 1: many seeds per word
+def test_public_op_matches_reference_same_generator(compiled_ops, device, mode, shared, shape, p, bs):
     x = torch.randn(*shape, device=device)
-    got = drop_block2d(x, 0.3, 5, shared_mask=shared, gamma_mode=mode, generator=_gen(device, 7))
-    want = ref.drop_block2d(x, 0.3, 5, shared_mask=shared, gamma_mode=mode, generator=_gen(device, 7))
+    got = drop_block2d(x, p, bs, shared_mask=shared, gamma_mode=mode, generator=_gen(device, 7))
+    want = ref.drop_block2d(x, p, bs, shared_mask=shared, gamma_mode=mode, generator=_gen(device, 7))
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     assert (got == 0).any() and (got != 0).any()
 
@@ -177,6 +178,36 @@ def test_cuda_kernel_equals_cpu_kernel(compiled_ops, monkeypatch, mode, shared, 
 
 
 # --------------------------------------------------------------------------- statistics
+def test_gap_table():
+    t = ref.gap_table(0.01)
+    assert len(t) == 33 and t[0] == 0 and t == sorted(t)
+    assert t[1] == int(0.01 * 2**32) and abs(t[32] - (1 - 0.99**32) * 2**32) < 64
+    assert ref.gap_table(1.0)[1:] == [2**32] * 32 and ref.gap_table(7.0) == ref.gap_table(1.0)
+    assert ref.gap_table(0.0) == [0] * 33 and ref.gap_table(1e-12)[32] == 0
+    assert ref.seed_gamma(0.2, 32, 32, 5, 28, 28) == (0.2 * 1024) / (25 * 784)
+    assert ref.seed_gamma(float("nan"), 8, 8, 1, 8, 8) == 0.0
+
+
+@pytest.mark.parametrize("gamma", [0.004, 0.05, 0.5, 0.9])
+def test_seed_draw_is_iid_bernoulli(compiled_ops, device, gamma):
+    # with bs = 1 the dropped pixels are the seeds: every position of a 32-column seed word
+    # (first, last, and the partial word at the row end) fires at rate gamma, independently
+    # of its neighbours in the word, across the word boundary and in the next row
+    x = torch.ones(2, 64, 128, 200, device=device)
+    s = (drop_block2d(x, gamma, 1, generator=_gen(device, 11)) == 0).double().cpu()
+    n = s.numel()
+    assert abs(s.mean().item() - gamma) < 5 * (gamma * (1 - gamma) / n) ** 0.5
+    col = torch.arange(200) % 32
+    per_col = torch.stack([s[..., col == i].mean() for i in range(32)])
+    tol = 5 * (gamma * (1 - gamma) / (n / 32 * 0.8)) ** 0.5
+    assert (per_col - gamma).abs().max().item() < tol, per_col
+    pairs = {"adjacent": s[..., 1:] * s[..., :-1], "word boundary": s[..., 31:193:32] * s[..., 32:193:32],
+             "vertical": s[:, :, 1:] * s[:, :, :-1]}
+    for name, both in pairs.items():
+        sd = (gamma**2 * (1 - gamma**2) / both.numel()) ** 0.5
+        assert abs(both.mean().item() - gamma**2) < 5 * sd + 1e-12, (name, both.mean().item(), gamma**2)
+
+
 def _expected_drop_fraction(H, W, bs, p, mode):
     Hs, Ws, shift = ref.geometry(H, W, bs, mode)
     gamma = min(1.0, p * H * W / (bs * bs * Hs * Ws))
@@ -251,7 +282,7 @@ def test_eval_and_p0_return_input(compiled_ops, device):
 
 
 def test_p_below_one_draw_in_2_32_drops_nothing(compiled_ops, device):
-    # gamma * 2^32 < 1: the seed threshold is 0 and the kernels skip the draws (no seed anywhere)
+    # 32 gamma 2^32 < 1: the gap table is all 0 and the kernels skip the draws (no seed anywhere)
     x = torch.randn(2, 3, 40, 70, device=device)
     got = drop_block2d(x, 1e-12, 3, generator=_gen(device, 3))
     assert torch.equal(got, x)

@@ -4,7 +4,9 @@ DropBlock: Ghiasi, Lin and Le, "DropBlock: A regularization method for convoluti
 networks", NeurIPS 2018 (https://arxiv.org/abs/1810.12890).
 
 The mask is built from a small seed tensor drawn from torch's generator: every seed
-position is a Bernoulli(gamma) draw of a counter-based hash keyed by that seed, so the op
+position is an independent Bernoulli(gamma) draw from a counter-based hash keyed by that
+seed (sampled 32 positions at a time as geometric gaps between seeds, so a word of 32
+positions costs about one hash at DropBlock's gamma instead of 32), so the op
 is a pure function of its inputs (``opcheck``/``torch.compile`` friendly), CPU, CUDA and
 the reference draw the same mask from the same seed, and the backward reuses the keep
 mask saved by the forward, packed to 1 bit per element (``grad * mask * scale``; the

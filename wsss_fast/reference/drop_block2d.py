@@ -4,9 +4,9 @@ DropBlock: Ghiasi, Lin and Le, "DropBlock: A regularization method for convoluti
 networks", NeurIPS 2018 (https://arxiv.org/abs/1810.12890).
 
 The reference draws the same seed tensor from the generator as the compiled op and
-reproduces its counter-based hash (``csrc/common/drop_block2d_common.h``) with int64
-tensor arithmetic, so for the same generator state it returns bit-for-bit the same
-result. The block mask is a max-pool of the padded seed grid (the same construction as
+reproduces its seed draw (``csrc/common/drop_block2d_common.h``: a counter-based hash,
+sampled word by word as geometric gaps between seeds) with int64 tensor arithmetic, so for
+the same generator state it returns bit-for-bit the same result. The block mask is a max-pool of the padded seed grid (the same construction as
 ``torchvision.ops.drop_block2d``), which is slow but obviously right.
 """
 
@@ -23,6 +23,8 @@ __all__ = [
     "keep_mask_from_seeds",
     "draw_seed",
     "geometry",
+    "seed_gamma",
+    "gap_table",
 ]
 
 _M32 = 0xFFFFFFFF
@@ -84,11 +86,38 @@ def draw_seed(device: torch.device, generator: torch.Generator | None = None) ->
     return seed.to(device)
 
 
+def seed_gamma(p: float, H: int, W: int, block_size: int, Hs: int, Ws: int) -> float:
+    """Seed rate ``p * H * W / (bs^2 * Hs * Ws)`` in the kernels' order of double operations
+    (0 for ``p <= 0`` or NaN)."""
+    if not p > 0.0:
+        return 0.0
+    return (p * float(H * W)) / float(block_size * block_size * Hs * Ws)
+
+
+def gap_table(gamma: float) -> list[int]:
+    """``T[k] = floor(2^32 (1 - (1 - gamma)^k))`` for ``k = 0 .. 32`` (the powers by repeated
+    multiplication, as the kernels compute them).
+
+    From column offset ``i`` of a seed word with ``n`` columns, one hash ``u`` puts the next
+    seed at ``i + d`` for the smallest ``d`` with ``u < T[d + 1]``, or none when
+    ``u >= T[n - i]``: gap ``d`` has probability ``gamma (1 - gamma)^d``.
+    """
+    q = 0.0 if gamma >= 1.0 else 1.0 - gamma
+    table, qk = [0], 1.0
+    for _ in range(32):
+        qk = qk * q
+        table.append(int((1.0 - qk) * 4294967296.0) if gamma > 0.0 else 0)
+    return table
+
+
 def seed_grid(
     seed: torch.Tensor, shape: tuple[int, int, int, int], p: float | torch.Tensor, H: int, W: int,
     block_size: int,
 ) -> torch.Tensor:
     """Bernoulli(gamma) seed grid of ``shape = [N, M, Hs, Ws]`` from the seed tensor.
+
+    Each 32-column word of a seed row is drawn as geometric gaps (see :func:`gap_table`):
+    every step hashes the position where the search starts, all words in parallel.
 
     Args:
         seed: int64 ``[2]``, two 32-bit key words.
@@ -101,18 +130,35 @@ def seed_grid(
     """
     N, M, Hs, Ws = shape
     dev = seed.device
-    p_t = torch.as_tensor(p, dtype=torch.float64, device=dev)
-    gamma = (p_t * float(H * W)) / float(block_size * block_size * Hs * Ws)
-    thresh = torch.where(
-        p_t > 0, torch.clamp(torch.floor(gamma * 4294967296.0), max=4294967296.0), torch.zeros_like(p_t)
-    ).to(torch.int64)
+    p_f = float(p.item()) if isinstance(p, torch.Tensor) else float(p)
+    table = torch.tensor(gap_table(seed_gamma(p_f, H, W, block_size, Hs, Ws)), dtype=torch.int64, device=dev)
     k = seed.to(torch.int64) & _M32
     maps = torch.arange(N * M, dtype=torch.int64, device=dev)
     ka = _triple32(_triple32(maps ^ k[0]) ^ k[1])
     kb = _triple32(ka ^ 0x9E3779B9)
-    pos = torch.arange(Hs * Ws, dtype=torch.int64, device=dev)
-    h = _pos_hash(pos[None, :], ka[:, None], kb[:, None])
-    return (h < thresh).reshape(N, M, Hs, Ws)
+    nsw = (Ws + 31) // 32
+    # one entry per (map, seed row, word): its map, first position a * Ws + 32 k, width n
+    word_map = maps.repeat_interleave(Hs * nsw)
+    kw = torch.arange(nsw, dtype=torch.int64, device=dev)
+    start = (torch.arange(Hs, dtype=torch.int64, device=dev)[:, None] * Ws + 32 * kw[None, :]).reshape(-1)
+    start = start.repeat(N * M)
+    width = torch.clamp(Ws - 32 * kw, max=32).repeat(N * M * Hs)
+    bits = torch.zeros_like(start)
+    offset = torch.zeros_like(start)  # column offset i of the next search
+    live = torch.arange(start.numel(), device=dev) if table[-1] > 0 else start.new_empty(0)
+    while live.numel() > 0:
+        i, n, mw = offset[live], width[live], word_map[live]
+        u = _pos_hash((start[live] + i) & _M32, ka[mw], kb[mw])
+        seeded = table[n - i] > u
+        d = torch.searchsorted(table[1:], u, right=True)  # smallest d with u < T[d + 1]
+        pos = i + d
+        live, pos = live[seeded], pos[seeded]
+        bits[live] |= torch.ones_like(pos) << pos
+        offset[live] = pos + 1
+        live = live[pos + 1 < width[live]]
+    cols = torch.arange(32 * nsw, dtype=torch.int64, device=dev)
+    grid = (bits.reshape(N * M, Hs, nsw, 1) >> (cols.reshape(nsw, 32) % 32)) & 1
+    return grid.reshape(N, M, Hs, 32 * nsw)[..., :Ws] != 0
 
 
 def keep_mask_from_seeds(seeds: torch.Tensor, H: int, W: int, block_size: int, gamma_mode: str) -> torch.Tensor:
