@@ -290,6 +290,24 @@ def test_p_below_one_draw_in_2_32_drops_nothing(compiled_ops, device):
     assert torch.equal(got, want)
 
 
+def test_fallback_uses_reference(monkeypatch):
+    import importlib
+
+    from wsss_fast import _ext
+
+    op = importlib.import_module("wsss_fast.ops.drop_block2d")  # the module (the package re-exports the function)
+
+    monkeypatch.setattr(op, "_HAS_OP", False)
+    monkeypatch.setattr(_ext, "_WARNED", False)
+    x = torch.randn(2, 3, 20, 37, dtype=torch.float64, requires_grad=True)
+    with pytest.warns(RuntimeWarning, match="drop_block2d"):  # the fallback ran, and said so once
+        got = op.drop_block2d(x, torch.tensor(0.3), 4, gamma_mode="simple", generator=_gen("cpu", 5))
+    want = ref.drop_block2d(x, 0.3, 4, gamma_mode="simple", generator=_gen("cpu", 5))
+    assert torch.equal(got, want) and (got == 0).any()
+    (g,) = torch.autograd.grad(got.sum(), x)
+    assert torch.equal(g == 0, got == 0)
+
+
 def test_block_size_clipped(compiled_ops, device):
     x = torch.randn(2, 3, 6, 9, device=device)
     a = drop_block2d(x, 0.5, 50, generator=_gen(device, 4))
