@@ -32,6 +32,11 @@ namespace {
 
 using dropblock::Geometry;
 
+// Grid cap of a grid-stride kernel: per_sm blocks on each SM of the current device.
+int64_t sm_blocks(int64_t per_sm) {
+  return static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * per_sm;
+}
+
 // Seeds from the counter-based hash of (seed tensor, map, position): the gap table T and
 // the round keys of every map, written by hash_setup_kernel.
 struct HashSeeds {
@@ -187,7 +192,7 @@ void launch_apply(const at::Tensor& in, at::Tensor& out, const at::Tensor& mask,
   shared = shared && C != 1;
   const int64_t mask_numel = in.size(0) * (shared ? 1 : C) * HW;
   auto stream = at::cuda::getCurrentCUDAStream();
-  const int64_t max_blocks = static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 16;
+  const int64_t max_blocks = sm_blocks(16);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "drop_block2d_cuda_apply", [&] {
     const scalar_t* x = in.const_data_ptr<scalar_t>();
     scalar_t* y = out.mutable_data_ptr<scalar_t>();
@@ -225,7 +230,7 @@ void launch_mask_as(const Seeds& src, const Geometry& g, at::Tensor& mask, at::T
   uint32_t* Rp = dropblock::words(R);
   uint32_t* Kp = dropblock::words(mask);
   auto stream = at::cuda::getCurrentCUDAStream();
-  const int64_t max_blocks = static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 32;
+  const int64_t max_blocks = sm_blocks(32);
   const int64_t ns = M * g.Hs * nsw, nr = M * g.Hs * nrw, nk = mask.numel();
   seed_words_kernel<I, Seeds><<<blocks_for(ns, kThreads, max_blocks), kThreads, 0, stream>>>(
       src, Sp, static_cast<I>(ns), static_cast<I>(g.Hs), static_cast<I>(g.Ws), static_cast<I>(nsw));
@@ -277,7 +282,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> drop_block2d_cuda(const at::Tenso
   const at::Tensor table = at::empty({dropblock::kGapTable + M}, x.options().dtype(at::kLong));
   uint64_t* T = reinterpret_cast<uint64_t*>(table.data_ptr<int64_t>());
   uint2* keys = reinterpret_cast<uint2*>(T + dropblock::kGapTable);
-  const int64_t max_blocks = static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 4;
+  const int64_t max_blocks = sm_blocks(4);
   hash_setup_kernel<<<blocks_for(M, kThreads, max_blocks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
       sd.const_data_ptr<int64_t>(), pd.const_data_ptr<double>(), T, keys, M, g.H, g.W, g.bs, g.Hs, g.Ws);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -295,7 +295,7 @@ def test_fallback_uses_reference(monkeypatch):
 
     from wsss_fast import _ext
 
-    op = importlib.import_module("wsss_fast.ops.drop_block2d")  # the module (the package re-exports the function)
+    op = importlib.import_module("wsss_fast.ops.drop_block2d")  # the module, not the re-exported function
 
     monkeypatch.setattr(op, "_HAS_OP", False)
     monkeypatch.setattr(_ext, "_WARNED", False)

@@ -6,8 +6,9 @@ networks", NeurIPS 2018 (https://arxiv.org/abs/1810.12890).
 The reference draws the same seed tensor from the generator as the compiled op and
 reproduces its seed draw (``csrc/common/drop_block2d_common.h``: a counter-based hash,
 sampled word by word as geometric gaps between seeds) with int64 tensor arithmetic, so for
-the same generator state it returns bit-for-bit the same result. The block mask is a max-pool of the padded seed grid (the same construction as
-``torchvision.ops.drop_block2d``), which is slow but obviously right.
+the same generator state it returns bit-for-bit the same result. The block mask is a
+max-pool of the padded seed grid (the same construction as ``torchvision.ops.drop_block2d``),
+which is slow but obviously right.
 """
 
 from __future__ import annotations
@@ -156,8 +157,7 @@ def seed_grid(
         bits[live] |= torch.ones_like(pos) << pos
         offset[live] = pos + 1
         live = live[pos + 1 < width[live]]
-    cols = torch.arange(32 * nsw, dtype=torch.int64, device=dev)
-    grid = (bits.reshape(N * M, Hs, nsw, 1) >> (cols.reshape(nsw, 32) % 32)) & 1
+    grid = (bits.reshape(N * M, Hs, nsw, 1) >> torch.arange(32, dtype=torch.int64, device=dev)) & 1
     return grid.reshape(N, M, Hs, 32 * nsw)[..., :Ws] != 0
 
 
