@@ -25,8 +25,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "WSSSTransform", "train_transform", "eval_transform",
-           "denormalize", "to_normalized_tensor"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "FILL", "WSSSTransform", "train_transform", "eval_transform",
+           "geometric_augment", "photometric_augment", "denormalize", "to_normalized_tensor"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -87,36 +87,58 @@ def _size(cfg: dict) -> int | None:
     return None if s is None else int(s)
 
 
+FILL = {tv_tensors.Image: 0, tv_tensors.Mask: 255}  # pixels moved in from outside: black / ignore
+
+
+def geometric_augment(aug: dict) -> list:
+    """The ``augment`` section's geometric transforms: random scale + rotation (bilinear for
+    the image, nearest for a mask, new pixels filled with :data:`FILL`) and horizontal flip.
+    Empty when ``augment.enabled`` is false."""
+    if not aug.get("enabled", True):
+        return []
+    ops: list = []
+    scale = aug.get("scale")
+    rotate = float(aug.get("rotate") or 0)
+    if scale or rotate:
+        ops.append(v2.RandomAffine(degrees=rotate, scale=tuple(scale) if scale else None,
+                                   interpolation=v2.InterpolationMode.BILINEAR, fill=FILL))
+    if aug.get("hflip"):
+        ops.append(v2.RandomHorizontalFlip(0.5))
+    return ops
+
+
+def photometric_augment(aug: dict) -> list:
+    """The ``augment`` section's photometric transforms (image only): Gaussian blur with
+    probability ``blur_p`` (``blur_kernel``, ``blur_sigma``), then brightness/contrast jitter.
+    Empty when ``augment.enabled`` is false."""
+    if not aug.get("enabled", True):
+        return []
+    ops: list = []
+    blur_p = float(aug.get("blur_p") or 0)
+    if blur_p > 0:
+        k = int(aug.get("blur_kernel") or 5) | 1
+        sigma = tuple(aug.get("blur_sigma") or (0.1, 1.5))
+        ops.append(v2.RandomApply([v2.GaussianBlur(k, sigma=sigma)], p=blur_p))
+    b, c = float(aug.get("brightness") or 0), float(aug.get("contrast") or 0)
+    if b or c:
+        ops.append(v2.ColorJitter(brightness=b or None, contrast=c or None))
+    return ops
+
+
 def train_transform(cfg: dict) -> WSSSTransform:
     """Training transform: resize to ``dataset.image_size`` (or random crop to
     ``dataset.crop_size`` when image_size is null), then the ``augment`` section's
-    augmentation (each entry can be disabled with null/0/false)."""
+    augmentation (each entry can be disabled with null/0/false, all of it with
+    ``enabled: false``)."""
     aug = cfg.get("augment") or {}
     size = _size(cfg)
     ops: list = []
     if size is not None:
         ops.append(v2.Resize((size, size), antialias=True))
-    if aug.get("enabled", True):
-        scale = aug.get("scale")
-        rotate = float(aug.get("rotate") or 0)
-        if scale or rotate:
-            ops.append(v2.RandomAffine(degrees=rotate, scale=tuple(scale) if scale else None,
-                                       interpolation=v2.InterpolationMode.BILINEAR,
-                                       fill={tv_tensors.Image: 0, tv_tensors.Mask: 255}))
-        if aug.get("hflip"):
-            ops.append(v2.RandomHorizontalFlip(0.5))
-        blur_p = float(aug.get("blur_p") or 0)
-        if blur_p > 0:
-            k = int(aug.get("blur_kernel", 5)) | 1
-            ops.append(v2.RandomApply([v2.GaussianBlur(k, sigma=tuple(aug.get("blur_sigma", [0.1, 1.5])))],
-                                      p=blur_p))
-        b, c = float(aug.get("brightness") or 0), float(aug.get("contrast") or 0)
-        if b or c:
-            ops.append(v2.ColorJitter(brightness=b or None, contrast=c or None))
+    ops += geometric_augment(aug) + photometric_augment(aug)
     crop = (cfg.get("dataset") or {}).get("crop_size")
     if size is None and crop:
-        ops.append(v2.RandomCrop(int(crop), pad_if_needed=True,
-                                 fill={tv_tensors.Image: 0, tv_tensors.Mask: 255}))
+        ops.append(v2.RandomCrop(int(crop), pad_if_needed=True, fill=FILL))
     return WSSSTransform(ops)
 
 

@@ -20,20 +20,9 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from ..config import get
+from ..data.transforms import FILL, IMAGENET_MEAN, IMAGENET_STD, geometric_augment, photometric_augment
 
 IGNORE = 255
-# ImageNet statistics, the same as wsss_fast.data.transforms (kept here to avoid an import cycle)
-_MEAN = (0.485, 0.456, 0.406)
-_STD = (0.229, 0.224, 0.225)
-
-
-def _mean_std() -> tuple[Sequence[float], Sequence[float]]:
-    try:
-        from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-        return tuple(float(v) for v in IMAGENET_MEAN), tuple(float(v) for v in IMAGENET_STD)
-    except (ImportError, AttributeError):
-        return _MEAN, _STD
 
 
 def seg_image_size(cfg: dict) -> int | None:
@@ -48,38 +37,30 @@ def seg_image_size(cfg: dict) -> int | None:
 
 
 def train_transform(cfg: dict) -> v2.Compose:
-    """Joint augmentation of (tv_tensors.Image uint8 [3,H,W], tv_tensors.Mask uint8 [H,W])."""
-    a = cfg.get("augment", {}) or {}
+    """Joint augmentation of (tv_tensors.Image uint8 [3,H,W], tv_tensors.Mask uint8 [H,W]):
+    resize to :func:`seg_image_size`, the ``augment`` section's geometric transforms (the
+    classifier's, :func:`wsss_fast.data.transforms.geometric_augment`), a random
+    ``seg.crop_size`` crop, then its photometric transforms and normalization."""
+    aug = cfg.get("augment", {}) or {}
     size = seg_image_size(cfg)
-    fill = {tv_tensors.Image: 0, tv_tensors.Mask: IGNORE}
     t: list = []
     if size:
         t.append(v2.Resize((size, size), antialias=True))
-    scale = a.get("scale")
-    rotate = float(a.get("rotate") or 0)
-    if scale or rotate:
-        t.append(v2.RandomAffine(degrees=rotate, scale=tuple(scale) if scale else None, fill=fill))
-    if a.get("hflip", True):
-        t.append(v2.RandomHorizontalFlip())
+    t += geometric_augment(aug)
     crop = get(cfg, "seg.crop_size")
     if crop:
-        t.append(v2.RandomCrop(int(crop), pad_if_needed=True, fill=fill))
-    if a.get("brightness") or a.get("contrast"):
-        t.append(v2.ColorJitter(brightness=a.get("brightness") or 0, contrast=a.get("contrast") or 0))
-    if a.get("blur_p"):
-        t.append(v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=float(a["blur_p"])))
-    mean, std = _mean_std()
+        t.append(v2.RandomCrop(int(crop), pad_if_needed=True, fill=FILL))
+    t += photometric_augment(aug)
     t += [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
-          v2.Normalize(mean, std)]
+          v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     return v2.Compose(t)
 
 
 def eval_transform(cfg: dict) -> v2.Compose:
     """Resize (when a size is set) and normalize a tv_tensors.Image uint8 [3,H,W]."""
     size = seg_image_size(cfg)
-    mean, std = _mean_std()
     t: list = [v2.Resize((size, size), antialias=True)] if size else []
-    t += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    t += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     return v2.Compose(t)
 
 
