@@ -147,6 +147,21 @@ def test_predicted_labels(resnet, images):
     torch.testing.assert_close(res.logits, logits)
 
 
+def test_predicted_labels_single_class_keeps_negatives():
+    """With one class (SIIM), an image predicted negative gets no map: the top class is only
+    forced on multi-class models (threshold None still means "the top class")."""
+    torch.manual_seed(0)
+    model = Tiny(1).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        prob = torch.sigmoid(model(x))[:, 0]
+    thr = float(prob.median())
+    res = CAMExtractor(model, "features")(x, threshold=thr)
+    assert res.labels[:, 0].tolist() == (prob > thr).tolist() and 0 < res.num_pairs < 4
+    assert CAMExtractor(model, "features")(x, threshold=1.1, allow_empty=True).num_pairs == 0
+    assert CAMExtractor(model, "features")(x, threshold=None).num_pairs == 4
+
+
 def test_batchnorm_in_train_mode_does_not_mix_images():
     torch.manual_seed(0)
     model = Tiny()

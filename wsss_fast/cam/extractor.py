@@ -326,9 +326,10 @@ class CAMExtractor:
                 pos = torch.zeros((b, n), dtype=torch.bool, device=logits.device)
             else:
                 pos = torch.sigmoid(logits.detach().float()) > threshold
-            top = logits.detach().argmax(dim=1)
-            none = ~pos.any(dim=1)
-            pos[torch.arange(b, device=pos.device), top] |= none
+            if threshold is None or n > 1:  # multi-class: every image holds some class (VOC)
+                top = logits.detach().argmax(dim=1)
+                none = ~pos.any(dim=1)
+                pos[torch.arange(b, device=pos.device), top] |= none
             return pos
         if not isinstance(labels, Tensor):
             raise TypeError(f"CAMExtractor: labels must be a multi-hot tensor [B, N], got {type(labels).__name__}")
@@ -396,8 +397,9 @@ class CAMExtractor:
         Args:
             images: ``[B, 3, H, W]`` normalized images (moved to the model's device).
             labels: multi-hot ``[B, N]`` (bool or numeric, nonzero = positive). None: the classes
-                with ``sigmoid(score) > threshold`` at the scale closest to 1, and at least the
-                top-scoring class of each image. Images without a positive class get no maps.
+                with ``sigmoid(score) > threshold`` at the scale closest to 1 and, when there
+                are several classes, at least the top-scoring class of each image (a one-class
+                model's negative images are negatives). Images without a positive class get no maps.
             scales: input scales; images are resized bicubically (antialiased, like IRNet's PIL
                 resize) to ``round(H * s) x round(W * s)``.
             flip: also run the horizontally flipped images (concatenated into the same batch).
