@@ -77,6 +77,7 @@ def test_report_structure_and_values(tmp_path, monkeypatch, capsys):
         assert steps["irnet"]["miou_pos"] < steps["irnet"]["miou_all"]  # negatives are all right
     assert on_disk["timings_s"] == {"train-cls": 1.5, "total": 9.0}
     assert on_disk["cam_bg_thres"] == 0.5 and on_disk["cam_bg_thres_source"].startswith("eval-cam")
+    assert on_disk["cam_classes"].startswith("ground-truth")
     figs = sorted(paths.figures.glob("*.png"))
     assert len(figs) == 2 and all(f.name.startswith("test_") for f in figs)
     im = Image.open(figs[0])
@@ -116,3 +117,11 @@ def test_report_uses_threshold_swept_on_val(tmp_path, monkeypatch):
     report = evaluate(cfg, paths)
     assert (paths.cam / "eval.json").exists()
     assert report["cam_bg_thres"] == 0.3 and report["cam_bg_thres_source"].startswith("eval-cam")
+
+
+def test_cam_classes_names_the_protocol():
+    from wsss_fast.metrics.report import cam_classes
+
+    assert cam_classes(load_config(None)).startswith("ground-truth")
+    text = cam_classes(load_config(None, {"cam": {"use_labels": False, "pred_threshold": 0.7}}))
+    assert text.startswith("predicted") and "0.7" in text

@@ -15,6 +15,13 @@ of the SIIM-ACR competition, for
 - ``irnet``: the random-walk pseudo labels (``sem_seg/<id>.png``; 255 counts as background);
 - ``seg``: the segmentation predictions (``seg_pred/<id>.png``).
 
+The ``cam`` and ``irnet`` rows are pseudo-label quality. With ``cam.use_labels`` (the
+default, IRNet's protocol) their maps are made for each image's ground-truth classes, so an
+image without a positive class is all background by construction; ``seg`` predicts without
+labels. "mIoU pos" compares the three steps like for like; for label-free CAM and IRNet rows,
+run ``make-cam`` with ``cam.use_labels=false`` (classes above ``cam.pred_threshold``). The
+report records which (``cam_classes``).
+
 Everything is compared at the original mask resolution (maps resized bilinearly,
 label maps with nearest). A step whose outputs are missing for a split is left out of
 that split (and listed under ``missing``). Writes ``report.json`` and Figure-1-style
@@ -203,6 +210,13 @@ def write_report(report: dict, paths: RunPaths) -> None:
     atomic_write_bytes((json.dumps(report, indent=2) + "\n").encode(), paths.report)
 
 
+def cam_classes(cfg: dict) -> str:
+    """Which classes the CAM (and so IRNet) maps were made for, as the report states it."""
+    if bool(get(cfg, "cam.use_labels", True)):
+        return "ground-truth image labels (cam.use_labels)"
+    return f"predicted classes (sigmoid > cam.pred_threshold = {float(get(cfg, 'cam.pred_threshold', 0.5)):g})"
+
+
 def evaluate(cfg: dict, paths: RunPaths) -> dict:
     """Evaluate CAM, IRNet and segmentation on ``evaluate.splits``; write report and figures.
 
@@ -211,7 +225,8 @@ def evaluate(cfg: dict, paths: RunPaths) -> dict:
 
             {"splits": {"val": {"cam": {"miou_all", "miou_pos", "dice", ...}, "irnet": {...},
                                 "seg": {...}}, "test": {...}},
-             "cam_bg_thres": float, "cam_bg_thres_source": str, "timings_s": {...},
+             "cam_bg_thres": float, "cam_bg_thres_source": str, "cam_classes": str,
+             "timings_s": {...},
              "missing": {split: {step: images without outputs}}}   (only when some are)
     """
     from ..data import build_dataset
@@ -219,7 +234,8 @@ def evaluate(cfg: dict, paths: RunPaths) -> dict:
     from .figures import write_figures
 
     thres, source = cam_threshold(cfg, paths)
-    report: dict = {"splits": {}, "cam_bg_thres": thres, "cam_bg_thres_source": source}
+    report: dict = {"splits": {}, "cam_bg_thres": thres, "cam_bg_thres_source": source,
+                    "cam_classes": cam_classes(cfg)}
     datasets = {}
     for split in get(cfg, "evaluate.splits", ["val", "test"]):
         base = build_dataset(cfg, split, paths, train=False)
@@ -234,6 +250,7 @@ def evaluate(cfg: dict, paths: RunPaths) -> dict:
     if n_fig > 0 and fig_split is not None:
         write_figures(datasets[fig_split], paths, n_fig, fig_split)
     print(format_table(report))
-    print(f"report: {paths.report}  (CAM threshold {thres:g} from {source})")
+    print(f"report: {paths.report}  (CAM threshold {thres:g} from {source}; CAM and IRNet maps of the "
+          f"{report['cam_classes']})")
     paths.mark_done(paths.figures)
     return report
