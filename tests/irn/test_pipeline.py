@@ -106,6 +106,32 @@ def test_sharded_equals_single(trained, tmp_path):
                                    np.load(other.rw / f"{image_id}.npy").astype(np.float32), atol=2e-3)
 
 
+def test_torchrun_ranks_split_the_images(trained, tmp_path, monkeypatch):
+    """Under torchrun every rank labels only its share, and the step is marked done only when
+    the last share is written; together they equal one process's labels."""
+    paths, datasets = trained
+    cfg = tiny_cfg()
+    cfg["sem_seg"]["splits"] = ["train"]
+    make_sem_seg(cfg, paths)
+    other = RunPaths(tmp_path / "torchrun")
+    shutil.copytree(paths.cam, other.cam)
+    shutil.copytree(paths.irn, other.irn)
+    ids = list(datasets["train"].image_ids)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    make_sem_seg(cfg, other)
+    written = sorted(p.stem for p in other.sem_seg.glob("*.png"))
+    assert written == sorted(ids[1::2]) and not other.is_done(other.sem_seg)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    make_sem_seg(cfg, other)
+    assert other.is_done(other.sem_seg)
+    for image_id in ids:
+        np.testing.assert_array_equal(read_png(paths.sem_seg / f"{image_id}.png"),
+                                      read_png(other.sem_seg / f"{image_id}.png"))
+
+
 def test_upsampled_walk(trained, tmp_path):
     # sem_seg.upsample = 2: the walk runs on the stride-4 grid of the 2x image; outputs keep
     # the image's size and differ from the plain walk's.

@@ -209,6 +209,11 @@ def _plan(cfg: dict) -> list[str]:
 def make_sem_seg(cfg: dict, paths: RunPaths, splits: list[str] | None = None) -> None:
     """Step ``make-sem-seg``: pseudo labels for every image of ``sem_seg.splits``.
 
+    One command uses every visible GPU by itself (one spawned process per device,
+    ``sem_seg.processes``). Under torchrun (``WORLD_SIZE > 1``) each process instead labels
+    its share of the images (``RANK``) on ``cuda:LOCAL_RANK``, and the last one to finish
+    marks the step done.
+
     Args:
         cfg: run configuration (``sem_seg`` section: radius, beta, steps, bg_thres,
             batch_size, scales, splits, processes).
@@ -216,12 +221,16 @@ def make_sem_seg(cfg: dict, paths: RunPaths, splits: list[str] | None = None) ->
             ``paths.rw`` and marks ``paths.sem_seg`` done.
         splits: overrides ``sem_seg.splits``.
     """
+    from ..train.dist import env_rank_world
+
     ckpt = paths.irn / "final.pt"
     if not ckpt.exists():
         raise FileNotFoundError(f"make-sem-seg: IRNet weights not found: {ckpt} (run train-irn first)")
     paths.sem_seg.mkdir(parents=True, exist_ok=True)
     paths.rw.mkdir(parents=True, exist_ok=True)
     devices = _plan(cfg)
+    rank, world, local = env_rank_world()
+    all_done = True
     for split in as_list(splits if splits is not None else get(cfg, "sem_seg.splits"), ["train", "val", "test"]):
         base = common.build_split(cfg, split, paths, train=False)
         ids = [str(i) for i in base.image_ids]
@@ -231,6 +240,13 @@ def make_sem_seg(cfg: dict, paths: RunPaths, splits: list[str] | None = None) ->
                 f"make-sem-seg: {len(missing)} CAM files of split '{split}' are missing, e.g. "
                 f"{cam_path(paths, missing[0])}; run make-cam for it (or set sem_seg.splits)")
         todo = [i for i, image_id in enumerate(ids) if not _done(paths, image_id)]
+        if world > 1:  # torchrun: this process's share, on its own device
+            mine = [i for i in todo if i % world == rank]  # by image index: stable across restarts
+            if mine:
+                device = devices[0] if devices[0] == "cpu" else f"cuda:{local % max(1, torch.cuda.device_count())}"
+                run_shard(cfg, str(paths.root), split, mine, device, show_progress=rank == 0)
+            all_done &= all(_done(paths, image_id) for image_id in ids)
+            continue
         if not todo:
             continue
         n = min(len(devices), len(todo))
@@ -242,7 +258,8 @@ def make_sem_seg(cfg: dict, paths: RunPaths, splits: list[str] | None = None) ->
         torch.multiprocessing.start_processes(_shard_main, args=(cfg, str(paths.root), split, shards, devices[:n],
                                                                  threads), nprocs=n, join=True,
                                               start_method="spawn")
-    paths.mark_done(paths.sem_seg)
+    if all_done:
+        paths.mark_done(paths.sem_seg)
 
 
 # ---------------------------------------------------------------------------------------------
