@@ -116,3 +116,34 @@ def test_cli_parses_run_and_demo(tmp_path, monkeypatch):
     assert cli.main(["demo", "--out", str(tmp_path / "d"), "--device", "cpu", "cls.epochs=1"]) == 0
     assert seen["cfg"]["device"] == "cpu" and seen["cfg"]["cls"]["epochs"] == 1
     assert seen["cfg"]["dataset"]["image_size"] <= 256  # the small demo config
+
+
+# the config section each step is configured by (its --help must list that section's keys)
+OWN_SECTION = {"train-cls": "cls.epochs", "make-cam": "cam.scales", "eval-cam": "cam.eval_thresholds",
+               "make-ir-label": "ir_label.", "train-irn": "irn.", "make-sem-seg": "sem_seg.",
+               "eval-sem-seg": "sem_seg.", "show": "show.", "train-seg": "seg.", "predict-seg": "seg.",
+               "evaluate": "evaluate."}
+
+
+@pytest.mark.parametrize("command", sorted(cli.STEPS))
+def test_every_step_help_lists_its_config_keys(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main([command, "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "config keys" in text and "\n  " + OWN_SECTION[command] in text
+
+
+def test_demo_data_follows_the_synthetic_section(tmp_path):
+    """prepare_demo_data writes the set dataset.synthetic describes, its seed included (the
+    same set build_dataset would write), and points dataset.root at it."""
+    from wsss_fast.cli.pipeline import prepare_demo_data
+    from wsss_fast.data import write_synthetic_siim
+
+    cfg = load_config("demo", {"seed": 0, "dataset": {"synthetic": {"num_images": 6, "image_size": 32, "seed": 7}}})
+    out = prepare_demo_data(cfg, tmp_path / "run")
+    assert out["dataset"]["root"] == str(tmp_path / "run" / "data")
+    write_synthetic_siim(tmp_path / "ref7", num_images=6, image_size=32, seed=7, positive_fraction=0.5)
+    write_synthetic_siim(tmp_path / "ref0", num_images=6, image_size=32, seed=0, positive_fraction=0.5)
+    csv = (tmp_path / "run" / "data" / "train-rle.csv").read_text()
+    assert csv == (tmp_path / "ref7" / "train-rle.csv").read_text() != (tmp_path / "ref0" / "train-rle.csv").read_text()

@@ -60,6 +60,14 @@ STEP_SECTIONS: dict[str, tuple[str, ...]] = {
     "train-cls": ("", "dataset", "augment", "sampler", "cls"),
     "make-cam": ("", "dataset", "cam"),
     "eval-cam": ("", "dataset", "cam"),
+    "make-ir-label": ("", "dataset", "ir_label"),
+    "train-irn": ("", "dataset", "irn"),
+    "make-sem-seg": ("", "dataset", "sem_seg"),
+    "eval-sem-seg": ("", "dataset", "sem_seg"),
+    "show": ("", "dataset", "show", "sem_seg"),
+    "train-seg": ("", "dataset", "augment", "sampler", "seg"),
+    "predict-seg": ("", "dataset", "seg", "evaluate"),
+    "evaluate": ("", "dataset", "cam", "sem_seg", "seg", "evaluate"),
 }
 
 

@@ -147,13 +147,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def prepare_demo_data(cfg: dict, out: Path) -> dict:
     """Write the built-in synthetic chest radiographs under ``out/data`` (once); point the config at them."""
-    from ..data.synthetic import write_synthetic_siim
+    from ..data import write_synthetic_from_config
 
-    syn = get(cfg, "dataset.synthetic", {}) or {}
-    root = Path(get(cfg, "dataset.root") or out / "data")
-    write_synthetic_siim(root, num_images=int(syn.get("num_images", 240)),
-                         image_size=int(syn.get("image_size", 256)), seed=int(cfg.get("seed", 0)),
-                         positive_fraction=float(syn.get("positive_fraction", 0.5)))
+    root = write_synthetic_from_config(cfg, get(cfg, "dataset.root") or out / "data")
     cfg = dict(cfg)
     cfg["dataset"] = {**cfg["dataset"], "root": str(root)}
     return cfg

@@ -19,7 +19,7 @@ from .synthetic import generate_image, write_synthetic_siim
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, eval_transform, train_transform
 
 __all__ = [
-    "build_dataset", "synthetic_root", "WSSSDataset", "BadFileError", "wsss_collate",
+    "build_dataset", "synthetic_root", "write_synthetic_from_config", "WSSSDataset", "BadFileError", "wsss_collate",
     "SIIMPneumothorax", "VOC2012", "GenericCSV", "stratified_split", "PAPER_SPLIT_COUNTS",
     "BalancedBatchSampler", "train_transform", "eval_transform", "denormalize",
     "IMAGENET_MEAN", "IMAGENET_STD", "write_synthetic_siim", "generate_image",
@@ -42,6 +42,22 @@ def __getattr__(name: str) -> Any:  # VOC and generic loaders are imported on fi
 
 def _ds(cfg: dict) -> dict:
     return cfg.get("dataset") or {}
+
+
+def write_synthetic_from_config(cfg: dict, root: str | Path) -> Path:
+    """Write (once) under ``root`` the synthetic set that ``dataset.synthetic`` describes
+    (``num_images``, ``image_size``, ``positive_fraction``, ``seed``: null = the run's seed).
+
+    Returns:
+        ``root`` as a Path.
+    """
+    syn = _ds(cfg).get("synthetic") or {}
+    seed = syn.get("seed")
+    seed = int(cfg.get("seed", 0) or 0) if seed is None else int(seed)
+    write_synthetic_siim(Path(root), num_images=int(syn.get("num_images", 240)),
+                         image_size=int(syn.get("image_size", 256)), seed=seed,
+                         positive_fraction=float(syn.get("positive_fraction", 0.5)))
+    return Path(root)
 
 
 def synthetic_root(cfg: dict, paths: Any) -> Path:
@@ -72,14 +88,7 @@ def build_dataset(cfg: dict, split: str | None, paths: Any, train: bool) -> WSSS
     seed = int(cfg.get("seed", 0) or 0) if seed is None else int(seed)
     if name in ("siim", "synthetic"):
         if name == "synthetic":
-            syn = ds.get("synthetic") or {}
-            syn_seed = syn.get("seed")
-            syn_seed = int(cfg.get("seed", 0) or 0) if syn_seed is None else int(syn_seed)
-            root = synthetic_root(cfg, paths)
-            write_synthetic_siim(root, num_images=int(syn.get("num_images", 240)),
-                                 image_size=int(syn.get("image_size", 256)),
-                                 seed=syn_seed,
-                                 positive_fraction=float(syn.get("positive_fraction", 0.5)))
+            root = write_synthetic_from_config(cfg, synthetic_root(cfg, paths))
         else:
             if not ds.get("root"):
                 raise ValueError("dataset.root must name the SIIM folder (with dicom-images-train/ "
