@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -95,6 +96,26 @@ def test_train_resume_and_predict(tmp_path, monkeypatch, num_classes):
             assert pred.dtype == np.uint8 and pred.max() <= num_classes
 
 
+def test_resumed_training_repeats_an_uninterrupted_one(tmp_path, monkeypatch):
+    """1 epoch + resume to 2 gives the weights of 2 epochs in one go (augmentation and batch
+    order are seeded per epoch, not once per process)."""
+    cfg, paths, _ = _setup(tmp_path, monkeypatch)
+    cfg["augment"].update({"scale": [0.8, 1.2], "rotate": 10, "hflip": True, "blur_p": 0.5})
+    train_seg(cfg, paths)
+    straight = torch.load(paths.seg / "final.pt", weights_only=False)["model"]
+    resumed = RunPaths(tmp_path / "resumed")
+    shutil.copytree(paths.sem_seg, resumed.sem_seg)
+    cfg["seg"]["epochs"] = 1
+    train_seg(cfg, resumed)
+    torch.rand(5)  # a different process history before the resume
+    cfg["seg"]["epochs"] = 2
+    train_seg(cfg, resumed)
+    again = torch.load(resumed.seg / "final.pt", weights_only=False)["model"]
+    assert straight.keys() == again.keys()
+    for k in straight:
+        torch.testing.assert_close(again[k], straight[k], msg=k)
+
+
 def test_missing_pseudo_labels_is_a_clear_error(tmp_path, monkeypatch):
     cfg, paths, sets = _setup(tmp_path, monkeypatch)
     (paths.sem_seg / f"{sets['train'].image_ids[3]}.png").unlink()
@@ -109,7 +130,6 @@ def test_predict_without_checkpoint(tmp_path, monkeypatch):
 
 
 def test_balanced_sampler_batches(tmp_path, monkeypatch):
-    pytest.importorskip("wsss_fast.data.sampler")
     from wsss_fast.seg.train import _Batches
 
     labels = np.array([[1], [0], [0], [0], [1], [0], [0], [0]], np.float32)
@@ -122,3 +142,20 @@ def test_balanced_sampler_batches(tmp_path, monkeypatch):
     assert len(r0) == len(r1)
     for a, c in zip(r0, r1):
         assert not set(a) & set(c)
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_no_batch_of_one_per_rank(world):
+    """A short last batch that would leave a rank one sample (BatchNorm cannot train on it,
+    DeepLabV3+'s ASPP pooling raises) is dropped; the others are kept whole."""
+    from wsss_fast.seg.train import _Batches
+
+    labels = np.ones((17, 1), np.float32)  # all positive: plain shuffled batches
+    ranks = [list(_Batches(labels, 4, None, 0, rank=r, world=world)) for r in range(world)]
+    for batches in ranks:
+        assert len(batches) == len(_Batches(labels, 4, None, 0, rank=0, world=world)) == 4
+        assert all(len(b) == 4 // world for b in batches)
+    seen = sorted(i for batches in ranks for b in batches for i in b)
+    assert len(seen) == 16 and len(set(seen)) == 16
+    # a batch size of 1 is the user's choice: every sample is still used
+    assert len(list(_Batches(labels, 1, None, 0, rank=0, world=1))) == 17

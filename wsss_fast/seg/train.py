@@ -16,7 +16,6 @@ from them.
 from __future__ import annotations
 
 import json
-import math
 import time
 from contextlib import nullcontext
 from typing import Iterator
@@ -76,7 +75,6 @@ class _Batches:
         self.epoch = 0
         pos = labels.reshape(len(labels), -1).max(axis=1) > 0 if len(labels) else np.zeros(0, bool)
         self.balanced = neg_pos_ratio is not None and 0 < pos.sum() < len(pos)
-        self._n = max(1, math.ceil(len(labels) / batch_size))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -93,13 +91,19 @@ class _Batches:
         perm = np.random.default_rng(seed).permutation(len(self.labels)).tolist()
         return [perm[i:i + self.batch_size] for i in range(0, len(perm), self.batch_size)]
 
+    def _kept(self) -> list[list[int]]:
+        # Every rank needs a slice of at least 2 (BatchNorm, e.g. DeepLabV3+'s ASPP pooling,
+        # cannot train on one sample), unless the batches themselves are that small: a short
+        # last batch is dropped (the order is reshuffled every epoch).
+        least = self.world * (2 if self.batch_size >= 2 * self.world else 1)
+        return [b for b in self._global() if len(b) >= least]
+
     def __iter__(self) -> Iterator[list[int]]:
-        for batch in self._global():
-            if len(batch) >= self.world:  # every rank needs a non-empty slice
-                yield batch[self.rank::self.world]
+        for batch in self._kept():
+            yield batch[self.rank::self.world]
 
     def __len__(self) -> int:
-        return len(self._global()) if self.balanced else self._n
+        return len(self._kept())
 
 
 def _dataset(cfg: dict, paths: RunPaths):
@@ -179,6 +183,8 @@ def train_seg(cfg: dict, paths: RunPaths) -> None:
         lr = poly_lr(base_lr, epoch, epochs, float(s.get("poly_power", 0.9)))
         for g in opt.param_groups:
             g["lr"] = lr
+        # per-epoch seed (augmentation, loader workers): a resumed run repeats an uninterrupted one
+        seed_everything(int(cfg.get("seed", 0)) + 1000 * (epoch + 1) + dist.rank)
         batches.set_epoch(epoch)
         net.train()
         total, count, t0 = 0.0, 0, time.time()
