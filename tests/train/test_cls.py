@@ -86,6 +86,23 @@ def test_training_reduces_loss_and_writes_outputs(tmp_path):
         load_classifier(tmp_path / "missing.pt")
 
 
+def test_without_val_split_the_last_epoch_is_best(tmp_path, monkeypatch):
+    """cls.val_split null: best.pt is the last epoch (not the epoch of best training F1)."""
+    import wsss_fast.train.cls as cls_mod
+
+    f1s = iter([0.9, 0.2, 0.5])  # the training F1 peaks in the first epoch
+    real = cls_mod._train_one_epoch
+
+    def fake_epoch(*args, **kwargs):
+        return {**real(*args, **kwargs), "f1": next(f1s)}
+
+    monkeypatch.setattr(cls_mod, "_train_one_epoch", fake_epoch)
+    paths = RunPaths(tmp_path)
+    out = fit_classifier(tiny_cfg("cls.epochs=3"), paths, TinyDataset(16, seed=0), None)
+    assert out["best_epoch"] == 3 and out["best_f1"] == pytest.approx(0.5)
+    assert torch.load(paths.cls / "best.pt", weights_only=True)["epoch"] == 3
+
+
 class _Interrupt(Exception):
     pass
 
@@ -172,7 +189,6 @@ def test_epoch_batch_sampler_shards_global_batches():
 
 
 def test_epoch_batch_sampler_balanced():
-    pytest.importorskip("wsss_fast.data.sampler")
     labels = np.zeros((40, 1), np.float32)
     labels[:8] = 1
     s = EpochBatchSampler(labels, 8, neg_pos_ratio=1.0, seed=0, rank=1, world_size=2)

@@ -363,10 +363,10 @@ def _fit(cfg: dict, paths: RunPaths, train_set: Dataset, val_set: Dataset | None
                 vlogits, vlabels, pos_weight=None if pos_weight is None else pos_weight.cpu()))
             record["val_f1"] = float(multilabel_f1(torch.sigmoid(vlogits), vlabels, f1_thr))
             score = record["val_f1"]
-        else:
-            score = stats["f1"]
+            is_best = score > best_f1
+        else:  # no model-selection split: the last epoch is the best (its F1 is the training F1)
+            score, is_best = stats["f1"], True
         history.append(record)
-        is_best = score > best_f1
         if is_best:
             best_f1, best_epoch = score, epoch + 1
         if ctx.is_main:
