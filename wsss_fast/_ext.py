@@ -71,6 +71,20 @@ def warn_fallback(op: str) -> None:
     )
 
 
+def register_not_differentiable(qualname: str, hint: str) -> None:
+    """Give op ``qualname`` ("wsss_fast::name") an autograd formula that raises a clear error.
+
+    Without one, PyTorch's fallback lets an output of a grad-requiring input require grad
+    and silently returns no gradient (None) for that input.
+    """
+    name = qualname.split("::")[-1]
+
+    def _backward(ctx, *grads):
+        raise RuntimeError(f"{name} is not differentiable: {hint}")
+
+    torch.library.register_autograd(qualname, _backward)
+
+
 def cuda_compiled() -> bool:
     """Whether the loaded extension contains CUDA kernels."""
     if not has_op("_cuda_version"):

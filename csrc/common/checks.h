@@ -35,6 +35,10 @@ inline std::string shape_str(const at::Tensor& t) {
 #define WSSS_CHECK_CPU(op, name, t) \
   TORCH_CHECK((t).device().is_cpu(), op ": " name " must be a CPU tensor, got ", (t).device())
 
+#define WSSS_CHECK_CPU_FLOAT(op, name, t)                                                   \
+  TORCH_CHECK((t).scalar_type() == at::kFloat || (t).scalar_type() == at::kDouble,         \
+              op ": " name " must be float32 or float64 on CPU, got ", (t).scalar_type())
+
 #define WSSS_CHECK_CUDA(op, name, t) \
   TORCH_CHECK((t).device().is_cuda(), op ": " name " must be a CUDA tensor, got ", (t).device())
 

@@ -185,6 +185,7 @@ at::Tensor path_affinity_cpu(const at::Tensor& edge, int64_t radius) {
   check_radius("path_affinity", radius);
   WSSS_CHECK_CPU("path_affinity", "edge", edge);
   const at::Tensor e = edge_as_bhw("path_affinity", edge);
+  WSSS_CHECK_CPU_FLOAT("path_affinity", "edge", e);
   const IrnetPaths P = make_irnet_paths(radius);
   const int64_t B = e.size(0), H = e.size(1), W = e.size(2), D = P.num_offsets();
   at::Tensor out = at::empty({B, D, H, W}, e.options());
@@ -200,6 +201,7 @@ at::Tensor path_affinity_backward_cpu(const at::Tensor& grad, const at::Tensor& 
   WSSS_CHECK_CPU("path_affinity_backward", "edge", edge);
   WSSS_CHECK_SAME_DEVICE("path_affinity_backward", "grad", grad, "edge", edge);
   const at::Tensor e = edge_as_bhw("path_affinity_backward", edge);
+  WSSS_CHECK_CPU_FLOAT("path_affinity_backward", "edge", e);
   const IrnetPaths P = make_irnet_paths(radius);
   const int64_t B = e.size(0), H = e.size(1), W = e.size(2), D = P.num_offsets();
   check_affinity_grad(grad, B, D, H, W);

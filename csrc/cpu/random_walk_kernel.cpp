@@ -337,13 +337,11 @@ void random_walk_impl(const at::Tensor& x0, const at::Tensor& e, at::Tensor& out
 
 at::Tensor random_walk_cpu(const at::Tensor& x, const at::Tensor& edge, int64_t radius, double beta,
                            int64_t steps) {
-  const char* op = "random_walk";
   check_random_walk_args(x, radius, beta, steps);
   WSSS_CHECK_SAME_DEVICE("random_walk", "x", x, "edge", edge);
   WSSS_CHECK_CPU("random_walk", "x", x);
   const at::Tensor e3 = random_walk_edge(x, edge);
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
-              ": x must be float32 or float64 on CPU, got ", x.scalar_type());
+  WSSS_CHECK_CPU_FLOAT("random_walk", "x", x);
   const at::Tensor e = e3.to(x.scalar_type()).contiguous();
   const at::Tensor x0 = (x * (1 - e.unsqueeze(1))).contiguous();
   if (steps == 0 || x0.numel() == 0) return x0;

@@ -1,6 +1,6 @@
 // CUDA kernels of IRNet's path affinity: one thread per output (b, k, y, x); the backward
 // recomputes the argmax and adds the gradient there with atomics (fp32 accumulation for
-// half/bfloat16, so the summation order, not the value, may vary between runs).
+// half/bfloat16; the summation order varies between runs, so the last bits may too).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>

@@ -241,7 +241,7 @@ at::Tensor random_walk_cuda(const at::Tensor& x, const at::Tensor& edge, int64_t
   const at::Tensor e3 = random_walk_edge(x, edge);
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16,
               op, ": x must be float32, float16 or bfloat16 on CUDA, got ", x.scalar_type());
-  if (steps == 0 || x.numel() == 0) return x * (1 - e3.to(x.scalar_type()).unsqueeze(1));
+  if (steps == 0 || x.numel() == 0) return (x * (1 - e3.to(x.scalar_type()).unsqueeze(1))).contiguous();
 
   const IrnetPaths P = make_irnet_paths(radius);
   RwGeom g{};

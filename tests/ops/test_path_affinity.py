@@ -245,10 +245,30 @@ def test_compiled_op_errors(device, compiled_ops):
         torch.ops.wsss_fast.path_affinity(edge.long(), 3)
     with pytest.raises(RuntimeError, match="grad must have shape"):
         torch.ops.wsss_fast.path_affinity_backward(torch.rand(1, 3, 5, 5, device=device), edge, 3)
+    if device == "cpu":  # half precision is a CUDA feature: a clear error, not "not implemented"
+        for fn, args in [(torch.ops.wsss_fast.path_affinity, (edge.half(), 3)),
+                         (torch.ops.wsss_fast.path_affinity_backward, (torch.rand(1, len(search_offsets(3)), 5, 5).half(), edge.half(), 3))]:
+            with pytest.raises(RuntimeError, match="edge must be float32 or float64 on CPU, got Half"):
+                fn(*args)
 
 
 def test_fallback_uses_reference(monkeypatch):
+    """Without the compiled op the wrapper warns and runs the reference (a spy counts the
+    calls: the compiled op gives the same values, so equal outputs alone prove nothing)."""
     monkeypatch.setattr(_ext, "has_op", lambda name: False)
-    monkeypatch.setattr(_ext, "_WARNED", True)
+    monkeypatch.setattr(_ext, "_WARNED", False)
+    calls = []
+    real = ref.path_affinity
+    monkeypatch.setattr(ref, "path_affinity", lambda *a, **k: calls.append(1) or real(*a, **k))
     edge = torch.rand(1, 6, 6)
-    torch.testing.assert_close(path_affinity(edge, 3), ref.path_affinity(edge, 3))
+    with pytest.warns(RuntimeWarning, match="path_affinity"):
+        out = path_affinity(edge, 3)
+    assert calls == [1]
+    torch.testing.assert_close(out, real(edge, 3))
+
+
+def test_no_double_backward(device, compiled_ops):
+    edge = torch.rand(1, 6, 6, device=device, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(path_affinity(edge, 3).pow(2).sum(), edge, create_graph=True)
+    with pytest.raises(RuntimeError, match="path_affinity_backward is not differentiable"):
+        g.sum().backward()

@@ -71,6 +71,22 @@ def test_sparse_reference_matches_dense():
         )
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_row_split_of_one_large_map(compiled_ops, threads):
+    """One map with more rows than one CPU task takes (IRNet's 48x48 maps stay on one
+    thread): every step is split over rows; same result as the sparse reference."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(2)
+        x = torch.rand(1, 1, 160, 64, dtype=torch.float64)
+        edge = torch.rand(1, 160, 64, dtype=torch.float64) ** 4
+        out = random_walk(x, edge, radius=5, beta=10.0, steps=5)
+    finally:
+        torch.set_num_threads(old)
+    torch.testing.assert_close(out, ref.random_walk_sparse(x, edge, radius=5, beta=10.0, steps=5))
+
+
 def test_float64_cpu(compiled_ops):
     torch.manual_seed(1)
     x = torch.rand(1, 2, 8, 10, dtype=torch.float64)
@@ -184,8 +200,40 @@ def test_compiled_op_errors(device, compiled_ops):
 
 
 def test_fallback_uses_sparse_reference(monkeypatch):
+    """Without the compiled op the wrapper warns and runs the sparse reference (a spy counts
+    the calls: the compiled op gives nearly the same values)."""
     monkeypatch.setattr(_ext, "has_op", lambda name: False)
-    monkeypatch.setattr(_ext, "_WARNED", True)
+    monkeypatch.setattr(_ext, "_WARNED", False)
+    calls = []
+    real = ref.random_walk_sparse
+    monkeypatch.setattr(ref, "random_walk_sparse", lambda *a, **k: calls.append(1) or real(*a, **k))
     x = torch.rand(1, 2, 6, 7)
     edge = torch.rand(1, 6, 7)
-    torch.testing.assert_close(random_walk(x, edge, steps=3), ref.random_walk_sparse(x, edge, steps=3))
+    with pytest.warns(RuntimeWarning, match="random_walk"):
+        out = random_walk(x, edge, steps=3)
+    assert calls == [1]
+    torch.testing.assert_close(out, real(x, edge, steps=3))
+
+
+@pytest.mark.parametrize("which", ["x", "edge"])
+def test_backward_raises_instead_of_a_silent_none(device, compiled_ops, which):
+    x = torch.rand(1, 2, 6, 7, device=device, requires_grad=which == "x")
+    edge = torch.rand(1, 6, 7, device=device, requires_grad=which == "edge")
+    out = random_walk(x, edge, radius=3, steps=4)
+    assert out.requires_grad
+    with pytest.raises(RuntimeError, match="random_walk is not differentiable"):
+        out.sum().backward()
+    with torch.no_grad():
+        torch.testing.assert_close(random_walk(x, edge, radius=3, steps=4), out.detach())
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "transposed"])
+@pytest.mark.parametrize("steps", [0, 3])
+def test_opcheck_non_contiguous(device, compiled_ops, layout, steps):
+    """The output is contiguous whatever x's layout (steps 0 included), as the fake says."""
+    x = torch.rand(2, 3, 6, 7, device=device)
+    x = x.to(memory_format=torch.channels_last) if layout == "channels_last" else x.transpose(2, 3)
+    edge = torch.rand(2, *x.shape[-2:], device=device)
+    out = torch.ops.wsss_fast.random_walk(x, edge, 3, 10.0, steps)
+    assert out.is_contiguous()
+    torch.library.opcheck(torch.ops.wsss_fast.random_walk, (x, edge, 3, 10.0, steps))

@@ -80,6 +80,8 @@ def _register() -> None:
         return torch.ops.wsss_fast.path_affinity_backward(grad, edge, ctx.radius), None
 
     torch.library.register_autograd("wsss_fast::path_affinity", _backward, setup_context=_setup_context)
+    _ext.register_not_differentiable(
+        "wsss_fast::path_affinity_backward", "path_affinity has a first derivative only (no double backward)")
 
 
 if _ext.has_op("path_affinity"):

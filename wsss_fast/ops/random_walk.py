@@ -30,7 +30,8 @@ def random_walk(
     ``x_t[j] = sum_i x_{t-1}[i] A[i, j]^beta / sum_i A[i, j]^beta`` over the disk of
     radius r around j, starting from ``x_0 = x * (1 - edge)``. The same function as
     IRNet's ``propagate_to_edge(x, edge, radius, beta, exp_times=log2(steps))`` up to
-    float rounding; any number of steps is allowed. Not differentiable.
+    float rounding; any number of steps is allowed. Not differentiable: a backward
+    through it raises.
 
     Args:
         x: maps to propagate ``[B, C, H, W]`` (e.g. CAMs; float32/float64 on CPU,
@@ -58,6 +59,10 @@ def _register() -> None:
     @torch.library.register_fake("wsss_fast::random_walk")
     def _fake(x, edge, radius, beta, steps):
         return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    _ext.register_not_differentiable(
+        "wsss_fast::random_walk", "detach x and edge (or run it under torch.no_grad()); the walk refines "
+        "fixed maps and has no backward")
 
 
 if _ext.has_op("random_walk"):
