@@ -1,8 +1,8 @@
-"""Benchmarks of the CAM weighting kernels against their pure-PyTorch references.
+"""Benchmark of gradcampp_weights against its pure-PyTorch reference.
 
-gradcampp_weights: ResNet50 layer4-like gradients of 3 classes (CUDA: batch 16 at 512 px,
-[16, 3, 2048, 16, 16]; CPU: ResNet18 layer4 at 224 px, [4, 3, 512, 7, 7]).
-weighted_cam: the maps of the same weights, upsampled and normalized.
+ResNet50 layer4-like gradients of 3 classes (CUDA: batch 16 at 512 px, [16, 3, 2048, 16, 16];
+CPU: ResNet18 layer4 at 224 px, [4, 3, 512, 7, 7]). The maps of these weights are
+benchmarked in bench_weighted_cam.py.
 
 Run: PYTHONPATH=$PWD python -m pytest benchmarks/bench_gradcampp_weights.py --benchmark-only
 """
@@ -14,9 +14,7 @@ import torch
 
 from benchmarks.conftest import DEVICES, record
 from wsss_fast.ops.gradcampp_weights import gradcampp_weights
-from wsss_fast.ops.weighted_cam import weighted_cam
 from wsss_fast.reference.gradcampp_weights import gradcampp_weights as ref_weights
-from wsss_fast.reference.weighted_cam import weighted_cam as ref_cam
 
 SHAPES = {"cpu": (4, 3, 512, 7, 7, 224), "cuda": (16, 3, 2048, 16, 16, 512)}
 
@@ -39,16 +37,3 @@ def test_gradcampp_weights(benchmark, device, impl):
     benchmark.group = f"gradcampp_weights-{device}"
     fn = (lambda: gradcampp_weights(a, g)) if impl == "ours" else (lambda: ref_weights(a, g))
     record(benchmark, fn, device, shape=list(g.shape))
-
-
-@pytest.mark.parametrize("impl", ["ours", "reference"])
-@pytest.mark.parametrize("device", DEVICES)
-def test_weighted_cam(benchmark, device, impl):
-    from wsss_fast._ext import has_op
-
-    assert has_op("weighted_cam"), "build the extension first"
-    a, g, size = _inputs(device)
-    w = gradcampp_weights(a, g)
-    benchmark.group = f"weighted_cam-{device}"
-    f = weighted_cam if impl == "ours" else ref_cam
-    record(benchmark, lambda: f(a, w, out_size=(size, size), normalize=True), device, shape=list(a.shape))

@@ -430,10 +430,11 @@ def test_opcheck(compiled_ops, device, channels_last):
     torch.library.opcheck(torch.ops.wsss_fast.drop_block2d_backward, (torch.randn_like(x), mask, count, True))
 
 
-def test_torch_compile_fullgraph(compiled_ops, device):
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph(compiled_ops, device, backend):
     torch._dynamo.reset()
     fn = torch.compile(
-        lambda t: drop_block2d(t, 0.3, 3, shared_mask=True, gamma_mode="simple"), fullgraph=True, backend="aot_eager"
+        lambda t: drop_block2d(t, 0.3, 3, shared_mask=True, gamma_mode="simple"), fullgraph=True, backend=backend
     )
     x = (torch.rand(2, 4, 16, 16, device=device) + 0.5).requires_grad_(True)
     out = fn(x)
