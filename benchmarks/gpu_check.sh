@@ -83,6 +83,8 @@ if command -v compute-sanitizer >/dev/null && [ "$(elapsed)" -lt "${SANITIZE_BEF
 fi
 
 stamp "summary"
-ls "$OUT"/bench*.json >/dev/null 2>&1 && "$PY" benchmarks/summarize.py "$OUT"/bench*.json --out "$OUT/figures.json"
+# (a JSON is empty when GPU_CHECK_K selected none of its benchmarks)
+mapfile -t JSONS < <(find "$OUT" -maxdepth 1 -name 'bench*.json' -size +0 | sort)
+[ "${#JSONS[@]}" -gt 0 ] && "$PY" benchmarks/summarize.py "${JSONS[@]}" --out "$OUT/figures.json"
 echo "tests rc=$test_rc bench rc=$bench_rc rw rc=$rw_rc total $(elapsed)s"
 exit $(( test_rc != 0 || bench_rc != 0 || rw_rc != 0 ))
