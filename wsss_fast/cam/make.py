@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from ..config import get
-from ..runs import RunPaths, atomic_write_bytes, load_cam_file, resolve_device, save_cam_file
+from ..runs import RunPaths, atomic_write_bytes, load_cam_file, save_cam_file
 
 __all__ = ["make_cam", "eval_cam", "cam_path", "shard_of", "predict_from_cam", "checkpoint_path"]
 
@@ -67,16 +67,6 @@ def checkpoint_path(cfg: dict, paths: RunPaths) -> Path:
     return Path(which).expanduser()
 
 
-def _device(cfg: dict) -> torch.device:
-    from ..train.dist import env_rank_world
-
-    device = resolve_device(cfg)
-    _, world, local = env_rank_world()
-    if device.type == "cuda" and device.index is None and world > 1:
-        device = torch.device("cuda", local % max(1, torch.cuda.device_count()))
-    return device
-
-
 def _eval_copy(ds):
     """A view of the data set that skips the masks (not needed to compute maps)."""
     ds = copy.copy(ds)
@@ -107,10 +97,11 @@ def make_cam(cfg: dict, paths: RunPaths) -> None:
     """
     from ..data import build_dataset
     from ..train.cls import load_classifier
+    from ..train.dist import rank_device
     from .extractor import CAMExtractor
 
     shard, num_shards = shard_of(cfg)
-    device = _device(cfg)
+    device = rank_device(cfg)
     model = load_classifier(checkpoint_path(cfg, paths), device)
     target = get(cfg, "cam.target_layer") or getattr(model, "cam_layer", None)
     if target is None:

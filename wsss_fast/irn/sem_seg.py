@@ -211,8 +211,8 @@ def make_sem_seg(cfg: dict, paths: RunPaths, splits: list[str] | None = None) ->
 
     One command uses every visible GPU by itself (one spawned process per device,
     ``sem_seg.processes``). Under torchrun (``WORLD_SIZE > 1``) each process instead labels
-    its share of the images (``RANK``) on ``cuda:LOCAL_RANK``, and the last one to finish
-    marks the step done.
+    its share of the images (``RANK``) on its ``rank_device`` (``cuda:LOCAL_RANK`` unless the
+    config names a GPU), as make-cam does, and the last one to finish marks the step done.
 
     Args:
         cfg: run configuration (``sem_seg`` section: radius, beta, steps, bg_thres,
@@ -221,7 +221,7 @@ def make_sem_seg(cfg: dict, paths: RunPaths, splits: list[str] | None = None) ->
             ``paths.rw`` and marks ``paths.sem_seg`` done.
         splits: overrides ``sem_seg.splits``.
     """
-    from ..train.dist import env_rank_world
+    from ..train.dist import env_rank_world, rank_device
 
     ckpt = paths.irn / "final.pt"
     if not ckpt.exists():
@@ -229,7 +229,7 @@ def make_sem_seg(cfg: dict, paths: RunPaths, splits: list[str] | None = None) ->
     paths.sem_seg.mkdir(parents=True, exist_ok=True)
     paths.rw.mkdir(parents=True, exist_ok=True)
     devices = _plan(cfg)
-    rank, world, local = env_rank_world()
+    rank, world, _ = env_rank_world()
     all_done = True
     for split in as_list(splits if splits is not None else get(cfg, "sem_seg.splits"), ["train", "val", "test"]):
         base = common.build_split(cfg, split, paths, train=False)
@@ -243,8 +243,7 @@ def make_sem_seg(cfg: dict, paths: RunPaths, splits: list[str] | None = None) ->
         if world > 1:  # torchrun: this process's share, on its own device
             mine = [i for i in todo if i % world == rank]  # by image index: stable across restarts
             if mine:
-                device = devices[0] if devices[0] == "cpu" else f"cuda:{local % max(1, torch.cuda.device_count())}"
-                run_shard(cfg, str(paths.root), split, mine, device, show_progress=rank == 0)
+                run_shard(cfg, str(paths.root), split, mine, str(rank_device(cfg)), show_progress=rank == 0)
             all_done &= all(_done(paths, image_id) for image_id in ids)
             continue
         if not todo:

@@ -71,6 +71,17 @@ def env_rank_world() -> tuple[int, int, int]:
     return rank, world, local
 
 
+def rank_device(cfg: dict) -> torch.device:
+    """This process's device for work sharded without a process group (make-cam,
+    make-sem-seg): ``cfg["device"]``, or under torchrun with an unindexed CUDA device
+    ``cuda:LOCAL_RANK`` (modulo the visible GPUs)."""
+    device = resolve_device(cfg)
+    _, world, local = env_rank_world()
+    if device.type == "cuda" and device.index is None and world > 1:
+        device = torch.device("cuda", local % max(1, torch.cuda.device_count()))
+    return device
+
+
 def init_distributed(cfg: dict) -> DistContext:
     """Join the ``torchrun`` process group when ``WORLD_SIZE > 1``.
 
