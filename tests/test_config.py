@@ -36,3 +36,69 @@ def test_shipped_config_builds_training_batches(name):
     ms = torch.stack([p[1].as_subclass(torch.Tensor) for p in pairs])
     assert xs.shape[0] == 3 and xs.shape[-2:] == ms.shape[-2:]
     assert set(ms.unique().tolist()) <= {0, 1, 2, 255}
+
+
+# --- unknown keys: at any depth, in a file or an override, named with a suggestion ---------
+
+@pytest.mark.parametrize("override, key, suggestion", [
+    ("cls.epoch=1", "cls.epoch", "cls.epochs"),
+    ("clss.lr=1", "clss.lr", "cls.lr"),
+    ("cls.dropblock.pp=0.1", "cls.dropblock.pp", "cls.dropblock.p"),
+    ("ir_label.crf.gaus_sxy=2", "ir_label.crf.gauss_sxy", "ir_label.crf.gauss_sxy"),
+])
+def test_override_typo_is_an_error_with_a_suggestion(override, key, suggestion):
+    from wsss_fast.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        load_config("demo", [override])
+    msg = str(err.value)
+    assert f"override '{override}'" in msg and f"'{override.split('=')[0]}'" in msg
+    assert f"did you mean '{suggestion}'" in msg
+
+
+def test_dict_override_typo_is_an_error():
+    from wsss_fast.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"'irn\.bakbone' \(did you mean 'irn\.backbone'\?\)"):
+        load_config(None, {"irn": {"bakbone": "resnet18"}})
+
+
+@pytest.mark.parametrize("text, key, suggestion", [
+    ("clss:\n  lr: 1\n", "clss.lr", "cls.lr"),
+    ("cls:\n  epoch: 3\n", "cls.epoch", "cls.epochs"),
+    ("cls:\n  dropblock:\n    blocksize: 5\n", "cls.dropblock.blocksize", "cls.dropblock.block_size"),
+    ("dataset:\n  synthetic:\n    num_image: 5\n", "dataset.synthetic.num_image", "dataset.synthetic.num_images"),
+])
+def test_file_typo_at_any_depth_is_an_error_naming_the_file(tmp_path, text, key, suggestion):
+    from wsss_fast.config import ConfigError
+
+    f = tmp_path / "my.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(f)
+    msg = str(err.value)
+    assert str(f) in msg and f"unknown config key '{key}'" in msg and f"did you mean '{suggestion}'" in msg
+
+
+def test_section_given_a_scalar_is_an_error():
+    from wsss_fast.config import ConfigError
+
+    with pytest.raises(ConfigError, match="'cls.dropblock' is a section"):
+        load_config(None, ["cls.dropblock=3"])
+
+
+def test_valid_overrides_still_apply():
+    cfg = load_config("demo", ["cls.epochs=1", "cam.scales=[1.0,0.5]", "cls.dropblock.p=0.3"])
+    assert cfg["cls"]["epochs"] == 1 and cfg["cam"]["scales"] == [1.0, 0.5]
+    assert cfg["cls"]["dropblock"]["p"] == 0.3 and cfg["cls"]["dropblock"]["block_size"] == 7
+
+
+def test_cli_rejects_a_typo_before_running(tmp_path, capsys):
+    from wsss_fast.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["train-cls", "--config", "demo", "--out", str(tmp_path / "run"), "cls.epoch=1", "clss.lr=1"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'cls.epoch'" in err and "did you mean 'cls.epochs'" in err
+    assert not (tmp_path / "run" / "cls").exists()

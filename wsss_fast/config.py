@@ -9,6 +9,7 @@ YAML, so ``cls.epochs=3``, ``cam.scales=[1.0,0.5]`` and ``seg.amp=false`` work).
 from __future__ import annotations
 
 import copy
+import difflib
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -17,11 +18,71 @@ import yaml
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
-def _merge(base: dict, override: dict, path: str = "") -> dict:
+class ConfigError(KeyError):
+    """An unknown or malformed configuration key (a ``KeyError`` with a readable message)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def _dotted_keys(node: dict, prefix: str = "") -> list[str]:
+    """Every key of a nested dict as a dotted path (sections included)."""
+    out = []
+    for key, value in node.items():
+        out.append(prefix + str(key))
+        if isinstance(value, dict):
+            out += _dotted_keys(value, f"{prefix}{key}.")
+    return out
+
+
+def _suggest(dotted: str, known: list[str]) -> str:
+    """`` (did you mean 'cls.epochs'?)`` for the closest known key, or ''."""
+    leaf = dotted.rsplit(".", 1)[-1]
+    by_leaf = [k for k in known if k.rsplit(".", 1)[-1] == leaf]
+    match = by_leaf[:1] if len(by_leaf) == 1 else difflib.get_close_matches(dotted, known, n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def check_keys(defaults: dict, override: dict, source: str, prefix: str = "",
+               known: list[str] | None = None) -> None:
+    """Raise :class:`ConfigError` for the first key of ``override`` that ``defaults`` lacks.
+
+    Args:
+        defaults: the nested defaults (``default.yaml``); a dict there is a section whose keys
+            are fixed, any other value may be replaced by anything.
+        override: the nested values to check (a file's content or parsed overrides).
+        source: where ``override`` came from, named in the error (a file, or "override").
+        prefix: dotted path of ``defaults`` inside the whole configuration.
+        known: every dotted key of the whole configuration (for the suggestion).
+    """
+    if known is None:
+        known = _dotted_keys(defaults)
+    if not isinstance(override, dict):
+        raise ConfigError(f"{source}: the configuration{' section ' + prefix.rstrip('.') if prefix else ''} "
+                          f"must be a mapping, got {type(override).__name__}")
+    for key, value in override.items():
+        dotted = f"{prefix}{key}"
+        if key not in defaults:
+            while isinstance(value, dict) and len(value) == 1:  # clss: {lr: 1} -> clss.lr
+                (sub, value), = value.items()
+                dotted = f"{dotted}.{sub}"
+            raise ConfigError(f"{source}: unknown config key '{dotted}'{_suggest(dotted, known)}")
+        if isinstance(defaults[key], dict):
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: '{dotted}' is a section (keys "
+                                  f"{sorted(defaults[key])}), got {value!r}")
+            check_keys(defaults[key], value, source, dotted + ".", known)
+
+
+def _merge(base: dict, override: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in (override or {}).items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value, f"{path}{key}.")
+            out[key] = _merge(out[key], value)
+        elif value is None and isinstance(out.get(key), dict):
+            continue  # an empty section in a file ("ir_label:") keeps the defaults
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -56,6 +117,11 @@ def parse_overrides(items: Iterable[str]) -> dict:
     return out
 
 
+def load_defaults() -> dict:
+    """``configs/default.yaml``: every key the pipeline reads, with its one default."""
+    return yaml.safe_load((CONFIG_DIR / "default.yaml").read_text()) or {}
+
+
 def load_config(path: str | Path | None = None, overrides: Iterable[str] | dict | None = None) -> dict:
     """Load ``default.yaml``, then the given file, then the overrides.
 
@@ -64,19 +130,29 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] | dict 
         overrides: ``key.sub=value`` strings or a nested dict.
 
     Returns:
-        The merged configuration. Unknown top-level sections in the file are an error,
-        so that a typo does not silently fall back to a default.
+        The merged configuration.
+
+    Raises:
+        ConfigError: a key of the file or of an override, at any depth, that ``default.yaml``
+            does not have; the message names the key, where it came from and the closest
+            known key.
     """
-    cfg = yaml.safe_load((CONFIG_DIR / "default.yaml").read_text()) or {}
+    cfg = load_defaults()
+    known = _dotted_keys(cfg)
     if path is not None:
-        user = yaml.safe_load(find_config(path).read_text()) or {}
-        unknown = sorted(set(user) - set(cfg))
-        if unknown:
-            raise KeyError(f"{path}: unknown config sections {unknown}; known: {sorted(cfg)}")
+        file = find_config(path)
+        user = yaml.safe_load(file.read_text()) or {}
+        check_keys(cfg, user, str(file), known=known)
         cfg = _merge(cfg, user)
     if overrides:
-        ov = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
-        cfg = _merge(cfg, ov)
+        if isinstance(overrides, dict):
+            check_keys(cfg, overrides, "override", known=known)
+            cfg = _merge(cfg, overrides)
+        else:
+            for item in overrides:
+                ov = parse_overrides([item])
+                check_keys(cfg, ov, f"override '{item}'", known=known)
+                cfg = _merge(cfg, ov)
     return cfg
 
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from ..config import load_config, save_config
+from ..config import ConfigError, load_config, save_config
 from ..runs import RunPaths
 
 # command name -> ("module", "function", help)
@@ -153,9 +153,12 @@ def _info(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "func", None) is not None:
-        return int(args.func(args) or 0)
-    cfg, paths = prepare(args)
+    try:
+        if getattr(args, "func", None) is not None:
+            return int(args.func(args) or 0)
+        cfg, paths = prepare(args)
+    except ConfigError as err:  # a typo in a key: say which, before any work starts
+        parser.error(str(err))
     resolve_step(args.command)(cfg, paths)
     return 0
 
