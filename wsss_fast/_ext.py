@@ -56,7 +56,11 @@ def has_op(name: str) -> bool:
 
 
 def warn_fallback(op: str) -> None:
-    """Warn once per process that ops run on their pure-PyTorch references."""
+    """Warn once per process that ops run on their pure-PyTorch references.
+
+    Called by :func:`wsss_fast.ops._utils.use_kernel` inside an op, so the warning points at
+    the op's caller (``stacklevel=4``).
+    """
     global _WARNED
     if _WARNED:
         return
@@ -67,29 +71,8 @@ def warn_fallback(op: str) -> None:
         "op fall back to their pure-PyTorch references in wsss_fast.reference, which are much "
         "slower. Build the extension with `make build` or `pip install --no-build-isolation -e .`.",
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=4,
     )
-
-
-def register_not_differentiable(qualname: str, hint: str) -> None:
-    """Give op ``qualname`` ("wsss_fast::name") an autograd formula that raises a clear error.
-
-    Without one, PyTorch's fallback lets an output of a grad-requiring input require grad
-    and silently returns no gradient (None) for that input.
-    """
-    name = qualname.split("::")[-1]
-
-    def _backward(ctx, *grads):
-        raise RuntimeError(f"{name} is not differentiable: {hint}")
-
-    torch.library.register_autograd(qualname, _backward)
-
-
-def cuda_compiled() -> bool:
-    """Whether the loaded extension contains CUDA kernels."""
-    if not has_op("_cuda_version"):
-        return False
-    return int(torch.ops.wsss_fast._cuda_version()) > 0
 
 
 def extension_info() -> dict:

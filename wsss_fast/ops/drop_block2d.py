@@ -21,6 +21,7 @@ import torch
 
 from .. import _ext
 from ..reference import drop_block2d as _ref
+from . import _utils
 
 __all__ = ["drop_block2d", "drop_block2d_from_seeds"]
 
@@ -28,35 +29,36 @@ _HAS_OP = _ext.has_op("drop_block2d")
 GAMMA_MODES = _ref.GAMMA_MODES
 
 
-def _check_x(x: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"drop_block2d: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"drop_block2d: x must be a 4-D tensor [N, C, H, W], got shape {list(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"drop_block2d: x must be a floating-point tensor, got dtype {x.dtype}")
+def _check(x: torch.Tensor, block_size: int, gamma_mode: str) -> None:
+    _utils.check_tensor("drop_block2d", "x", x, ndim=4, layout="[N, C, H, W]", floating=True)
+    _utils.check_int("drop_block2d", "block_size", block_size, 1)
+    _utils.check_choice("drop_block2d", "gamma_mode", gamma_mode, GAMMA_MODES)
 
 
-def _check_block_size(block_size: int) -> None:
-    if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral):
-        raise TypeError(f"drop_block2d: block_size must be an int, got {type(block_size).__name__}")
-    if block_size < 1:
-        raise ValueError(f"drop_block2d: block_size must be >= 1, got {block_size}")
+def _check_p(p: float | torch.Tensor) -> None:
+    if isinstance(p, torch.Tensor):
+        if p.numel() != 1 or not p.is_floating_point():
+            raise ValueError(f"drop_block2d: p must be a float or a one-element floating tensor, got {p!r}")
+        return
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise TypeError(f"drop_block2d: p must be a float, got {type(p).__name__}")
+    if not 0.0 <= float(p) <= 1.0:
+        raise ValueError(f"drop_block2d: p must be in [0, 1], got {p}")
 
 
-def _check_gamma_mode(gamma_mode: str) -> None:
-    if gamma_mode not in GAMMA_MODES:
-        raise ValueError(f"drop_block2d: gamma_mode must be one of {GAMMA_MODES}, got {gamma_mode!r}")
+def _check_seeds(x: torch.Tensor, seeds: torch.Tensor, block_size: int, gamma_mode: str) -> None:
+    N, C, H, W = x.shape
+    Hs, Ws, _ = _ref.geometry(H, W, block_size, gamma_mode)
+    _utils.check_tensor("drop_block2d", "seeds", seeds)
+    if seeds.dim() != 4 or seeds.shape[0] != N or seeds.shape[1] not in (1, C) or tuple(seeds.shape[2:]) != (Hs, Ws):
+        raise ValueError(
+            f"drop_block2d: seeds must have shape [{N}, 1 or {C}, {Hs}, {Ws}] for x of shape "
+            f"{list(x.shape)}, block_size={block_size}, gamma_mode={gamma_mode!r}; got {list(seeds.shape)}"
+        )
 
 
 def _clip_block_size(block_size: int, H: int, W: int) -> int:
     return max(1, min(int(block_size), H, W))
-
-
-def _out_format(x: torch.Tensor) -> torch.memory_format:
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def drop_block2d(
@@ -101,23 +103,11 @@ def drop_block2d(
         ValueError: ``x`` is not 4-D, ``p`` is outside ``[0, 1]``, ``block_size < 1`` or
             ``gamma_mode`` is unknown.
     """
-    _check_x(x)
-    _check_block_size(block_size)
-    _check_gamma_mode(gamma_mode)
-    if isinstance(p, torch.Tensor):
-        if p.numel() != 1 or not p.is_floating_point():
-            raise ValueError(f"drop_block2d: p must be a float or a one-element floating tensor, got {p!r}")
-    else:
-        if isinstance(p, bool) or not isinstance(p, numbers.Real):
-            raise TypeError(f"drop_block2d: p must be a float, got {type(p).__name__}")
-        if not 0.0 <= float(p) <= 1.0:
-            raise ValueError(f"drop_block2d: p must be in [0, 1], got {p}")
-        if p == 0:
-            return x
-    if not training:
+    _check(x, block_size, gamma_mode)
+    _check_p(p)
+    if not training or (not isinstance(p, torch.Tensor) and p == 0):
         return x
-    if not _HAS_OP:
-        _ext.warn_fallback("drop_block2d")
+    if not _utils.use_kernel("drop_block2d", _HAS_OP):
         return _ref.drop_block2d(
             x, p, block_size, shared_mask=shared_mask, gamma_mode=gamma_mode, training=training, generator=generator
         )
@@ -147,78 +137,96 @@ def drop_block2d_from_seeds(
 
     Returns:
         ``[N, C, H, W]``: ``x * keep * numel(keep) / sum(keep)``.
+
+    Raises:
+        TypeError, ValueError: as :func:`drop_block2d`, or ``seeds`` has the wrong shape.
     """
-    _check_x(x)
-    _check_block_size(block_size)
-    _check_gamma_mode(gamma_mode)
+    _check(x, block_size, gamma_mode)
     bs = _clip_block_size(block_size, x.shape[2], x.shape[3])
-    if not _HAS_OP:
-        _ext.warn_fallback("drop_block2d_from_seeds")
+    _check_seeds(x, seeds, bs, gamma_mode)
+    if not _utils.use_kernel("drop_block2d_from_seeds", _HAS_OP):
         return _ref.drop_block2d_from_seeds(x, seeds, bs, gamma_mode)
     out, _, _ = torch.ops.wsss_fast.drop_block2d_from_seeds(x, seeds, bs, gamma_mode)
     return out
 
 
+def _out_format(x: torch.Tensor) -> torch.memory_format:
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _fake(x, mask_channels):
+    N, C, H, W = x.shape
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_out_format(x))
+    mask = x.new_empty(((N * mask_channels * H * W + 31) // 32,), dtype=torch.int32)
+    count = x.new_empty((), dtype=torch.int64)
+    return out, mask, count
+
+
+def _drop_block2d_fake(x, seed, p, block_size, shared_mask, gamma_mode):
+    return _fake(x, 1 if shared_mask else x.shape[1])
+
+
+def _from_seeds_fake(x, seeds, block_size, gamma_mode):
+    return _fake(x, seeds.shape[1])
+
+
+def _backward_fake(grad, mask, count, shared_mask):
+    return torch.empty(grad.shape, dtype=grad.dtype, device=grad.device, memory_format=_out_format(grad))
+
+
+def _save(ctx, output, shared: bool):
+    _, mask, count = output
+    ctx.save_for_backward(mask, count)
+    ctx.shared_mask = shared
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for mask and count
+
+
+def _drop_block2d_setup_context(ctx, inputs, output):
+    _save(ctx, output, bool(inputs[4]))
+
+
+def _from_seeds_setup_context(ctx, inputs, output):
+    _save(ctx, output, inputs[1].shape[1] == 1)
+
+
+def _grad_x(ctx, grad_out):
+    if grad_out is None:
+        return None
+    mask, count = ctx.saved_tensors
+    return torch.ops.wsss_fast.drop_block2d_backward(grad_out, mask, count, ctx.shared_mask)
+
+
+def _drop_block2d_backward(ctx, grad_out, grad_mask, grad_count):
+    return _grad_x(ctx, grad_out), None, None, None, None, None
+
+
+def _from_seeds_backward(ctx, grad_out, grad_mask, grad_count):
+    return _grad_x(ctx, grad_out), None, None, None
+
+
+def _backward_setup_context(ctx, inputs, output):
+    _, mask, count, shared = inputs
+    ctx.save_for_backward(mask, count)
+    ctx.shared_mask = shared
+
+
+def _backward_backward(ctx, gg):
+    mask, count = ctx.saved_tensors
+    return torch.ops.wsss_fast.drop_block2d_backward(gg, mask, count, ctx.shared_mask), None, None, None
+
+
 if _HAS_OP:
-
-    def _fake(x, mask_channels):
-        N, C, H, W = x.shape
-        out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_out_format(x))
-        mask = x.new_empty(((N * mask_channels * H * W + 31) // 32,), dtype=torch.int32)
-        count = x.new_empty((), dtype=torch.int64)
-        return out, mask, count
-
-    @torch.library.register_fake("wsss_fast::drop_block2d")
-    def _drop_block2d_fake(x, seed, p, block_size, shared_mask, gamma_mode):
-        return _fake(x, 1 if shared_mask else x.shape[1])
-
-    @torch.library.register_fake("wsss_fast::drop_block2d_from_seeds")
-    def _drop_block2d_from_seeds_fake(x, seeds, block_size, gamma_mode):
-        return _fake(x, seeds.shape[1])
-
-    @torch.library.register_fake("wsss_fast::drop_block2d_backward")
-    def _drop_block2d_backward_fake(grad, mask, count, shared_mask):
-        return torch.empty(grad.shape, dtype=grad.dtype, device=grad.device, memory_format=_out_format(grad))
-
-    def _save(ctx, output, shared: bool):
-        _, mask, count = output
-        ctx.save_for_backward(mask, count)
-        ctx.shared_mask = shared
-        ctx.set_materialize_grads(False)  # no zero-filled gradients for mask and count
-
-    def _setup_context(ctx, inputs, output):
-        _save(ctx, output, bool(inputs[4]))
-
-    def _setup_from_seeds(ctx, inputs, output):
-        _save(ctx, output, inputs[1].shape[1] == 1)
-
-    def _grad_x(ctx, grad_out):
-        if grad_out is None:
-            return None
-        mask, count = ctx.saved_tensors
-        return torch.ops.wsss_fast.drop_block2d_backward(grad_out, mask, count, ctx.shared_mask)
-
-    def _backward_drop_block2d(ctx, grad_out, grad_mask, grad_count):
-        return _grad_x(ctx, grad_out), None, None, None, None, None
-
-    def _backward_from_seeds(ctx, grad_out, grad_mask, grad_count):
-        return _grad_x(ctx, grad_out), None, None, None
-
-    def _setup_backward(ctx, inputs, output):
-        _, mask, count, shared = inputs
-        ctx.save_for_backward(mask, count)
-        ctx.shared_mask = shared
-
-    def _backward_backward(ctx, gg):
-        mask, count = ctx.saved_tensors
-        return torch.ops.wsss_fast.drop_block2d_backward(gg, mask, count, ctx.shared_mask), None, None, None
-
+    torch.library.register_fake("wsss_fast::drop_block2d", _drop_block2d_fake)
+    torch.library.register_fake("wsss_fast::drop_block2d_from_seeds", _from_seeds_fake)
+    torch.library.register_fake("wsss_fast::drop_block2d_backward", _backward_fake)
     torch.library.register_autograd(
-        "wsss_fast::drop_block2d", _backward_drop_block2d, setup_context=_setup_context
+        "wsss_fast::drop_block2d", _drop_block2d_backward, setup_context=_drop_block2d_setup_context
     )
     torch.library.register_autograd(
-        "wsss_fast::drop_block2d_from_seeds", _backward_from_seeds, setup_context=_setup_from_seeds
+        "wsss_fast::drop_block2d_from_seeds", _from_seeds_backward, setup_context=_from_seeds_setup_context
     )
     torch.library.register_autograd(
-        "wsss_fast::drop_block2d_backward", _backward_backward, setup_context=_setup_backward
+        "wsss_fast::drop_block2d_backward", _backward_backward, setup_context=_backward_setup_context
     )

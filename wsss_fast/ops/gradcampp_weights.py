@@ -36,46 +36,20 @@ from torch import Tensor
 
 from .. import _ext
 from ..reference import gradcampp_weights as _ref
-
-VARIANTS = _ref.VARIANTS
-DEFAULT_EPS = _ref.DEFAULT_EPS
+from . import _utils
 
 __all__ = ["gradcampp_weights", "VARIANTS", "DEFAULT_EPS"]
 
+_HAS_OP = _ext.has_op("gradcampp_weights")
+VARIANTS = _ref.VARIANTS
+DEFAULT_EPS = _ref.DEFAULT_EPS
+
 
 def _check(activations: Tensor, grads: Tensor, variant: str, eps: float | None) -> None:
-    name = "gradcampp_weights"
-    if not isinstance(activations, Tensor) or not isinstance(grads, Tensor):
-        raise TypeError(
-            f"{name}: activations and grads must be tensors, got {type(activations).__name__} "
-            f"and {type(grads).__name__}"
-        )
-    if activations.dim() != 4:
-        raise ValueError(
-            f"{name}: activations must be a 4-D tensor [B, K, h, w], got shape {list(activations.shape)}"
-        )
-    if grads.dim() != 5:
-        raise ValueError(f"{name}: grads must be a 5-D tensor [B, C, K, h, w], got shape {list(grads.shape)}")
-    b, k, h, w = activations.shape
-    if grads.shape[0] != b or tuple(grads.shape[2:]) != (k, h, w):
-        raise ValueError(
-            f"{name}: grads must have shape [B, C, K, h, w] = [{b}, C, {k}, {h}, {w}] to match "
-            f"activations {list(activations.shape)}, got {list(grads.shape)}"
-        )
-    if not activations.is_floating_point() or activations.dtype != grads.dtype:
-        raise TypeError(
-            f"{name}: activations and grads must share one floating dtype, got {activations.dtype} "
-            f"and {grads.dtype}"
-        )
-    if activations.device != grads.device:
-        raise RuntimeError(
-            f"{name}: activations and grads must be on the same device, got {activations.device} "
-            f"and {grads.device}"
-        )
-    if variant not in VARIANTS:
-        raise ValueError(f"{name}: variant must be one of {VARIANTS}, got {variant!r}")
+    _utils.check_maps_and("gradcampp_weights", activations, grads, "grads", "[B, C, K, h, w]")
+    _utils.check_choice("gradcampp_weights", "variant", variant, VARIANTS)
     if eps is not None and not (float(eps) >= 0.0):
-        raise ValueError(f"{name}: eps must be >= 0 or None, got {eps}")
+        raise ValueError(f"gradcampp_weights: eps must be >= 0 or None, got {eps}")
 
 
 def gradcampp_weights(
@@ -100,14 +74,21 @@ def gradcampp_weights(
         TypeError, ValueError, RuntimeError: on bad shapes, dtypes, devices or variant.
     """
     _check(activations, grads, variant, eps)
-    if _ext.has_op("gradcampp_weights"):
-        return torch.ops.wsss_fast.gradcampp_weights(activations, grads, variant, eps)
-    _ext.warn_fallback("gradcampp_weights")
-    return _ref.gradcampp_weights(activations, grads, variant=variant, eps=eps)
+    if not _utils.use_kernel("gradcampp_weights", _HAS_OP):
+        return _ref.gradcampp_weights(activations, grads, variant=variant, eps=eps)
+    return torch.ops.wsss_fast.gradcampp_weights(activations, grads, variant, eps)
 
 
-def _backward_formula(a: Tensor, g: Tensor, gw: Tensor, variant: str, eps: float) -> tuple[Tensor, Tensor]:
-    """Gradients of the weights w.r.t. (activations, grads), in closed form."""
+def _fake(activations, grads, variant="paper", eps=None):
+    return grads.new_empty((grads.shape[0], grads.shape[1], grads.shape[2]))
+
+
+def _backward_formula(
+    a: Tensor, g: Tensor, gw: Tensor, variant: str, eps: float | None
+) -> tuple[Tensor, Tensor]:
+    """Gradients ``([B, K, h, w], [B, C, K, h, w])`` of the weights w.r.t. (activations, grads),
+    in closed form, from the gradient ``gw [B, C, K]`` of the weights."""
+    eps = DEFAULT_EPS[variant] if eps is None else float(eps)
     acc = torch.promote_types(g.dtype, torch.float32)
     a, g, gw = a.to(acc), g.to(acc), gw.to(acc)[..., None, None]  # gw: [B, C, K, 1, 1]
     m = (g > 0).to(acc)
@@ -132,23 +113,6 @@ def _backward_formula(a: Tensor, g: Tensor, gw: Tensor, variant: str, eps: float
     return grad_a, grad_g
 
 
-if _ext.has_op("gradcampp_weights"):
-
-    @torch.library.register_fake("wsss_fast::gradcampp_weights")
-    def _fake(activations, grads, variant="paper", eps=None):
-        return grads.new_empty((grads.shape[0], grads.shape[1], grads.shape[2]))
-
-    def _setup_context(ctx, inputs, output):
-        activations, grads, variant, eps = (tuple(inputs) + ("paper", None))[:4]
-        ctx.save_for_backward(activations, grads)
-        ctx.variant = variant
-        ctx.eps = DEFAULT_EPS[variant] if eps is None else float(eps)
-
-    def _backward(ctx, grad_out):
-        activations, grads = ctx.saved_tensors
-        grad_a, grad_g = _backward_formula(activations, grads, grad_out, ctx.variant, ctx.eps)
-        return grad_a.to(activations.dtype), grad_g.to(grads.dtype), None, None
-
-    torch.library.register_autograd(
-        "wsss_fast::gradcampp_weights", _backward, setup_context=_setup_context
-    )
+if _HAS_OP:
+    torch.library.register_fake("wsss_fast::gradcampp_weights", _fake)
+    _utils.register_closed_form_autograd("wsss_fast::gradcampp_weights", _backward_formula, ("paper", None))

@@ -17,14 +17,39 @@ import torch
 
 from .. import _ext
 from ..reference import path_affinity as _ref
-from ..reference.path_affinity import irnet_affinity_layout, search_offsets
+from . import _utils
 
 __all__ = ["search_offsets", "path_affinity", "irnet_affinity_layout"]
 
+_HAS_OP = _ext.has_op("path_affinity")
 
-def _validate(edge: torch.Tensor, radius: int) -> None:
-    _ref._check_radius(radius)
-    _ref._as_bhw(edge)
+
+def _check_aff(aff: torch.Tensor, radius: int) -> None:
+    _utils.check_tensor("irnet_affinity_layout", "aff", aff, ndim=4, layout="[B, D, H, W]")
+    d = len(_ref.offsets(radius))
+    if aff.size(1) != d:
+        raise ValueError(
+            f"irnet_affinity_layout: aff must have D = {d} channels for radius {radius}, got {aff.size(1)}"
+        )
+
+
+def search_offsets(radius: int) -> torch.Tensor:
+    """Half-disk search offsets of IRNet, in the channel order of :func:`path_affinity`.
+
+    (0, x) for x = 1 .. r-1, then (y, x) for y = 1 .. r-1, x = -(r-1) .. r-1 with
+    x^2 + y^2 < r^2.
+
+    Args:
+        radius: search radius r >= 1.
+
+    Returns:
+        LongTensor ``[D, 2]`` of (dy, dx); D = 34 for r = 5 and 152 for r = 10.
+
+    Raises:
+        TypeError, ValueError: radius is not an int >= 1.
+    """
+    radius = _utils.check_int("search_offsets", "radius", radius, 1)
+    return _ref.search_offsets(radius)
 
 
 def path_affinity(edge: torch.Tensor, radius: int) -> torch.Tensor:
@@ -50,39 +75,62 @@ def path_affinity(edge: torch.Tensor, radius: int) -> torch.Tensor:
         TypeError: edge is not a floating-point tensor, or radius is not an int.
         ValueError: radius < 1 or edge has the wrong shape.
     """
-    _validate(edge, radius)
-    if _ext.has_op("path_affinity"):
-        return torch.ops.wsss_fast.path_affinity(edge, radius)
-    _ext.warn_fallback("path_affinity")
-    return _ref.path_affinity(edge, radius)
+    radius = _utils.check_int("path_affinity", "radius", radius, 1)
+    _utils.check_edge("path_affinity", edge)
+    if not _utils.use_kernel("path_affinity", _HAS_OP):
+        return _ref.path_affinity(edge, radius)
+    return torch.ops.wsss_fast.path_affinity(edge, radius)
 
 
-def _register() -> None:
-    @torch.library.register_fake("wsss_fast::path_affinity")
-    def _fake(edge, radius):
-        b, h, w = edge.shape[0], edge.shape[-2], edge.shape[-1]
-        d = len(_ref._offsets(radius)) if radius >= 1 else 0
-        return edge.new_empty(b, d, h, w)
+def irnet_affinity_layout(aff: torch.Tensor, radius: int) -> torch.Tensor:
+    """Crop and flatten an affinity map to IRNet's training layout.
 
-    @torch.library.register_fake("wsss_fast::path_affinity_backward")
-    def _fake_backward(grad, edge, radius):
-        return torch.empty_like(edge, memory_format=torch.contiguous_format)
+    Keeps the sources in rows 0 .. H-r'-1 and columns r' .. W-r'-1 (r' = r - 1), whose
+    neighbours all lie inside the image, and flattens them row-major.
 
-    def _setup_context(ctx, inputs, output):
-        edge, radius = inputs
-        ctx.save_for_backward(edge)
-        ctx.radius = radius
+    Args:
+        aff: ``[B, D, H, W]`` from :func:`path_affinity`.
+        radius: the radius that produced ``aff``.
 
-    def _backward(ctx, grad):
-        (edge,) = ctx.saved_tensors
-        if not ctx.needs_input_grad[0]:
-            return None, None
-        return torch.ops.wsss_fast.path_affinity_backward(grad, edge, ctx.radius), None
+    Returns:
+        Tensor ``[B, D, (H - r') * (W - 2 r')]`` (empty when the map is too small).
 
+    Raises:
+        TypeError, ValueError: radius is not an int >= 1, or ``aff`` is not a 4-D tensor
+            with ``len(search_offsets(radius))`` channels.
+    """
+    radius = _utils.check_int("irnet_affinity_layout", "radius", radius, 1)
+    _check_aff(aff, radius)
+    return _ref.irnet_affinity_layout(aff, radius)
+
+
+def _fake(edge, radius):
+    b, h, w = edge.shape[0], edge.shape[-2], edge.shape[-1]
+    d = len(_ref.offsets(radius)) if radius >= 1 else 0
+    return edge.new_empty(b, d, h, w)
+
+
+def _backward_fake(grad, edge, radius):
+    return torch.empty_like(edge, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output):
+    edge, radius = inputs
+    ctx.save_for_backward(edge)
+    ctx.radius = radius
+
+
+def _backward(ctx, grad):
+    (edge,) = ctx.saved_tensors
+    if not ctx.needs_input_grad[0]:
+        return None, None
+    return torch.ops.wsss_fast.path_affinity_backward(grad, edge, ctx.radius), None
+
+
+if _HAS_OP:
+    torch.library.register_fake("wsss_fast::path_affinity", _fake)
+    torch.library.register_fake("wsss_fast::path_affinity_backward", _backward_fake)
     torch.library.register_autograd("wsss_fast::path_affinity", _backward, setup_context=_setup_context)
-    _ext.register_not_differentiable(
-        "wsss_fast::path_affinity_backward", "path_affinity has a first derivative only (no double backward)")
-
-
-if _ext.has_op("path_affinity"):
-    _register()
+    _utils.register_not_differentiable(
+        "wsss_fast::path_affinity_backward", "path_affinity has a first derivative only (no double backward)"
+    )

@@ -18,8 +18,30 @@ import torch
 
 from .. import _ext
 from ..reference import random_walk as _ref
+from . import _utils
 
 __all__ = ["random_walk"]
+
+_HAS_OP = _ext.has_op("random_walk")
+
+
+def _check(x: torch.Tensor, edge: torch.Tensor, radius: int, beta: float, steps: int) -> int:
+    """Check the arguments of :func:`random_walk`; returns radius as an int."""
+    radius = _utils.check_int("random_walk", "radius", radius, 1)
+    _utils.check_tensor("random_walk", "x", x, ndim=4, layout="[B, C, H, W]", floating=True)
+    e = _utils.check_edge("random_walk", edge)
+    if e.shape != (x.size(0), x.size(2), x.size(3)):
+        raise ValueError(
+            f"random_walk: edge must have shape [B, H, W] = {[x.size(0), x.size(2), x.size(3)]} "
+            f"(or [B, 1, H, W]) to match x {list(x.shape)}, got {list(edge.shape)}"
+        )
+    if e.device != x.device:
+        raise ValueError(f"random_walk: x and edge must be on the same device, got {x.device} and {e.device}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"random_walk: steps must be an int >= 0, got {steps!r}")
+    if not float(beta) > 0:
+        raise ValueError(f"random_walk: beta must be > 0, got {beta!r}")
+    return radius
 
 
 def random_walk(
@@ -48,22 +70,19 @@ def random_walk(
         TypeError: x or edge is not a floating-point tensor.
         ValueError: bad radius, beta or steps, mismatched shapes or devices.
     """
-    _ref._check_walk_args(x, edge, radius, beta, steps)
-    if _ext.has_op("random_walk"):
-        return torch.ops.wsss_fast.random_walk(x, edge, radius, float(beta), steps)
-    _ext.warn_fallback("random_walk")
-    return _ref.random_walk_sparse(x, edge, radius=radius, beta=beta, steps=steps)
+    radius = _check(x, edge, radius, beta, steps)
+    if not _utils.use_kernel("random_walk", _HAS_OP):
+        return _ref.random_walk_sparse(x, edge, radius=radius, beta=beta, steps=steps)
+    return torch.ops.wsss_fast.random_walk(x, edge, radius, float(beta), steps)
 
 
-def _register() -> None:
-    @torch.library.register_fake("wsss_fast::random_walk")
-    def _fake(x, edge, radius, beta, steps):
-        return torch.empty_like(x, memory_format=torch.contiguous_format)
+def _fake(x, edge, radius, beta, steps):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
 
-    _ext.register_not_differentiable(
+
+if _HAS_OP:
+    torch.library.register_fake("wsss_fast::random_walk", _fake)
+    _utils.register_not_differentiable(
         "wsss_fast::random_walk", "detach x and edge (or run it under torch.no_grad()); the walk refines "
-        "fixed maps and has no backward")
-
-
-if _ext.has_op("random_walk"):
-    _register()
+        "fixed maps and has no backward"
+    )

@@ -25,49 +25,24 @@ from torch import Tensor
 
 from .. import _ext
 from ..reference import weighted_cam as _ref
-
-NORMALIZE_EPS = _ref.NORMALIZE_EPS
+from . import _utils
 
 __all__ = ["weighted_cam", "NORMALIZE_EPS"]
 
+_HAS_OP = _ext.has_op("weighted_cam")
+NORMALIZE_EPS = _ref.NORMALIZE_EPS
+
 
 def _check(activations: Tensor, weights: Tensor, out_size) -> list[int] | None:
-    name = "weighted_cam"
-    if not isinstance(activations, Tensor) or not isinstance(weights, Tensor):
-        raise TypeError(
-            f"{name}: activations and weights must be tensors, got {type(activations).__name__} "
-            f"and {type(weights).__name__}"
-        )
-    if activations.dim() != 4:
-        raise ValueError(
-            f"{name}: activations must be a 4-D tensor [B, K, h, w], got shape {list(activations.shape)}"
-        )
-    if weights.dim() != 3:
-        raise ValueError(f"{name}: weights must be a 3-D tensor [B, C, K], got shape {list(weights.shape)}")
-    b, k = activations.shape[:2]
-    if weights.shape[0] != b or weights.shape[2] != k:
-        raise ValueError(
-            f"{name}: weights must have shape [B, C, K] = [{b}, C, {k}] to match activations "
-            f"{list(activations.shape)}, got {list(weights.shape)}"
-        )
-    if not activations.is_floating_point() or activations.dtype != weights.dtype:
-        raise TypeError(
-            f"{name}: activations and weights must share one floating dtype, got {activations.dtype} "
-            f"and {weights.dtype}"
-        )
-    if activations.device != weights.device:
-        raise RuntimeError(
-            f"{name}: activations and weights must be on the same device, got {activations.device} "
-            f"and {weights.device}"
-        )
+    _utils.check_maps_and("weighted_cam", activations, weights, "weights", "[B, C, K]")
     if out_size is None:
         return None
     size = list(out_size) if isinstance(out_size, (list, tuple, torch.Size)) else None
     if size is None or len(size) != 2 or any(int(s) <= 0 for s in size):
-        raise ValueError(f"{name}: out_size must be None or two positive ints (H, W), got {out_size!r}")
+        raise ValueError(f"weighted_cam: out_size must be None or two positive ints (H, W), got {out_size!r}")
     if activations.shape[2] == 0 or activations.shape[3] == 0:
         raise ValueError(
-            f"{name}: cannot upsample empty maps of shape {list(activations.shape)} to {size}"
+            f"weighted_cam: cannot upsample empty maps of shape {list(activations.shape)} to {size}"
         )
     return [int(s) for s in size]
 
@@ -96,10 +71,17 @@ def weighted_cam(
         TypeError, ValueError, RuntimeError: on bad shapes, dtypes, devices or out_size.
     """
     size = _check(activations, weights, out_size)
-    if _ext.has_op("weighted_cam"):
-        return torch.ops.wsss_fast.weighted_cam(activations, weights, size, bool(normalize))
-    _ext.warn_fallback("weighted_cam")
-    return _ref.weighted_cam(activations, weights, out_size=size, normalize=normalize)
+    if not _utils.use_kernel("weighted_cam", _HAS_OP):
+        return _ref.weighted_cam(activations, weights, out_size=size, normalize=normalize)
+    return torch.ops.wsss_fast.weighted_cam(activations, weights, size, bool(normalize))
+
+
+def _fake(activations, weights, out_size=None, normalize=True):
+    if out_size is None:
+        h, w = activations.shape[2], activations.shape[3]
+    else:
+        h, w = out_size
+    return activations.new_empty((activations.shape[0], weights.shape[1], h, w))
 
 
 def _interp_matrix(n: int, size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -109,6 +91,8 @@ def _interp_matrix(n: int, size: int, dtype: torch.dtype, device: torch.device) 
 
 
 def _backward_formula(a: Tensor, w: Tensor, grad: Tensor, out_size, normalize: bool) -> tuple[Tensor, Tensor]:
+    """Gradients ``([B, K, h, w], [B, C, K])`` of the maps w.r.t. (activations, weights), in
+    closed form, from the gradient ``grad [B, C, H, W]`` of the maps."""
     acc = torch.promote_types(a.dtype, torch.float32)
     a32, w32, g = a.to(acc), w.to(acc), grad.to(acc)
     b, k, h, wd = a.shape
@@ -144,25 +128,6 @@ def _backward_formula(a: Tensor, w: Tensor, grad: Tensor, out_size, normalize: b
     return grad_a, grad_w
 
 
-if _ext.has_op("weighted_cam"):
-
-    @torch.library.register_fake("wsss_fast::weighted_cam")
-    def _fake(activations, weights, out_size=None, normalize=True):
-        if out_size is None:
-            h, w = activations.shape[2], activations.shape[3]
-        else:
-            h, w = out_size
-        return activations.new_empty((activations.shape[0], weights.shape[1], h, w))
-
-    def _setup_context(ctx, inputs, output):
-        activations, weights, out_size, normalize = (tuple(inputs) + (None, True))[:4]
-        ctx.save_for_backward(activations, weights)
-        ctx.out_size = out_size
-        ctx.normalize = normalize
-
-    def _backward(ctx, grad_out):
-        activations, weights = ctx.saved_tensors
-        grad_a, grad_w = _backward_formula(activations, weights, grad_out, ctx.out_size, ctx.normalize)
-        return grad_a.to(activations.dtype), grad_w.to(weights.dtype), None, None
-
-    torch.library.register_autograd("wsss_fast::weighted_cam", _backward, setup_context=_setup_context)
+if _HAS_OP:
+    torch.library.register_fake("wsss_fast::weighted_cam", _fake)
+    _utils.register_closed_form_autograd("wsss_fast::weighted_cam", _backward_formula, (None, True))

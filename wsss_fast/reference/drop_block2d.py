@@ -182,18 +182,6 @@ def _apply(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return (x.to(acc) * factor).to(x.dtype)
 
 
-def _check_from_seeds(x: torch.Tensor, seeds: torch.Tensor, block_size: int, gamma_mode: str) -> None:
-    if gamma_mode not in GAMMA_MODES:
-        raise ValueError(f"drop_block2d: gamma_mode must be one of {GAMMA_MODES}, got {gamma_mode!r}")
-    N, C, H, W = x.shape
-    Hs, Ws, _ = geometry(H, W, block_size, gamma_mode)
-    if seeds.dim() != 4 or seeds.shape[0] != N or seeds.shape[1] not in (1, C) or tuple(seeds.shape[2:]) != (Hs, Ws):
-        raise ValueError(
-            f"drop_block2d: seeds must have shape [{N}, 1 or {C}, {Hs}, {Ws}] for x of shape "
-            f"{list(x.shape)}, block_size={block_size}, gamma_mode={gamma_mode!r}; got {list(seeds.shape)}"
-        )
-
-
 def drop_block2d_from_seeds(
     x: torch.Tensor, seeds: torch.Tensor, block_size: int, gamma_mode: str = "paper"
 ) -> torch.Tensor:
@@ -209,7 +197,6 @@ def drop_block2d_from_seeds(
     Returns:
         ``[N, C, H, W]``: ``x * keep * numel(keep) / sum(keep)`` (zeros when all dropped).
     """
-    _check_from_seeds(x, seeds, block_size, gamma_mode)
     if x.numel() == 0:
         return x.clone()
     H, W = x.shape[-2:]

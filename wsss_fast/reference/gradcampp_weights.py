@@ -28,8 +28,6 @@ def gradcampp_weights(
     Returns:
         ``[B, C, K]`` weights, in the dtype of ``grads``.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"gradcampp_weights: variant must be one of {VARIANTS}, got {variant!r}")
     eps = DEFAULT_EPS[variant] if eps is None else float(eps)
     acc = torch.promote_types(grads.dtype, torch.float32)
     g = grads.to(acc)

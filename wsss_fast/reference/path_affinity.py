@@ -15,20 +15,12 @@ import functools
 
 import torch
 
-__all__ = ["search_offsets", "path_affinity", "irnet_affinity_layout"]
-
-
-def _check_radius(radius: int) -> int:
-    if isinstance(radius, bool) or not isinstance(radius, int):
-        raise TypeError(f"radius must be an int >= 1, got {type(radius).__name__} {radius!r}")
-    if radius < 1:
-        raise ValueError(f"radius must be an int >= 1, got {radius}")
-    return radius
+__all__ = ["offsets", "search_offsets", "path_affinity", "irnet_affinity_layout"]
 
 
 @functools.lru_cache(maxsize=64)
-def _offsets(radius: int) -> tuple[tuple[int, int], ...]:
-    """Half-disk search offsets (dy, dx) in IRNet's search order."""
+def offsets(radius: int) -> tuple[tuple[int, int], ...]:
+    """Half-disk search offsets (dy, dx) of radius ``radius`` in IRNet's search order."""
     dirs = [(0, x) for x in range(1, radius)]
     for y in range(1, radius):
         for x in range(-radius + 1, radius):
@@ -45,7 +37,7 @@ def _paths(radius: int) -> tuple[tuple[tuple[int, int], ...], ...]:
     ``(dy*x - dx*y)^2 / (dy^2 + dx^2) < 1``. The sort is stable, as Python's.
     """
     out = []
-    for dy, dx in _offsets(radius):
+    for dy, dx in offsets(radius):
         length_sq = dy * dy + dx * dx
         pts = []
         for y in range(min(0, dy), max(0, dy) + 1):
@@ -58,25 +50,14 @@ def _paths(radius: int) -> tuple[tuple[tuple[int, int], ...], ...]:
 
 
 def search_offsets(radius: int) -> torch.Tensor:
-    """Half-disk search offsets of IRNet, in the channel order of :func:`path_affinity`.
-
-    (0, x) for x = 1 .. r-1, then (y, x) for y = 1 .. r-1, x = -(r-1) .. r-1 with
-    x^2 + y^2 < r^2.
-
-    Args:
-        radius: search radius r >= 1.
-
-    Returns:
-        LongTensor ``[D, 2]`` of (dy, dx); D = 34 for r = 5 and 152 for r = 10.
-    """
-    _check_radius(radius)
-    offs = _offsets(radius)
+    """:func:`offsets` as a LongTensor ``[D, 2]`` (see :func:`wsss_fast.ops.search_offsets`)."""
+    offs = offsets(radius)
     if not offs:
         return torch.zeros(0, 2, dtype=torch.long)
     return torch.tensor(offs, dtype=torch.long)
 
 
-def _grouped_path_indices(radius: int, height: int, width: int):
+def grouped_path_indices(radius: int, height: int, width: int):
     """``PathIndex.get_path_indices`` for a map padded by r' = r - 1 (left, right, bottom).
 
     Returns:
@@ -105,16 +86,9 @@ def _grouped_path_indices(radius: int, height: int, width: int):
     return groups, channels
 
 
-def _as_bhw(edge: torch.Tensor, name: str = "edge") -> torch.Tensor:
-    if not isinstance(edge, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(edge).__name__}")
-    if not edge.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {edge.dtype}")
-    if edge.dim() == 4 and edge.size(1) == 1:
-        return edge[:, 0]
-    if edge.dim() != 3:
-        raise ValueError(f"{name} must have shape [B, H, W] or [B, 1, H, W], got {list(edge.shape)}")
-    return edge
+def as_bhw(edge: torch.Tensor) -> torch.Tensor:
+    """A ``[B, H, W]`` view of a boundary map given as ``[B, H, W]`` or ``[B, 1, H, W]``."""
+    return edge[:, 0] if edge.dim() == 4 else edge
 
 
 def path_affinity(edge: torch.Tensor, radius: int) -> torch.Tensor:
@@ -130,16 +104,15 @@ def path_affinity(edge: torch.Tensor, radius: int) -> torch.Tensor:
     Returns:
         Tensor ``[B, D, H, W]`` with D = ``len(search_offsets(radius))``, edge's dtype.
     """
-    _check_radius(radius)
-    e = _as_bhw(edge)
+    e = as_bhw(edge)
     b, h, w = e.shape
-    d = len(_offsets(radius))
+    d = len(offsets(radius))
     if d == 0 or b == 0 or h == 0 or w == 0:  # empty output, still part of the autograd graph
         return e[:, None].expand(b, d, h, w).clone()
     rf = radius - 1
     padded = torch.nn.functional.pad(e, (rf, rf, 0, rf), mode="constant", value=1.0)
     flat = padded.reshape(b, -1)
-    groups, channels = _grouped_path_indices(radius, h, w)
+    groups, channels = grouped_path_indices(radius, h, w)
     aff_list = []
     for ind in groups:
         ind = ind.to(flat.device)
@@ -153,25 +126,11 @@ def path_affinity(edge: torch.Tensor, radius: int) -> torch.Tensor:
 
 
 def irnet_affinity_layout(aff: torch.Tensor, radius: int) -> torch.Tensor:
-    """Crop and flatten an affinity map to IRNet's training layout.
+    """Crop ``aff [B, D, H, W]`` to IRNet's training layout ``[B, D, (H - r') * (W - 2 r')]``.
 
-    Keeps the sources in rows 0 .. H-r'-1 and columns r' .. W-r'-1 (r' = r - 1), whose
-    neighbours all lie inside the image, and flattens them row-major.
-
-    Args:
-        aff: ``[B, D, H, W]`` from :func:`path_affinity`.
-        radius: the radius that produced ``aff``.
-
-    Returns:
-        Tensor ``[B, D, (H - r') * (W - 2 r')]`` (empty when the map is too small).
+    See :func:`wsss_fast.ops.irnet_affinity_layout`; ``r' = radius - 1``.
     """
-    _check_radius(radius)
-    if not isinstance(aff, torch.Tensor) or aff.dim() != 4:
-        shape = list(aff.shape) if isinstance(aff, torch.Tensor) else type(aff).__name__
-        raise ValueError(f"aff must have shape [B, D, H, W], got {shape}")
-    d = len(_offsets(radius))
-    if aff.size(1) != d:
-        raise ValueError(f"aff must have D = {d} channels for radius {radius}, got {aff.size(1)}")
+    d = len(offsets(radius))
     rf = radius - 1
     b, _, h, w = aff.shape
     ch, cw = max(h - rf, 0), max(w - 2 * rf, 0)

@@ -18,32 +18,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .path_affinity import _as_bhw, _check_radius, _grouped_path_indices, _offsets, path_affinity
+from .path_affinity import as_bhw, grouped_path_indices, offsets, path_affinity
 
 __all__ = ["random_walk", "random_walk_sparse"]
-
-
-def _check_walk_args(x, edge, radius, beta, steps):
-    _check_radius(radius)
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"x must have shape [B, C, H, W], got {list(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
-    e = _as_bhw(edge)
-    if e.shape != (x.size(0), x.size(2), x.size(3)):
-        raise ValueError(
-            f"edge must have shape [B, H, W] = {[x.size(0), x.size(2), x.size(3)]} "
-            f"(or [B, 1, H, W]) to match x {list(x.shape)}, got {list(edge.shape)}"
-        )
-    if e.device != x.device:
-        raise ValueError(f"x and edge must be on the same device, got {x.device} and {e.device}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
-    if not float(beta) > 0:
-        raise ValueError(f"beta must be > 0, got {beta!r}")
-    return e
 
 
 def _dense_transition(edge_hw: torch.Tensor, radius: int, beta: float) -> torch.Tensor:
@@ -54,7 +31,7 @@ def _dense_transition(edge_hw: torch.Tensor, radius: int, beta: float) -> torch.
     rf = radius - 1
     ph, pw = h + rf, w + 2 * rf
     n = ph * pw
-    groups, channels = _grouped_path_indices(radius, h, w)
+    groups, channels = grouped_path_indices(radius, h, w)
     padded = F.pad(edge_hw[None], (rf, rf, 0, rf), mode="constant", value=1.0).reshape(1, -1)
     aff_list = []
     dst_list = []
@@ -103,7 +80,7 @@ def random_walk(
     Returns:
         Tensor with x's shape and dtype.
     """
-    e = _check_walk_args(x, edge, radius, beta, steps)
+    e = as_bhw(edge)
     b, c, h, w = x.shape
     x0 = x * (1 - e[:, None].to(x.dtype))
     if steps == 0 or x.numel() == 0:
@@ -131,7 +108,7 @@ def _stencil_weights(e: torch.Tensor, radius: int, beta: float) -> tuple[torch.T
     The weight of offset o at pixel j is ``A[j+o, j]^beta / sum_i A[i, j]^beta``.
     """
     b, h, w = e.shape
-    offs = list(_offsets(radius))
+    offs = list(offsets(radius))
     aff = path_affinity(e, radius).pow(beta)  # [B, D, H, W]: pair (p, p + d)
     rf = radius - 1
     # transposed pairs: the weight of (j - d -> j) is aff[d] at source j - d.
@@ -156,7 +133,7 @@ def random_walk_sparse(
 
     Args and returns as :func:`random_walk`.
     """
-    e = _check_walk_args(x, edge, radius, beta, steps)
+    e = as_bhw(edge)
     b, c, h, w = x.shape
     x0 = x * (1 - e[:, None].to(x.dtype))
     if steps == 0 or x.numel() == 0:
