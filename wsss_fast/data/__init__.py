@@ -2,7 +2,7 @@
 
 ``build_dataset(cfg, split, paths, train)`` returns the configured data set (SIIM-ACR,
 PASCAL VOC 2012, generic CSV, or the built-in synthetic radiographs written in the SIIM
-layout) with the train or eval transform. See ``PIPELINE_CONTRACT.md`` for the item format.
+layout) with the train or eval transform. See :mod:`wsss_fast.data.base` for the item format.
 """
 
 from __future__ import annotations

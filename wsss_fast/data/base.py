@@ -1,6 +1,6 @@
 """Shared base of every data set (SIIM-ACR, PASCAL VOC, generic CSV) and bad-file handling.
 
-The item contract is the pipeline's (see ``PIPELINE_CONTRACT.md``): ``image`` float32
+The item contract of the pipeline: ``image`` float32
 [3, H, W] normalized with ImageNet statistics after the transform, ``label`` float32 [N]
 multi-hot, ``image_id``, ``orig_size`` (H0, W0) and, when ground truth exists, ``mask``
 uint8 [H0, W0] (0 = background, c + 1 = class c, 255 = ignore) at the original resolution,

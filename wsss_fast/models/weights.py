@@ -1,6 +1,6 @@
 """Loading of pretrained backbone weights from a local torchvision state dict.
 
-Library code never downloads (see DEVELOPERS.md): the user saves, once, the state dict of
+Library code never downloads: the user saves, once, the state dict of
 a torchvision model (``torch.save(torchvision.models.resnet50(weights="DEFAULT").state_dict(),
 "resnet50.pth")``, or the ``.pth`` file torchvision caches) and points
 ``cls.pretrained_path`` (or ``irn.pretrained_path``) at it.
