@@ -4,9 +4,12 @@
 #   2. runs the CUDA tests (CUDA-parametrized cases of tests/ops, tests/nn, tests/cam: -m cuda),
 #      in 4 pytest-xdist workers when xdist is there,
 #   3. runs the CUDA benchmarks (random_walk separately) and prints the ratio table,
-#   4. if time is left, runs every kernel once under compute-sanitizer (memcheck).
+#   4. if time is left, runs every kernel once under compute-sanitizer (memcheck),
+#   5. runs the CUDA cases of the training tests: AMP of train-cls / train-seg (float16 +
+#      GradScaler, its state through a resume) and train-irn (bf16, resumed on the GPU), and
+#      train-seg under `torchrun --nproc_per_node 1`.
 # Under $OUT (default ./gpu_out): gpu_check.log, build.log, tests.log, bench.log,
-# bench.json, bench_rw.json, figures.json, sanitize.log.
+# bench.json, bench_rw.json, figures.json, sanitize.log, train_tests.log.
 # GPU_CHECK_K="drop_block2d" narrows the tests and benchmarks to a pytest -k expression
 # (a second run after a kernel change, within one session's device time).
 # Packages missing there (grad-cam, ttach, segmentation-models-pytorch, pydicom, expecttest)
@@ -82,9 +85,20 @@ if command -v compute-sanitizer >/dev/null && [ "$(elapsed)" -lt "${SANITIZE_BEF
   echo "sanitize rc=$?"; grep -E "ERROR SUMMARY|Invalid|sanitize:" "$OUT/sanitize.log" | head -12
 fi
 
+stamp "CUDA training tests (AMP, torchrun)"
+TRAIN_TESTS="tests/train/test_cls_amp.py tests/seg/test_resume_amp.py tests/seg/test_train_ddp.py
+             tests/irn/test_train_resume.py"
+# shellcheck disable=SC2086
+timeout "${TRAIN_TEST_TIMEOUT:-120}" "$PY" -m pytest $TRAIN_TESTS -m cuda "${KSEL[@]}" $XDIST -v --tb=short \
+  -p no:cacheprovider -o addopts="--import-mode=importlib" > "$OUT/train_tests.log" 2>&1
+train_rc=$?; [ "$train_rc" -eq 5 ] && train_rc=0  # 5: GPU_CHECK_K selected none of them
+echo "training tests rc=$train_rc: $(grep -c ' PASSED' "$OUT/train_tests.log") passed, $(grep -c ' FAILED' "$OUT/train_tests.log") failed, $(grep -c ' ERROR' "$OUT/train_tests.log") errors"
+grep -E "^(FAILED|ERROR) " "$OUT/train_tests.log" | cut -c1-300 | head -20
+[ "$train_rc" -ne 0 ] && { grep -E "^E  " "$OUT/train_tests.log" | cut -c1-200 | head -30; tail -3 "$OUT/train_tests.log"; }
+
 stamp "summary"
 # (a JSON is empty when GPU_CHECK_K selected none of its benchmarks)
 mapfile -t JSONS < <(find "$OUT" -maxdepth 1 -name 'bench*.json' -size +0 | sort)
 [ "${#JSONS[@]}" -gt 0 ] && "$PY" benchmarks/summarize.py "${JSONS[@]}" --out "$OUT/figures.json"
-echo "tests rc=$test_rc bench rc=$bench_rc rw rc=$rw_rc total $(elapsed)s"
-exit $(( test_rc != 0 || bench_rc != 0 || rw_rc != 0 ))
+echo "tests rc=$test_rc bench rc=$bench_rc rw rc=$rw_rc train rc=$train_rc total $(elapsed)s"
+exit $(( test_rc != 0 || bench_rc != 0 || rw_rc != 0 || train_rc != 0 ))

@@ -16,7 +16,9 @@ Every output of a run lives under one folder::
     OUT/report.json        the evaluation table
 
 A step marks itself finished by writing ``<step dir>/.done``; ``wsss-fast run`` skips
-finished steps.
+finished steps. Resumable steps skip every per-image output that exists, so each one is
+written by :func:`atomic_write_bytes` (through :func:`save_cam_file`, :func:`write_png`,
+:func:`write_npy`): a crash leaves either the whole file or none under its name.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,23 @@ def save_cam_file(path: str | Path, keys: np.ndarray, cam: np.ndarray, high_res:
         payload[k] = np.asarray(v, dtype=np.float16)
     buf = io.BytesIO()
     np.save(buf, payload, allow_pickle=True)
+    atomic_write_bytes(buf.getvalue(), path)
+
+
+def write_png(label: np.ndarray, path: str | Path) -> None:
+    """Write a uint8 ``[H, W]`` label map as a PNG, atomically."""
+    label = np.asarray(label)
+    if label.dtype != np.uint8 or label.ndim != 2:
+        raise ValueError(f"label PNG must be uint8 [H, W], got {label.dtype} {tuple(label.shape)}")
+    buf = io.BytesIO()
+    Image.fromarray(label).save(buf, format="PNG")
+    atomic_write_bytes(buf.getvalue(), path)
+
+
+def write_npy(arr: np.ndarray, path: str | Path) -> None:
+    """``np.save`` of one array (no pickle), atomically."""
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
     atomic_write_bytes(buf.getvalue(), path)
 
 

@@ -114,6 +114,34 @@ def test_multilabel_equals_one_class_at_a_time(resnet, images, method):
             i += 1
 
 
+@pytest.mark.parametrize("method", ["gradcam++", "cam"])
+def test_scale_and_flip_fusion_formula(resnet, images, method):
+    """``raw`` is the sum over scales of resize(maps(x_s) + maps(x_s.flip).flip), built here
+    from single-scale, un-flipped layer maps (not from the extractor's own fusion)."""
+    interp = torch.nn.functional.interpolate
+    ext = CAMExtractor(resnet, "layer4", method)
+    labels = torch.tensor([[1, 0, 1, 0, 0, 0], [0, 0, 0, 0, 1, 0], [0, 1, 0, 0, 0, 1]], dtype=torch.bool)
+    valid = labels.sum(1)[:, None] > torch.arange(2)[None]  # the [B, C] slots of the pairs
+    h, w = images.shape[-2:]
+    fused = {}
+    for s in (1.0, 0.5):
+        x = images if s == 1.0 else interp(images, size=(round(h * s), round(w * s)), mode="bicubic",
+                                           align_corners=False, antialias=True)
+        m = ext.layer_cams(x, labels).maps
+        mf = ext.layer_cams(x.flip(-1), labels).maps.flip(-1)  # the flipped image's maps, flipped back
+        assert (mf - mf.flip(-1)).abs().max() > 0.05 * mf.abs().max()  # asymmetric: not flipping back shows
+        fused[s] = m + mf
+    exp = sum(interp(f, size=((h + 3) // 4, (w + 3) // 4), mode="bilinear", align_corners=False)
+              for f in fused.values())
+    res = ext(images, labels, scales=(1.0, 0.5), flip=True)
+    torch.testing.assert_close(res.raw, exp[valid], rtol=1e-4, atol=1e-5 * float(exp.max()))
+    # high-res maps (one scale): upsampled to the input padded to the stride (32), then cropped
+    exp_h = interp(fused[1.0], size=(-(-h // 32) * 32, -(-w // 32) * 32), mode="bilinear",
+                   align_corners=False)[..., :h, :w]
+    res = ext(images, labels, flip=True)
+    torch.testing.assert_close(res.raw_high_res, exp_h[valid], rtol=1e-4, atol=1e-5 * float(exp_h.max()))
+
+
 def test_result_layout_and_normalization(resnet):
     x = torch.randn(2, 3, 70, 54, generator=torch.Generator().manual_seed(2))
     labels = torch.tensor([[0, 1, 0, 0, 1, 0], [0, 0, 0, 0, 0, 0]])

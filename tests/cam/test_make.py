@@ -74,10 +74,18 @@ def test_make_cam_files(tmp_path, data_root):
     ds = build_dataset(cfg, "train", paths, train=False)
     i = int(np.flatnonzero(ds.labels[:, 0])[0])
     item = ds[i]
-    ref = CAMExtractor(model, "head")(item["image"][None], item["label"][None], scales=[1.0, 0.5], flip=True)
+    x, label = item["image"][None], item["label"][None]
+    ref = CAMExtractor(model, "head")(x, label, scales=[1.0, 0.5], flip=True)
     d = load_cam_file(paths.cam / f"{item['image_id']}.npy")
     torch.testing.assert_close(torch.from_numpy(d["high_res"]).float(), ref.high_res.float(), atol=2e-3, rtol=1e-2)
-    torch.testing.assert_close(torch.from_numpy(d["raw"]).float(), ref.raw.float(), atol=1e-3, rtol=1e-2)
+    # raw: the sum over the scales of resize(maps(x_s) + maps(flip(x_s)).flip), from one-scale layer maps
+    layer = CAMExtractor(model, "head").layer_cams
+    raw = 0
+    for s in (1.0, 0.5):
+        xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bicubic", antialias=True)
+        maps = layer(xs, label).maps + layer(xs.flip(-1), label).maps.flip(-1)
+        raw = raw + F.interpolate(maps, size=(h4, h4), mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(torch.from_numpy(d["raw"]).float(), raw, atol=1e-3, rtol=1e-2)
 
 
 def test_make_cam_resumes_and_shards(tmp_path, data_root):

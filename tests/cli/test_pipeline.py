@@ -16,15 +16,18 @@ class Interrupted(Exception):
     pass
 
 
-def _stub_steps(calls: list, fail_once: set | None = None):
+def _stub_steps(calls: list, fail_once: set | None = None, found_partial: dict | None = None):
     """Cheap stand-ins: each writes a file in its folder; a step in ``fail_once`` dies mid-way
-    the first time (after writing a partial file), like a killed process."""
+    the first time (after writing a partial file), like a killed process. ``found_partial``
+    records, per step, whether its folder held a partial file when the step started."""
     fail_once = set(fail_once or ())
 
     def make(name):
         def step(cfg, paths):
             calls.append(name)
             d = step_dir(paths, name)
+            if found_partial is not None:
+                found_partial.setdefault(name, []).append((d / "partial").exists())
             d.mkdir(parents=True, exist_ok=True)
             (d / "partial").write_text("x")
             if name in fail_once:
@@ -49,7 +52,8 @@ def test_run_resumes_after_interruption(tmp_path):
     cfg = load_config(None)
     paths = RunPaths(tmp_path / "run")
     calls: list = []
-    steps = _stub_steps(calls, fail_once={"train-irn"})
+    found_partial: dict = {}
+    steps = _stub_steps(calls, fail_once={"train-irn"}, found_partial=found_partial)
     with pytest.raises(Interrupted):
         run_pipeline(cfg, paths, steps=steps, log=lambda s: None)
     done_before = cli.PIPELINE[:cli.PIPELINE.index("train-irn")]
@@ -63,6 +67,7 @@ def test_run_resumes_after_interruption(tmp_path):
     run_pipeline(cfg, paths, steps=steps, log=lambda s: None)
     # finished steps are skipped; the interrupted one reruns (its partial outputs kept for resume)
     assert calls == cli.PIPELINE[cli.PIPELINE.index("train-irn"):]
+    assert found_partial["train-irn"] == [False, True]  # the rerun found what the killed run wrote
     assert all(paths.is_done(step_dir(paths, s)) for s in cli.PIPELINE)
     timings = json.loads((paths.root / "timings.json").read_text())
     assert set(timings) == set(cli.PIPELINE) | {"total"}

@@ -149,3 +149,100 @@ def test_build_dataset_synthetic(tmp_path):
     assert tr[0]["image"].shape == (3, 48, 48) and va[0]["image"].shape == (3, 48, 48)
     assert va[0]["mask"].shape == (64, 64) and va[0]["orig_size"] == (64, 64)
     assert len(tr) + len(va) + len(build_dataset(cfg, "test", paths, train=False)) == 12
+
+
+# ----------------------------------------------------------------- malformed CSV rows
+
+
+@pytest.fixture
+def csv_root(synth_root, tmp_path):
+    """A copy of the synthetic set's CSV next to links to its images: (root, CSV lines)."""
+    root = tmp_path / "siim"
+    root.mkdir()
+    (root / "dicom-images-train").symlink_to(synth_root / "dicom-images-train")
+    lines = (synth_root / "train-rle.csv").read_text().splitlines()
+    return root, lines
+
+
+def _write(root, lines):
+    (root / "train-rle.csv").write_text("\n".join(lines) + "\n")
+
+
+def _ids_rows(lines):
+    """image id -> its 1-based CSV row numbers (the header is row 1)."""
+    out: dict[str, list[int]] = {}
+    for n, line in enumerate(lines[1:], start=2):
+        out.setdefault(line.split(",")[0], []).append(n)
+    return out
+
+
+def _skip(root):
+    with pytest.warns(RuntimeWarning, match="skipped 1 bad file") as rec:
+        ds = SIIMPneumothorax(root, on_bad_file="skip", progress=False)
+    assert len([w for w in rec if "skipped" in str(w.message)]) == 1
+    assert not any("no row in" in str(w.message) for w in rec)  # reported once, as bad, not as unlabelled
+    return ds
+
+
+def test_csv_image_with_both_empty_and_region_rows(csv_root):
+    root, lines = csv_root
+    rows = _ids_rows(lines)
+    image_id = next(k for k, v in rows.items() if len(v) > 1)  # a positive with several regions
+    first = rows[image_id][0]
+    _write(root, lines + [f"{image_id}, -1"])
+    with pytest.raises(BadFileError, match=rf"both a '-1' row and region rows.*train-rle.csv, CSV row {first}, "
+                                           rf"image {image_id}"):
+        SIIMPneumothorax(root)
+    ds = _skip(root)
+    assert image_id not in ds.image_ids and len(ds) == N_IMAGES - 1
+    assert ds.skipped[0]["image_id"] == image_id and ds.skipped[0]["row"] == first
+    # a negative image that also has a region row is as contradictory
+    neg = next(k for k, v in rows.items() if lines[v[0] - 1].endswith("-1"))
+    _write(root, lines + [f"{neg}, 1 5"])
+    with pytest.raises(BadFileError, match=rf"both a '-1' row.*image {neg}"):
+        SIIMPneumothorax(root)
+    # a repeated '-1' row is not a contradiction
+    _write(root, lines + [f"{neg}, -1"])
+    ds = SIIMPneumothorax(root)
+    assert len(ds) == N_IMAGES and ds.labels[ds.index_of(neg), 0] == 0
+
+
+@pytest.mark.parametrize("bad", ["{id}, 1 5, 7", "{id}"])
+def test_csv_row_with_wrong_number_of_columns(csv_root, bad):
+    root, lines = csv_root
+    rows = _ids_rows(lines)
+    image_id = next(k for k, v in rows.items() if len(v) > 1)
+    n = rows[image_id][1]  # one of its region rows
+    lines[n - 1] = bad.format(id=image_id)
+    _write(root, lines)
+    with pytest.raises(BadFileError, match=rf"malformed CSV row.*train-rle.csv, CSV row {n}, image {image_id}"):
+        SIIMPneumothorax(root)
+    ds = _skip(root)
+    # the image is left out as a whole: its mask would lack a region, its label could flip
+    assert image_id not in ds.image_ids and len(ds) == N_IMAGES - 1
+    assert ds.skipped[0]["image_id"] == image_id and ds.skipped[0]["row"] == n
+
+
+def test_csv_row_with_empty_id(csv_root):
+    root, lines = csv_root
+    _write(root, lines[:3] + [" , 1 5"] + lines[3:])
+    with pytest.raises(BadFileError, match=r"malformed CSV row.*train-rle.csv, CSV row 4\b"):
+        SIIMPneumothorax(root)
+    ds = _skip(root)
+    assert len(ds) == N_IMAGES and ds.skipped[0]["row"] == 4 and ds.skipped[0]["image_id"] is None
+
+
+@pytest.mark.parametrize("header", ["ImageId, Pixels", "Id, EncodedPixels", "", "1.2.3, -1"])
+def test_csv_bad_header(csv_root, header):
+    root, lines = csv_root
+    _write(root, [header] + lines[1:] if header else [])
+    for mode in ("raise", "skip"):  # no row of the file can be trusted: raised even in skip mode
+        with pytest.raises(BadFileError, match=r"train-rle.csv row 1: header must name 'ImageId' and "
+                                               r"'EncodedPixels'"):
+            SIIMPneumothorax(root, on_bad_file=mode, progress=False)
+
+
+def test_csv_header_with_byte_order_mark(csv_root):
+    root, lines = csv_root
+    (root / "train-rle.csv").write_text("\ufeff" + "\n".join(lines) + "\n", encoding="utf-8")
+    assert len(SIIMPneumothorax(root)) == N_IMAGES

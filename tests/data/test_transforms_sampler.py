@@ -74,6 +74,13 @@ def test_sampler_fallbacks_and_ranks():
     none = BalancedBatchSampler(np.zeros(10), 4, None)
     assert not none.balanced and len(list(none)) == 2
     lab = np.arange(40) % 2
-    r0 = list(BalancedBatchSampler(lab, 4, 1.0, seed=1, rank=0, world_size=2))
-    r1 = list(BalancedBatchSampler(lab, 4, 1.0, seed=1, rank=1, world_size=2))
-    assert len(r0) == len(r1) == 5 and r0 != r1
+    full = BalancedBatchSampler(lab, 4, 1.0, seed=1)
+    ranks = [BalancedBatchSampler(lab, 4, 1.0, seed=1, rank=r, world_size=2) for r in range(2)]
+    for epoch in (0, 3):
+        for s in (full, *ranks):
+            s.set_epoch(epoch)
+        g = list(full)
+        r0, r1 = (list(s) for s in ranks)
+        assert len(r0) == len(r1) == 5 and len(g) == 10
+        # step t of rank r is global batch 2 t + r: together the ranks run the single-process sequence
+        assert [b for pair in zip(r0, r1) for b in pair] == g

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torchvision
 
-from wsss_fast.irn.loss import irn_loss
+from wsss_fast.irn.loss import edge_to_affinity, irn_loss
 from wsss_fast.irn.net import EdgeDisplacement, IRNet
 from wsss_fast.irn.pair_labels import pair_labels
 
@@ -80,5 +80,43 @@ def test_loss_values_at_extremes():
     assert float(no_edge["neg"]) > 5  # ... negatives are maximally wrong
     assert float(no_edge["dp_bg"]) == 0.0  # constant displacement: bg pairs agree
     assert float(no_edge["dp_fg"]) > 0  # ... fg pairs should point to a common centre
+    # a constant boundary b: every affinity is 1 - b, whatever the pair counts
+    b = torch.sigmoid(torch.tensor(0.7)).item()
+    flat = irn_loss(torch.full((1, 1, h, w), 0.7), torch.zeros(1, 2, h, w), *labels, radius=radius)
+    assert float(flat["pos"]) == pytest.approx(-np.log(1 - b + 1e-5), rel=1e-5)
+    assert float(flat["neg"]) == pytest.approx(-np.log(b + 1e-5), rel=1e-5)
+    # dp(p) = -p: dp(src) - dp(dst) is the offset, the fg target, on every pair
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                            indexing="ij")
+    centre = irn_loss(torch.zeros(1, 1, h, w), -torch.stack([yy, xx])[None], *labels, radius=radius)
+    assert float(centre["dp_fg"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(centre["dp_bg"]) > 1  # bg pairs should agree instead
     with pytest.raises(ValueError, match="stride 4"):
         irn_loss(torch.zeros(1, 1, h + 4, w), torch.zeros(1, 2, h + 4, w), *labels, radius=radius)
+
+
+def test_loss_hand_computed_on_eight_pairs():
+    """radius 2 on a 2 x 4 map: sources (0, 1) and (0, 2), offsets (0, 1), (1, -1), (1, 0), (1, 1).
+
+    label  0 0 1 1      from (0, 1) [bg]: (0, 2) neg, (1, 0) bg, (1, 1) neg, (1, 2) neg
+           0 1 1 X      from (0, 2) [fg]: (0, 3) fg,  (1, 1) fg, (1, 2) fg,  (1, 3) ignored
+    """
+    label = np.array([[0, 0, 1, 1], [0, 1, 1, 255]], np.uint8)
+    labels = [t[None] for t in pair_labels(label, 2)]
+    assert [int(t.sum()) for t in labels] == [1, 3, 3]
+    edge = torch.tensor([[[[-2.0, 1.0, -1.0, 0.5], [0.0, -3.0, 2.0, -0.5]]]])
+    a = edge_to_affinity(edge, 2)[0].double().numpy()  # [4 offsets, 2 sources]
+    assert len(set(a.ravel().tolist())) >= 3  # pairs differ: the averages below are tested
+    eps = 1e-5
+    bg = -np.log(a[1, 0] + eps) / (1 + eps)
+    fg = -(np.log(a[0, 1] + eps) + np.log(a[1, 1] + eps) + np.log(a[2, 1] + eps)) / (3 + eps)
+    neg = -(np.log(1 + eps - a[0, 0]) + np.log(1 + eps - a[2, 0]) + np.log(1 + eps - a[3, 0])) / (3 + eps)
+    # dp(p) = -p on the fg pairs' side: dp(src) - dp(dst) = offset -> dp_fg 0; bg pair (1, -1): |1| + |-1|
+    yy, xx = torch.meshgrid(torch.arange(2.0), torch.arange(4.0), indexing="ij")
+    for dp, dp_fg, dp_bg in [(-torch.stack([yy, xx])[None], 0.0, 2 / (2 + eps)),
+                             (torch.zeros(1, 2, 2, 4), (1 + 2 + 1) / (6 + eps), 0.0)]:
+        got = irn_loss(edge, dp, *labels, radius=2)
+        want = {"pos": bg / 2 + fg / 2, "neg": neg, "dp_fg": dp_fg, "dp_bg": dp_bg}
+        want["total"] = (want["pos"] + neg) / 2 + (dp_fg + dp_bg) / 2
+        for k, v in want.items():
+            assert float(got[k]) == pytest.approx(float(v), rel=1e-5, abs=1e-6), k

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from wsss_fast.irn.common import read_png
 from wsss_fast.irn.ir_label import make_ir_label
@@ -15,9 +16,9 @@ from wsss_fast.irn.net import load_irnet
 from wsss_fast.irn.sem_seg import eval_sem_seg, labels_from_soft, make_sem_seg, run_shard
 from wsss_fast.irn.show import show
 from wsss_fast.irn.train import train_irn
-from wsss_fast.runs import RunPaths, load_cam_file
+from wsss_fast.runs import RunPaths, load_cam_file, save_cam_file
 
-from .conftest import tiny_cfg
+from .conftest import FakeDataset, tiny_cfg
 
 
 def _log(paths):
@@ -87,6 +88,65 @@ def test_sem_seg_outputs_eval_and_show(trained):
     from PIL import Image
 
     assert Image.open(panels[0]).size[0] > 6 * 64
+
+
+class TwoClassFake(FakeDataset):
+    """The disks of :class:`FakeDataset` split in two classes: 3 left of the centre, 7 right."""
+
+    num_classes = 8
+    class_names = [f"c{c}" for c in range(8)]
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        single = self.labels[:, 0].copy()
+        self.labels = np.zeros((len(single), 8), np.float32)
+        self.labels[:, 3] = self.labels[:, 7] = single
+
+    def _disk(self, i: int) -> np.ndarray:
+        yy, xx = np.mgrid[: self.orig[0], : self.orig[1]]
+        cy, cx = self._centers[i]
+        return ((yy - cy) ** 2 + (xx - cx) ** 2 < (0.22 * self.orig[0]) ** 2) & bool(self.labels[i, 3])
+
+    def load_mask(self, i: int) -> np.ndarray:
+        right = np.arange(self.orig[1])[None, :] >= self._centers[i][1]
+        return np.where(self._disk(i), np.where(right, 8, 4), 0).astype(np.uint8)
+
+    def load_image(self, i: int) -> np.ndarray:
+        return np.stack([(40 + self._noise[i] + 150 * self._disk(i)).astype(np.uint8)] * 3, -1)
+
+
+def test_sem_seg_two_classes(trained, monkeypatch):
+    """Two classes per positive image, keys [3, 7], CAMs made from each class's ground truth:
+    the labels are class + 1 (never the channel index + 1) and match the ground truth."""
+    import wsss_fast.irn.common as common
+
+    paths, _ = trained
+    ds = TwoClassFake(n=6, seed=5, prefix="two")
+    monkeypatch.setattr(common, "build_split", lambda cfg, split, paths, train=False: ds)
+    w = ds.work
+    for i, image_id in enumerate(ds.image_ids):
+        keys = np.flatnonzero(ds.labels[i])
+        hr, cam = np.zeros((0, w, w)), np.zeros((0, (w + 3) // 4, (w + 3) // 4))
+        if len(keys):
+            gt = torch.from_numpy(ds.load_mask(i))[None, None]
+            hr = torch.nn.functional.interpolate(torch.cat([(gt == k + 1).float() for k in keys], 1),
+                                                 size=(w, w), mode="bilinear", align_corners=False)[0]
+            hr = ndimage.gaussian_filter(hr.numpy(), (0, 2, 2))
+            hr = hr / hr.max()
+            cam = torch.nn.functional.interpolate(torch.from_numpy(hr)[None], size=cam.shape[-2:],
+                                                  mode="bilinear", align_corners=False)[0].numpy()
+        save_cam_file(paths.cam / f"{image_id}.npy", keys, cam, hr)
+    cfg = tiny_cfg(sem_seg={"splits": ["train"]})
+    make_sem_seg(cfg, paths)
+    seen = set()
+    for i, image_id in enumerate(ds.image_ids):
+        png = read_png(paths.sem_seg / f"{image_id}.png")
+        assert set(np.unique(png)) <= {0, 4, 8}
+        seen |= set(np.unique(png).tolist())
+    assert seen == {0, 4, 8}
+    report = eval_sem_seg(cfg, paths)["train"]
+    assert report["labels"]["miou_pos"] > 0.5, report["labels"]
+    assert report["sweep"]["0.25"]["miou_pos"] == pytest.approx(report["labels"]["miou_pos"])
 
 
 def test_sharded_equals_single(trained, tmp_path):

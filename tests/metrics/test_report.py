@@ -15,7 +15,7 @@ from fakes import FakeDataset, fake_builder  # noqa: E402
 
 from wsss_fast.config import load_config  # noqa: E402
 from wsss_fast.metrics.report import cam_threshold, cam_to_label, evaluate, format_table  # noqa: E402
-from wsss_fast.runs import RunPaths, save_cam_file  # noqa: E402
+from wsss_fast.runs import RunPaths, load_cam_file, save_cam_file  # noqa: E402
 
 
 def test_cam_to_label():
@@ -112,11 +112,20 @@ def test_cam_threshold_sources(tmp_path):
 
 def test_report_uses_threshold_swept_on_val(tmp_path, monkeypatch):
     cfg, paths, sets = _outputs(tmp_path, monkeypatch)
+    for ds in sets.values():  # CAMs of 0.5 on the lesion: 0.3 finds it, 0.95 finds nothing
+        for name in ds.image_ids:
+            cam = load_cam_file(paths.cam / f"{name}.npy")
+            save_cam_file(paths.cam / f"{name}.npy", cam["keys"], cam["cam"] * 0.5, cam["high_res"] * 0.5)
     cfg["evaluate"]["cam_bg_thres"] = None
-    cfg["cam"]["eval_thresholds"] = [0.3, 0.95]
+    cfg["cam"]["eval_thresholds"] = [0.95, 0.3]  # the best one last: "take the first" fails
+    cfg["cam"]["eval_splits"] = ["val", "test"]  # the report sweeps val only, whatever this says
     report = evaluate(cfg, paths)
-    assert (paths.cam / "eval.json").exists()
+    swept = json.loads((paths.cam / "eval.json").read_text())
+    assert set(swept["splits"]) == {"val"}
+    assert [r["threshold"] for r in swept["splits"]["val"]["thresholds"]] == [0.95, 0.3]
+    assert swept["splits"]["val"]["best"]["threshold"] == 0.3
     assert report["cam_bg_thres"] == 0.3 and report["cam_bg_thres_source"].startswith("eval-cam")
+    assert report["splits"]["test"]["cam"]["miou_all"] > 0.9  # at 0.3 (0.95 would find no lesion)
 
 
 def test_cam_classes_names_the_protocol():

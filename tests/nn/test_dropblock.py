@@ -39,12 +39,27 @@ def test_no_warmup_drops_and_rescales(device):
     assert int(m.step) == 0
 
 
+def _check_grad(x, y, g):
+    """Something was dropped and something kept; ``x.grad == g * y / x``: the upstream
+    gradient times the forward's scale where kept, 0 where dropped."""
+    dropped = y == 0
+    assert dropped.any() and not dropped.all()
+    scale = (y / x)[~dropped]
+    torch.testing.assert_close(scale, torch.full_like(scale, float(scale[0])))  # one scale per batch
+    assert float(scale[0]) > 1
+    torch.testing.assert_close(x.grad, (g * y / x).detach())
+    assert (x.grad[dropped] == 0).all()
+
+
 def test_gradient_flows(device):
+    torch.manual_seed(0)
     m = DropBlock2d(0.3, 3).to(device)
-    x = torch.randn(2, 3, 10, 10, device=device, requires_grad=True)
+    sign = torch.randint(0, 2, (2, 3, 10, 10), device=device) * 2 - 1
+    x = ((torch.rand(2, 3, 10, 10, device=device) + 0.5) * sign).requires_grad_(True)  # |x| >= 0.5
     y = m(x)
-    y.sum().backward()
-    torch.testing.assert_close(x.grad, (y / x).detach())
+    g = torch.randn_like(y)  # a non-uniform upstream gradient
+    y.backward(g)
+    _check_grad(x, y, g)
 
 
 def test_extra_repr_and_errors():
@@ -72,5 +87,6 @@ def test_torch_compile_fullgraph(compiled_ops, device, warmup):
     assert (outs[-1] == 0).any()
     if warmup:
         assert torch.equal(outs[0], x)  # p ramps from 0
-    outs[-1].sum().backward()
-    assert x.grad is not None
+    g = torch.randn_like(x)
+    outs[-1].backward(g)
+    _check_grad(x, outs[-1], g)

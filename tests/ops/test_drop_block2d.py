@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 
 from wsss_fast.ops.drop_block2d import drop_block2d, drop_block2d_from_seeds
 from wsss_fast.reference import drop_block2d as ref
-
-torchvision = pytest.importorskip("torchvision")
 
 MODES = ["paper", "simple"]
 

@@ -136,12 +136,17 @@ def test_balanced_sampler_batches(tmp_path, monkeypatch):
     b = _Batches(labels, 4, 1.0, 0, rank=0, world=1)
     batches = list(b)
     assert batches and all(any(labels[i, 0] > 0 for i in batch) for batch in batches)
-    # two ranks see disjoint halves of the same global batches
-    r0 = list(_Batches(labels, 4, 1.0, 0, rank=0, world=2))
-    r1 = list(_Batches(labels, 4, 1.0, 0, rank=1, world=2))
-    assert len(r0) == len(r1)
-    for a, c in zip(r0, r1):
-        assert not set(a) & set(c)
+    # two ranks see disjoint halves of the same global batches: per step, together the global batch
+    for epoch in (0, 2):
+        full = _Batches(labels, 4, 1.0, 0, rank=0, world=1)
+        ranks = [_Batches(labels, 4, 1.0, 0, rank=r, world=2) for r in range(2)]
+        for s in (full, *ranks):
+            s.set_epoch(epoch)
+        r0, r1 = (list(s) for s in ranks)
+        g = list(full)
+        assert len(r0) == len(r1) == len(g) == 2
+        for a, c, batch in zip(r0, r1, g):
+            assert len(a) == len(c) == 2 and sorted(a + c) == sorted(batch)
 
 
 @pytest.mark.parametrize("world", [1, 2])

@@ -195,7 +195,7 @@ class SIIMPneumothorax(WSSSDataset):
     def _read_csv(self) -> dict[str, list[tuple[int, str]]]:
         rows: dict[str, list[tuple[int, str]]] = {}
         bad_ids: set[str] = set()
-        with open(self.csv_file, newline="") as f:
+        with open(self.csv_file, newline="", encoding="utf-8-sig") as f:  # a byte-order mark is no header
             reader = csv.reader(f, skipinitialspace=True)
             header = [h.strip() for h in next(reader, [])]
             if "ImageId" not in header or "EncodedPixels" not in header:
@@ -205,10 +205,14 @@ class SIIMPneumothorax(WSSSDataset):
             for n, rec in enumerate(reader, start=2):
                 if not rec or all(not c.strip() for c in rec):
                     continue
-                if len(rec) != len(header) or not rec[ci].strip():
-                    self._policy.bad(f"malformed CSV row {rec!r}", self.csv_file, n)
+                image_id = rec[ci].strip() if len(rec) > ci else ""
+                if len(rec) != len(header) or not image_id:
+                    why = f"{len(rec)} columns, the header has {len(header)}" if image_id else "no ImageId"
+                    self._policy.bad(f"malformed CSV row {rec!r} ({why})", self.csv_file, n, image_id or None)
+                    if image_id:  # the image may have lost a region row: it is skipped as a whole
+                        bad_ids.add(image_id)
                     continue
-                image_id, code = rec[ci].strip(), rec[cr].strip()
+                code = rec[cr].strip()
                 try:
                     parse_rle(code)
                 except RLEError as exc:
@@ -219,9 +223,10 @@ class SIIMPneumothorax(WSSSDataset):
         self._bad_csv_ids = set(bad_ids)
         for image_id in list(rows):
             entries = rows[image_id]
-            if image_id in bad_ids:  # an image with a bad region row is skipped as a whole
+            empty = [is_empty_rle(c) for _, c in entries]
+            if image_id in bad_ids:  # an image with a bad row is skipped as a whole
                 del rows[image_id]
-            elif len(entries) > 1 and any(is_empty_rle(c) for _, c in entries):
+            elif any(empty) and not all(empty):
                 self._policy.bad("image has both a '-1' row and region rows", self.csv_file,
                                  entries[0][0], image_id)
                 del rows[image_id]

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
-from ..runs import RunPaths, atomic_write_bytes
-
-
-def write_png(label: np.ndarray, path: str | Path) -> None:
-    """Write a uint8 ``[H, W]`` label map as a PNG, atomically."""
-    label = np.asarray(label)
-    if label.dtype != np.uint8 or label.ndim != 2:
-        raise ValueError(f"label PNG must be uint8 [H, W], got {label.dtype} {tuple(label.shape)}")
-    buf = io.BytesIO()
-    Image.fromarray(label).save(buf, format="PNG")
-    atomic_write_bytes(buf.getvalue(), path)
+from ..runs import RunPaths, write_npy, write_png  # noqa: F401  (the step's writers)
 
 
 def read_png(path: str | Path) -> np.ndarray:
@@ -28,13 +17,6 @@ def read_png(path: str | Path) -> np.ndarray:
     if not path.exists():
         raise FileNotFoundError(f"label file not found: {path}")
     return np.asarray(Image.open(path), dtype=np.uint8)
-
-
-def write_npy(arr: np.ndarray, path: str | Path) -> None:
-    """``np.save`` through a temporary file."""
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    atomic_write_bytes(buf.getvalue(), path)
 
 
 def resize_image_uint8(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:

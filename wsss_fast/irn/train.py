@@ -6,8 +6,9 @@ offsets (computed in the data loader); SGD with a poly schedule, the displacemen
 10x the boundary branch's learning rate. After training, the mean displacement over the
 training images is estimated and stored in the MeanShift layer (``final.pt``).
 
-Outputs in ``paths.irn``: ``last.pt`` (resumable, written atomically every epoch),
-``final.pt`` (model with the displacement mean), ``train.log`` (JSON lines).
+Outputs in ``paths.irn``: ``last.pt`` (written atomically every epoch with the RNG states; an
+interrupted run resumes from it and repeats the interrupted epoch as an uninterrupted run
+would), ``final.pt`` (model with the displacement mean), ``train.log`` (JSON lines).
 """
 
 from __future__ import annotations
@@ -172,10 +173,12 @@ def train_irn(cfg: dict, paths: RunPaths) -> None:
     epochs = int(get(cfg, "irn.epochs", 3))
     max_step = steps_per_epoch * epochs
     workers = int(cfg.get("num_workers", 0) or 0)
+    # Shuffling and the workers' seeds come from ``gen`` at the start of every epoch (workers are
+    # not persistent); with the global RNG it is saved in last.pt, so a resumed epoch repeats.
     gen = torch.Generator().manual_seed(int(cfg.get("seed", 0)))
     loader = DataLoader(ds, batch_size=bs, shuffle=True, num_workers=workers, drop_last=drop_last,
                         collate_fn=_collate, pin_memory=device.type == "cuda", generator=gen,
-                        worker_init_fn=_worker_init, persistent_workers=workers > 0)
+                        worker_init_fn=_worker_init, persistent_workers=False)
 
     model = IRNet(get(cfg, "irn.backbone", "resnet50"), get(cfg, "irn.pretrained_path")).to(device)
     lr, wd = float(get(cfg, "irn.lr", 0.1)), float(get(cfg, "irn.weight_decay", 1e-4))
@@ -188,7 +191,7 @@ def train_irn(cfg: dict, paths: RunPaths) -> None:
     start_epoch, step = 0, 0
     last = out / "last.pt"
     if last.exists():
-        ckpt = torch.load(last, map_location=device, weights_only=False)
+        ckpt = torch.load(last, map_location="cpu", weights_only=False)  # RNG states must stay on the CPU
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         start_epoch, step = int(ckpt["epoch"]), int(ckpt["step"])

@@ -9,27 +9,15 @@ original image size and thresholded (binary) or arg-maxed (multi-class).
 
 from __future__ import annotations
 
-import io
-from pathlib import Path
-
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image as PILImage
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..config import get
-from ..runs import RunPaths, atomic_write_bytes, resolve_device
+from ..runs import RunPaths, resolve_device, write_png
 from .data import ImageDataset, eval_transform, seg_image_size
 from .models import model_from_cfg
-
-
-def write_label_png(label: np.ndarray, path: str | Path) -> None:
-    """Write a uint8 label map [H, W] as a PNG, atomically."""
-    buf = io.BytesIO()
-    PILImage.fromarray(np.asarray(label, dtype=np.uint8)).save(buf, format="PNG")
-    atomic_write_bytes(buf.getvalue(), path)
 
 
 def load_seg_model(cfg: dict, paths: RunPaths, device: torch.device) -> torch.nn.Module:
@@ -113,8 +101,8 @@ def predict_seg(cfg: dict, paths: RunPaths) -> None:
                 if p.shape[-2:] != (h0, w0):
                     p = F.interpolate(p, size=(h0, w0), mode="bilinear", align_corners=False)
                 name = base.image_ids[idx]
-                write_label_png(probs_to_label(p[0], thr).cpu().numpy(), out / f"{name}.png")
+                write_png(probs_to_label(p[0], thr).cpu().numpy(), out / f"{name}.png")
                 if save_probs and p.shape[1] == 1:
-                    write_label_png((p[0, 0].clamp(0, 1) * 255).round().byte().cpu().numpy(),
+                    write_png((p[0, 0].clamp(0, 1) * 255).round().byte().cpu().numpy(),
                                     out / f"{name}_prob.png")
     paths.mark_done(out)

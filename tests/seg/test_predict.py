@@ -1,0 +1,119 @@
+"""predict-seg with a stub network of known logits: flip TTA, ``seg.threshold``, saved
+probabilities, arg-max of several classes, and resume (existing predictions are kept)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fakes import FakeDataset, fake_builder  # noqa: E402
+
+from wsss_fast.config import load_config  # noqa: E402
+from wsss_fast.runs import RunPaths  # noqa: E402
+from wsss_fast.seg.infer import predict_seg  # noqa: E402
+
+# logits = A_c * col^2 + B_c * row + C_c + D_c * lesion: not left-right symmetric, so the
+# flipped image's prediction must be flipped back before averaging
+COEF = {1: np.array([[3.0, 1.0, -1.2, 3.0]]),
+        3: np.array([[0.0, 0.0, 0.0, 0.0], [3.0, 0.5, -1.5, -1.0], [-2.0, 1.5, 0.2, 3.0]])}
+
+
+def _logits(lesion: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """[C, H, W] logits of a lesion mask [H, W] (float64)."""
+    h, w = lesion.shape
+    col = np.linspace(0, 1, w)[None, :] ** 2
+    row = np.linspace(0, 1, h)[:, None]
+    return np.stack([a * col + b * row + c + d * lesion for a, b, c, d in coef])
+
+
+class StubNet(torch.nn.Module):
+    """The logits of :func:`_logits`; the lesion is where the normalized red channel is > 0
+    (FakeDataset: 200 on the lesion, 60 elsewhere). Counts the images it sees."""
+
+    def __init__(self, coef: np.ndarray):
+        super().__init__()
+        self.coef = coef
+        self.seen = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen += x.shape[0]
+        lesion = (x[:, 0] > 0).double().numpy()
+        return torch.from_numpy(np.stack([_logits(m, self.coef) for m in lesion])).float()
+
+
+def _probs(lesion: np.ndarray, coef: np.ndarray, flip: bool) -> np.ndarray:
+    """Expected [C, H, W] probabilities, computed in float64 from the formula."""
+    def act(z):
+        if z.shape[0] == 1:
+            return 1 / (1 + np.exp(-z))
+        e = np.exp(z - z.max(0))
+        return e / e.sum(0)
+
+    p = act(_logits(lesion, coef))
+    if flip:  # the flipped image's logits, flipped back
+        p = 0.5 * (p + act(_logits(lesion[:, ::-1], coef))[..., ::-1])
+    return p
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    def make(n_out: int, **seg):
+        sets = {s: FakeDataset(4, 1, seed=k, prefix=s) for k, s in enumerate(["val", "test"])}
+        monkeypatch.setattr("wsss_fast.data.build_dataset", fake_builder(sets), raising=False)
+        net = StubNet(COEF[n_out])
+        monkeypatch.setattr("wsss_fast.seg.infer.load_seg_model", lambda cfg, paths, device: net)
+        cfg = load_config(None, {"device": "cpu", "num_workers": 0, "dataset": {"image_size": None},
+                                 "seg": {"image_size": None, **seg}, "evaluate": {"splits": ["val", "test"]}})
+        return cfg, RunPaths(tmp_path / "run"), sets, net
+    return make
+
+
+@pytest.mark.parametrize("flip", [True, False])
+def test_predict_binary_threshold_flip_and_probs(setup, flip):
+    cfg, paths, sets, net = setup(1, tta_flip=flip, threshold=0.7, save_probs=True)
+    # resume: an existing prediction is kept and its image is not run again
+    kept = sets["val"].image_ids[1]
+    paths.seg_pred.mkdir(parents=True)
+    Image.fromarray(np.full(sets["val"].sizes[1], 9, np.uint8)).save(paths.seg_pred / f"{kept}.png")
+    predict_seg(cfg, paths)
+    assert paths.is_done(paths.seg_pred)
+    assert net.seen == (2 if flip else 1) * (len(sets["val"]) + len(sets["test"]) - 1)
+    assert (np.array(Image.open(paths.seg_pred / f"{kept}.png")) == 9).all()
+    assert not (paths.seg_pred / f"{kept}_prob.png").exists()
+    mid = unflipped = 0
+    for split, ds in sets.items():
+        for i, name in enumerate(ds.image_ids):
+            if name == kept:
+                continue
+            p = _probs(ds.masks[i] > 0, COEF[1], flip)[0]
+            assert np.abs(p - 0.7).min() > 1e-5  # no float32 tie with the threshold
+            pred = np.array(Image.open(paths.seg_pred / f"{name}.png"))
+            np.testing.assert_array_equal(pred, (p > 0.7).astype(np.uint8))
+            prob = np.array(Image.open(paths.seg_pred / f"{name}_prob.png")).astype(np.int64)
+            tie = np.abs(p * 255 % 1 - 0.5) < 1e-4  # float32 may round these either way
+            assert (np.abs(prob - np.round(p * 255)) <= tie).all()
+            mid += int(((p > 0.5) & (p <= 0.7)).sum())  # pixels where the threshold decides
+            unflipped += int(((_probs(ds.masks[i] > 0, COEF[1], False)[0] > 0.7) != (p > 0.7)).sum())
+    assert mid > 50 and (unflipped > 50 or not flip)
+
+
+def test_predict_multiclass_argmax_with_flip(setup):
+    cfg, paths, sets, _ = setup(3, tta_flip=True, save_probs=True)
+    predict_seg(cfg, paths)
+    labels = set()
+    for split, ds in sets.items():
+        for i, name in enumerate(ds.image_ids):
+            p = _probs(ds.masks[i] > 0, COEF[3], True)
+            top2 = np.sort(p, axis=0)[-2:]
+            tie = top2[1] - top2[0] < 1e-5  # float32 may pick either class there
+            pred = np.array(Image.open(paths.seg_pred / f"{name}.png"))
+            assert ((pred == p.argmax(0)) | tie).all() and tie.sum() < 5
+            assert not (paths.seg_pred / f"{name}_prob.png").exists()  # binary task only
+            labels |= set(np.unique(pred).tolist())
+    assert labels == {0, 1, 2}
