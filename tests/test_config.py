@@ -10,7 +10,7 @@ from torchvision import tv_tensors
 from wsss_fast.config import load_config
 from wsss_fast.data import train_transform
 from wsss_fast.seg.data import train_transform as seg_train_transform
-from wsss_fast.train.cls import _collate
+from wsss_fast.cls.train import _collate
 
 # Images of different sizes and aspect ratios, as VOC has them (and one smaller than a crop).
 SIZES = [(375, 500), (500, 375), (200, 230)]

@@ -162,11 +162,17 @@ def save_config(cfg: dict, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
-def get(cfg: dict, dotted: str, default: Any = None) -> Any:
-    """``get(cfg, "cls.epochs")``: a nested lookup with a default."""
+def get(cfg: dict, dotted: str) -> Any:
+    """``get(cfg, "cls.epochs")``: a nested lookup. There is no second default: a configuration
+    from :func:`load_config` holds every key of ``default.yaml``.
+
+    Raises:
+        KeyError: the key is missing (a configuration not made by :func:`load_config`).
+    """
     node: Any = cfg
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
-            return default
+            raise KeyError(f"config key '{dotted}' is missing; build configurations with "
+                           "wsss_fast.config.load_config, which fills in configs/default.yaml")
         node = node[part]
     return node

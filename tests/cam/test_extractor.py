@@ -301,7 +301,7 @@ def test_bad_inputs(resnet, images):
 
 
 def test_project_classifier_head():
-    from wsss_fast.models.classifier import Classifier
+    from wsss_fast.cls.model import Classifier
 
     torch.manual_seed(0)
     model = Classifier("resnet18", num_classes=3, head_channels=32).eval()

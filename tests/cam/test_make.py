@@ -13,8 +13,9 @@ from wsss_fast.cam import CAMExtractor
 from wsss_fast.cam.make import eval_cam, make_cam, predict_from_cam, shard_of
 from wsss_fast.config import load_config
 from wsss_fast.data import build_dataset
-from wsss_fast.models import Classifier, classifier_kwargs
-from wsss_fast.runs import RunPaths, atomic_torch_save, load_cam_file, save_cam_file
+from wsss_fast.cls.model import Classifier, classifier_kwargs
+from wsss_fast.engine.paths import RunPaths
+from wsss_fast.engine.files import atomic_torch_save, load_cam_file, save_cam_file
 
 ORIG, WORK = 48, 32  # original image size, working resolution
 

@@ -15,7 +15,7 @@ import pytest
 
 from wsss_fast.cam.make import make_cam
 from wsss_fast.data import build_dataset
-from wsss_fast.runs import RunPaths
+from wsss_fast.engine.paths import RunPaths
 
 from .test_make_resume import assert_same_cams, cam_cfg, write_classifier
 
@@ -29,7 +29,7 @@ spec = importlib.util.spec_from_file_location("cam_resume_test", {helpers!r})
 mod = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(mod)
 from wsss_fast.cam.make import make_cam
-from wsss_fast.runs import RunPaths
+from wsss_fast.engine.paths import RunPaths
 make_cam(mod.cam_cfg({data_root!r}), RunPaths({out!r}))
 """
 

@@ -16,8 +16,9 @@ from faults import CrashMidWrite, crash_mid_write, files_in  # noqa: E402
 from wsss_fast.cam.make import make_cam  # noqa: E402
 from wsss_fast.config import load_config  # noqa: E402
 from wsss_fast.data import build_dataset  # noqa: E402
-from wsss_fast.models import Classifier, classifier_kwargs  # noqa: E402
-from wsss_fast.runs import RunPaths, atomic_torch_save, load_cam_file  # noqa: E402
+from wsss_fast.cls.model import Classifier, classifier_kwargs  # noqa: E402
+from wsss_fast.engine.paths import RunPaths  # noqa: E402
+from wsss_fast.engine.files import atomic_torch_save, load_cam_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wsss_fast.cli import main as cli
-from wsss_fast.cli.pipeline import prepare_demo_data, run_pipeline, step_dir
+from wsss_fast.cli.pipeline import prepare_demo_data, run_pipeline
 from wsss_fast.config import load_config
 from wsss_fast.data import build_dataset
 from wsss_fast.irn.sem_seg import eval_sem_seg
 from wsss_fast.metrics import SegEvaluator
-from wsss_fast.runs import RunPaths, load_cam_file
+from wsss_fast.engine.paths import RunPaths
+from wsss_fast.engine.files import load_cam_file
+from wsss_fast.steps import PIPELINE
 
 TINY = {
     "device": "cpu",
@@ -40,9 +41,9 @@ def test_tiny_end_to_end(tmp_path):
     timings = run_pipeline(cfg, paths)
 
     # every step ran and marked itself done
-    for step in cli.PIPELINE:
-        assert paths.is_done(step_dir(paths, step)), step
-        assert timings[step] > 0
+    for step in PIPELINE:
+        assert paths.is_done(step.folder(paths)), step.name
+        assert timings[step.name] > 0
     assert paths.config.exists() and (paths.root / "timings.json").exists()
     assert (paths.cls / "best.pt").exists() and (paths.cls / "last.pt").exists()
     assert any(paths.irn.glob("*.pt")) and (paths.seg / "final.pt").exists()
@@ -68,7 +69,7 @@ def test_tiny_end_to_end(tmp_path):
         for r in report["splits"][split].values():
             for key in ("miou_all", "miou_pos", "dice"):
                 assert 0.0 <= r[key] <= 1.0
-    assert set(report["timings_s"]) >= set(cli.PIPELINE) | {"total"}
+    assert set(report["timings_s"]) >= {s.name for s in PIPELINE} | {"total"}
     # the report's rows are the numbers of the steps' own evaluations: the CAM row of val at
     # eval-cam's best threshold, swept on val only; the IRNet rows those of eval-sem-seg
     swept = json.loads((paths.cam / "eval.json").read_text())

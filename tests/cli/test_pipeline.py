@@ -7,9 +7,16 @@ import json
 import pytest
 
 from wsss_fast.cli import main as cli
-from wsss_fast.cli.pipeline import STEP_DIRS, run_pipeline, step_dir
+from wsss_fast.cli.pipeline import run_pipeline
 from wsss_fast.config import load_config
-from wsss_fast.runs import RunPaths
+from wsss_fast.engine.paths import RunPaths
+from wsss_fast.steps import STEPS, get_step
+
+PIPELINE = [s.name for s in STEPS if s.in_run]
+
+
+def step_dir(paths: RunPaths, name: str):
+    return get_step(name).folder(paths)
 
 
 class Interrupted(Exception):
@@ -39,13 +46,22 @@ def _stub_steps(calls: list, fail_once: set | None = None, found_partial: dict |
             paths.mark_done(d)
         return step
 
-    return {name: make(name) for name in cli.PIPELINE}
+    return {name: make(name) for name in PIPELINE}
 
 
-def test_every_pipeline_step_is_a_registered_command():
-    assert set(cli.PIPELINE) <= set(cli.STEPS) and set(cli.PIPELINE) <= set(STEP_DIRS)
-    assert cli.PIPELINE[0] == "train-cls" and cli.PIPELINE[-1] == "evaluate"
-    assert cli.PIPELINE.index("train-seg") > cli.PIPELINE.index("make-sem-seg")
+def test_step_table():
+    """One table: the run order, output folders, and a parser for every step (and only those)."""
+    from wsss_fast import steps
+
+    assert [s.name for s in steps.PIPELINE] == PIPELINE
+    assert PIPELINE == ["train-cls", "make-cam", "make-ir-label", "train-irn", "make-sem-seg", "train-seg",
+                        "predict-seg", "evaluate"]
+    assert all(s.output for s in steps.PIPELINE) and len({s.output for s in steps.PIPELINE}) == len(PIPELINE)
+    assert all(callable(s.resolve()) for s in STEPS)
+    commands = set(cli.build_parser()._subparsers._group_actions[0].choices)
+    assert commands == {s.name for s in STEPS} | {"run", "demo", "info"}
+    with pytest.raises(KeyError, match="unknown step 'train-cl'"):
+        get_step("train-cl")
 
 
 def test_run_resumes_after_interruption(tmp_path):
@@ -56,7 +72,7 @@ def test_run_resumes_after_interruption(tmp_path):
     steps = _stub_steps(calls, fail_once={"train-irn"}, found_partial=found_partial)
     with pytest.raises(Interrupted):
         run_pipeline(cfg, paths, steps=steps, log=lambda s: None)
-    done_before = cli.PIPELINE[:cli.PIPELINE.index("train-irn")]
+    done_before = PIPELINE[:PIPELINE.index("train-irn")]
     assert calls == done_before + ["train-irn"]
     assert not paths.is_done(paths.irn) and (paths.irn / "partial").exists()
     assert paths.config.exists()
@@ -66,11 +82,11 @@ def test_run_resumes_after_interruption(tmp_path):
     calls.clear()
     run_pipeline(cfg, paths, steps=steps, log=lambda s: None)
     # finished steps are skipped; the interrupted one reruns (its partial outputs kept for resume)
-    assert calls == cli.PIPELINE[cli.PIPELINE.index("train-irn"):]
+    assert calls == PIPELINE[PIPELINE.index("train-irn"):]
     assert found_partial["train-irn"] == [False, True]  # the rerun found what the killed run wrote
-    assert all(paths.is_done(step_dir(paths, s)) for s in cli.PIPELINE)
+    assert all(paths.is_done(step_dir(paths, s)) for s in PIPELINE)
     timings = json.loads((paths.root / "timings.json").read_text())
-    assert set(timings) == set(cli.PIPELINE) | {"total"}
+    assert set(timings) == set(PIPELINE) | {"total"}
     assert json.loads(paths.report.read_text())["timings_s"] == timings
 
     calls.clear()
@@ -87,7 +103,7 @@ def test_from_step_reruns_and_clears_later_outputs(tmp_path):
     (paths.seg / "stale.pt").write_text("old")
     calls.clear()
     run_pipeline(cfg, paths, start="make-sem-seg", steps=steps, log=lambda s: None)
-    assert calls == cli.PIPELINE[cli.PIPELINE.index("make-sem-seg"):]
+    assert calls == PIPELINE[PIPELINE.index("make-sem-seg"):]
     assert not (paths.seg / "stale.pt").exists()
     assert (paths.cls / "out.txt").exists()  # earlier steps untouched
     with pytest.raises(ValueError, match="--from"):
@@ -103,7 +119,7 @@ def test_rerunning_an_earlier_step_clears_stale_later_outputs(tmp_path):
     (paths.cam / ".done").unlink()  # the user asks for new CAMs
     calls.clear()
     run_pipeline(cfg, paths, steps=steps, log=lambda s: None)
-    assert calls == cli.PIPELINE[cli.PIPELINE.index("make-cam"):]
+    assert calls == PIPELINE[PIPELINE.index("make-cam"):]
 
 
 def test_cli_parses_run_and_demo(tmp_path, monkeypatch):
@@ -130,7 +146,7 @@ OWN_SECTION = {"train-cls": "cls.epochs", "make-cam": "cam.scales", "eval-cam": 
                "evaluate": "evaluate."}
 
 
-@pytest.mark.parametrize("command", sorted(cli.STEPS))
+@pytest.mark.parametrize("command", sorted(s.name for s in STEPS))
 def test_every_step_help_lists_its_config_keys(command, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main([command, "--help"])

@@ -10,11 +10,12 @@ import pydicom
 import pytest
 import torch
 
+from wsss_fast.config import load_config
 from wsss_fast.data import SIIMPneumothorax, build_dataset, stratified_split
 from wsss_fast.data.base import BadFileError
 from wsss_fast.data.dicom import read_dicom
 from wsss_fast.data.synthetic import _uid, generate_synthetic, synthetic_labels
-from wsss_fast.runs import RunPaths
+from wsss_fast.engine.paths import RunPaths
 
 from .conftest import N_IMAGES, SEED, SIZE
 
@@ -138,10 +139,11 @@ def test_split_written_and_reused(synth_root, tmp_path):
 
 
 def test_build_dataset_synthetic(tmp_path):
-    cfg = {"seed": 0, "dataset": {"name": "synthetic", "image_size": 48, "on_bad_file": "raise",
-                                  "synthetic": {"num_images": 12, "image_size": 64, "positive_fraction": 0.5}},
-           "augment": {"scale": [0.9, 1.1], "rotate": 10, "blur_p": 0.5, "brightness": 0.2, "contrast": 0.2,
-                       "hflip": True}}
+    cfg = load_config(None, {
+        "seed": 0, "dataset": {"name": "synthetic", "image_size": 48, "on_bad_file": "raise",
+                               "synthetic": {"num_images": 12, "image_size": 64, "positive_fraction": 0.5}},
+        "augment": {"scale": [0.9, 1.1], "rotate": 10, "blur_p": 0.5, "brightness": 0.2, "contrast": 0.2,
+                    "hflip": True}})
     paths = RunPaths(tmp_path / "run")
     tr = build_dataset(cfg, "train", paths, train=True)
     va = build_dataset(cfg, "val", paths, train=False)

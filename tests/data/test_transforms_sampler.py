@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from wsss_fast.config import load_config
 from wsss_fast.data import BalancedBatchSampler, denormalize, eval_transform, train_transform
 
-CFG = {"dataset": {"image_size": 32},
-       "augment": {"scale": [0.9, 1.1], "rotate": 10, "blur_p": 0.5, "brightness": 0.2, "contrast": 0.2,
-                   "hflip": True}}
+CFG = load_config(None, {"dataset": {"image_size": 32},
+                         "augment": {"scale": [0.9, 1.1], "rotate": 10, "blur_p": 0.5, "brightness": 0.2,
+                                     "contrast": 0.2, "hflip": True}})
 
 
 def test_eval_transform_resizes_and_normalizes():
@@ -18,7 +19,8 @@ def test_eval_transform_resizes_and_normalizes():
     t = eval_transform(CFG)(img)
     assert t.shape == (3, 32, 32) and t.dtype == torch.float32
     np.testing.assert_allclose(denormalize(t).numpy(), 128 / 255, atol=1e-5)
-    t2 = eval_transform({"dataset": {"image_size": None}})(img[:, :, 0])  # grayscale input, no resize
+    no_resize = load_config(None, {"dataset": {"image_size": None}})
+    t2 = eval_transform(no_resize)(img[:, :, 0])  # grayscale input, no resize
     assert t2.shape == (3, 40, 50)
 
 
@@ -44,7 +46,7 @@ def test_train_transform_is_random_and_keeps_mask_aligned():
 
 
 def test_augment_disabled_is_deterministic():
-    cfg = {"dataset": {"image_size": 16}, "augment": {"enabled": False}}
+    cfg = load_config(None, {"dataset": {"image_size": 16}, "augment": {"enabled": False}})
     img = np.random.default_rng(0).integers(0, 255, (20, 20, 3), dtype=np.uint8)
     assert torch.equal(train_transform(cfg)(img), eval_transform(cfg)(img))
 

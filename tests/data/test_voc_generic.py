@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from wsss_fast.config import load_config
 from wsss_fast.data import BadFileError, GenericCSV, VOC2012, build_dataset, wsss_collate
 from wsss_fast.data.voc import make_cls_labels
-from wsss_fast.runs import RunPaths
+from wsss_fast.engine.paths import RunPaths
 
 
 def _palette_png(path, arr):
@@ -122,8 +123,8 @@ def test_generic_labels_column_and_build(generic_tree):
     ds = GenericCSV(generic_tree / "names.csv")
     assert ds.class_names == ["cat", "dog"] and ds.image_ids == ["x0", "x1", "x2"]
     np.testing.assert_array_equal(ds.labels, [[1, 1], [0, 0], [0, 1]])
-    cfg = {"dataset": {"name": "generic", "csv": "data.csv", "root": str(generic_tree), "image_size": 8},
-           "augment": {"hflip": True}}
+    cfg = load_config(None, {"dataset": {"name": "generic", "csv": "data.csv", "root": str(generic_tree),
+                                         "image_size": 8}})
     tr = build_dataset(cfg, "train", RunPaths(generic_tree / "run"), train=True)
     assert len(tr) == 3 and tr[0]["image"].shape == (3, 8, 8)
 

@@ -9,7 +9,8 @@ import torch
 from scipy import ndimage
 
 from wsss_fast.config import load_config
-from wsss_fast.runs import RunPaths, save_cam_file
+from wsss_fast.engine.paths import RunPaths
+from wsss_fast.engine.files import save_cam_file
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wsss_fast.irn.common import read_png, resize_label
+from wsss_fast.engine.files import read_png
+from wsss_fast.irn.common import resize_label
 from wsss_fast.irn.crf import CRFParams, crf_inference_label, to_rgb_uint8, validate_crf_inputs
 from wsss_fast.irn.ir_label import cam_to_ir_label, make_ir_label, remove_small_regions
 

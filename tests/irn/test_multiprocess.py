@@ -14,12 +14,13 @@ import torch
 from wsss_fast.cam.make import make_cam
 from wsss_fast.config import load_config
 from wsss_fast.data import build_dataset
-from wsss_fast.irn.common import read_png
+from wsss_fast.engine.files import read_png
 from wsss_fast.irn.ir_label import make_ir_label
-from wsss_fast.irn.net import IRNet
+from wsss_fast.irn.model import IRNet
 from wsss_fast.irn.sem_seg import make_sem_seg
-from wsss_fast.models import Classifier, classifier_kwargs
-from wsss_fast.runs import RunPaths, atomic_torch_save
+from wsss_fast.cls.model import Classifier, classifier_kwargs
+from wsss_fast.engine.paths import RunPaths
+from wsss_fast.engine.files import atomic_torch_save
 
 
 def mp_cfg(data_root, **over) -> dict:

@@ -8,7 +8,7 @@ import torch
 import torchvision
 
 from wsss_fast.irn.loss import edge_to_affinity, irn_loss
-from wsss_fast.irn.net import EdgeDisplacement, IRNet
+from wsss_fast.irn.model import EdgeDisplacement, IRNet
 from wsss_fast.irn.pair_labels import pair_labels
 
 

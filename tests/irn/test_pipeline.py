@@ -10,13 +10,14 @@ import pytest
 import torch
 from scipy import ndimage
 
-from wsss_fast.irn.common import read_png
+from wsss_fast.engine.files import read_png
 from wsss_fast.irn.ir_label import make_ir_label
-from wsss_fast.irn.net import load_irnet
+from wsss_fast.irn.model import load_irnet
 from wsss_fast.irn.sem_seg import eval_sem_seg, labels_from_soft, make_sem_seg, run_shard
 from wsss_fast.irn.show import show
 from wsss_fast.irn.train import train_irn
-from wsss_fast.runs import RunPaths, load_cam_file, save_cam_file
+from wsss_fast.engine.paths import RunPaths
+from wsss_fast.engine.files import load_cam_file, save_cam_file
 
 from .conftest import FakeDataset, tiny_cfg
 

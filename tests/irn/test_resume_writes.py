@@ -18,7 +18,7 @@ from faults import CrashMidWrite, crash_mid_write, files_in  # noqa: E402
 from wsss_fast.irn.ir_label import make_ir_label  # noqa: E402
 from wsss_fast.irn.sem_seg import make_sem_seg  # noqa: E402
 from wsss_fast.irn.train import train_irn  # noqa: E402
-from wsss_fast.runs import RunPaths  # noqa: E402
+from wsss_fast.engine.paths import RunPaths  # noqa: E402
 
 from .conftest import tiny_cfg  # noqa: E402
 

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from wsss_fast.irn.common import read_png
+from wsss_fast.engine.files import read_png
 from wsss_fast.irn.sem_seg import eval_sem_seg, labels_from_soft, make_sem_seg
 from wsss_fast.metrics import SegEvaluator
-from wsss_fast.runs import RunPaths, save_cam_file
+from wsss_fast.engine.paths import RunPaths
+from wsss_fast.engine.files import save_cam_file
 
 from .conftest import MEAN, STD, tiny_cfg
 

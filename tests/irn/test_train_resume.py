@@ -12,8 +12,8 @@ import torch
 
 import wsss_fast.irn.train as irn_train
 from wsss_fast.irn.ir_label import make_ir_label
-from wsss_fast.irn.net import IRNet
-from wsss_fast.runs import RunPaths
+from wsss_fast.irn.model import IRNet
+from wsss_fast.engine.paths import RunPaths
 
 from .conftest import tiny_cfg
 
@@ -70,7 +70,8 @@ def test_mid_epoch_crash_resumes_to_the_uninterrupted_weights(fake_data, tmp_pat
     assert paths.is_done(paths.irn)
     a, b = _load(ref.irn / "last.pt"), _load(paths.irn / "last.pt")
     assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (3, 6)
-    assert torch.equal(a["rng"], b["rng"]) and torch.equal(a["gen_rng"], b["gen_rng"])
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"]) and torch.equal(a["gen_rng"], b["gen_rng"])
+    assert torch.equal(a["rng"]["numpy"]["keys"], b["rng"]["numpy"]["keys"])
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     fa, fb = _load(ref.irn / "final.pt"), _load(paths.irn / "final.pt")
@@ -105,7 +106,8 @@ def test_amp_bf16_autocast_and_resume_on_the_device(fake_data, device, monkeypat
     irn_train.train_irn(cfg, paths)  # resumes from last.pt at epoch 1, on the device
     a, b = _load(ref.irn / "last.pt"), _load(paths.irn / "last.pt")
     assert (b["epoch"], b["step"]) == (2, 4)
-    assert torch.equal(a["rng"], b["rng"]) and torch.equal(a["gen_rng"], b["gen_rng"])
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"]) and torch.equal(a["gen_rng"], b["gen_rng"])
+    assert torch.equal(a["rng"]["numpy"]["keys"], b["rng"]["numpy"]["keys"])
     for k, v in b["model"].items():
         if v.is_floating_point():
             assert torch.isfinite(v).all(), k

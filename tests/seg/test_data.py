@@ -7,6 +7,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from wsss_fast.config import load_config
 from wsss_fast.data import denormalize
 from wsss_fast.seg.data import eval_transform, train_transform
 
@@ -19,8 +20,8 @@ def _square(size: int = 64) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
 
 def _cfg(**augment) -> dict:
     base = {"scale": [0.7, 1.3], "rotate": 30, "blur_p": 0.0, "brightness": 0.0, "contrast": 0.0, "hflip": True}
-    return {"dataset": {"image_size": None}, "seg": {"image_size": 48, "crop_size": 40},
-            "augment": {**base, **augment}}
+    return load_config(None, {"dataset": {"image_size": None}, "seg": {"image_size": 48, "crop_size": 40},
+                              "augment": {**base, **augment}})
 
 
 def test_mask_follows_image_geometry():

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fakes import FakeDataset, fake_builder  # noqa: E402
 
 from wsss_fast.config import load_config  # noqa: E402
-from wsss_fast.runs import RunPaths  # noqa: E402
+from wsss_fast.engine.paths import RunPaths  # noqa: E402
 from wsss_fast.seg.infer import predict_seg  # noqa: E402
 
 # logits = A_c * col^2 + B_c * row + C_c + D_c * lesion: not left-right symmetric, so the

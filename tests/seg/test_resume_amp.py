@@ -20,7 +20,7 @@ from faults import CrashMidWrite, crash_mid_write, files_in  # noqa: E402
 
 import wsss_fast.seg.train as seg_train  # noqa: E402
 from wsss_fast.config import load_config  # noqa: E402
-from wsss_fast.runs import RunPaths  # noqa: E402
+from wsss_fast.engine.paths import RunPaths  # noqa: E402
 from wsss_fast.seg.infer import predict_seg  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")

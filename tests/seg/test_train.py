@@ -16,9 +16,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fakes import FakeDataset, fake_builder  # noqa: E402
 
 from wsss_fast.config import load_config  # noqa: E402
-from wsss_fast.runs import RunPaths  # noqa: E402
+from wsss_fast.engine.paths import RunPaths  # noqa: E402
 from wsss_fast.seg.infer import predict_seg  # noqa: E402
-from wsss_fast.seg.train import poly_lr, seg_loss, train_seg  # noqa: E402
+from wsss_fast.data.sampler import GlobalBatchSampler  # noqa: E402
+from wsss_fast.seg.train import seg_loss, train_seg  # noqa: E402
 
 
 def test_seg_loss_binary_ignores_255_and_weights_positives():
@@ -43,12 +44,6 @@ def test_seg_loss_multiclass_is_ce_with_ignore():
     target[0, 0, 0] = 255
     ref = torch.nn.functional.cross_entropy(logits, target, ignore_index=255)
     assert torch.allclose(seg_loss(logits, target), ref)
-
-
-def test_poly_lr():
-    assert poly_lr(1.0, 0, 10) == 1.0
-    assert poly_lr(1.0, 5, 10) == pytest.approx(0.5 ** 0.9)
-    assert poly_lr(1.0, 9, 10) > 0
 
 
 def _setup(tmp_path, monkeypatch, num_classes=1, **seg):
@@ -129,9 +124,13 @@ def test_predict_without_checkpoint(tmp_path, monkeypatch):
         predict_seg(cfg, paths)
 
 
-def test_balanced_sampler_batches(tmp_path, monkeypatch):
-    from wsss_fast.seg.train import _Batches
+def _Batches(labels, batch_size, ratio, seed, rank, world):
+    """train-seg's sampler: seeds 1000 apart per epoch, no rank left with a batch of one."""
+    least = world * (2 if batch_size >= 2 * world else 1)
+    return GlobalBatchSampler(labels, batch_size, ratio, seed, rank, world, seed_stride=1000, min_batch=least)
 
+
+def test_balanced_sampler_batches(tmp_path, monkeypatch):
     labels = np.array([[1], [0], [0], [0], [1], [0], [0], [0]], np.float32)
     b = _Batches(labels, 4, 1.0, 0, rank=0, world=1)
     batches = list(b)
@@ -153,8 +152,6 @@ def test_balanced_sampler_batches(tmp_path, monkeypatch):
 def test_no_batch_of_one_per_rank(world):
     """A short last batch that would leave a rank one sample (BatchNorm cannot train on it,
     DeepLabV3+'s ASPP pooling raises) is dropped; the others are kept whole."""
-    from wsss_fast.seg.train import _Batches
-
     labels = np.ones((17, 1), np.float32)  # all positive: plain shuffled batches
     ranks = [list(_Batches(labels, 4, None, 0, rank=r, world=world)) for r in range(world)]
     for batches in ranks:

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fakes import FakeDataset  # noqa: E402
 from test_resume_amp import write_pseudo_labels  # noqa: E402
 
-from wsss_fast.runs import RunPaths  # noqa: E402
+from wsss_fast.engine.paths import RunPaths  # noqa: E402
 
 SCRIPT = """
 import hashlib, json, os, sys
@@ -31,7 +31,7 @@ from fakes import FakeDataset, fake_builder
 import wsss_fast.data
 import wsss_fast.seg.train as seg_train
 from test_resume_amp import seg_cfg
-from wsss_fast.runs import RunPaths
+from wsss_fast.engine.paths import RunPaths
 wsss_fast.data.build_dataset = fake_builder({{"train": FakeDataset(8, 1, seed=0, prefix="train")}})
 models = []
 real = seg_train.model_from_cfg
@@ -72,7 +72,7 @@ def test_train_seg_under_torchrun(tmp_path, device):
     # only rank 0 wrote: one log line and one printed summary per epoch
     log = [json.loads(x) for x in (out.seg / "train.log").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]
-    assert proc.stdout.count("train-seg epoch 2/2") == 1
+    assert proc.stdout.count("[train-seg] epoch=2 ") == 1
     assert out.is_done(out.seg) and (out.seg / "final.pt").exists()
     last = torch.load(out.seg / "last.pt", map_location="cpu", weights_only=False)
     assert (last["scaler"] is not None) == (device == "cuda")  # AMP on CUDA only

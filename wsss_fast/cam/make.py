@@ -33,24 +33,20 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from ..config import get
-from ..runs import RunPaths, atomic_write_bytes, load_cam_file, save_cam_file
+from ..engine.paths import RunPaths
+from ..engine.files import atomic_write_bytes, load_cam_file, save_cam_file
 
-__all__ = ["make_cam", "eval_cam", "cam_path", "shard_of", "predict_from_cam", "checkpoint_path"]
+__all__ = ["make_cam", "eval_cam", "shard_of", "predict_from_cam", "checkpoint_path"]
 
 METRICS = ("miou_all", "miou_pos", "dice")
 
 
-def cam_path(paths: RunPaths, image_id: str) -> Path:
-    """The CAM file of one image: ``paths.cam/<image_id>.npy``."""
-    return paths.cam / f"{image_id}.npy"
-
-
 def shard_of(cfg: dict) -> tuple[int, int]:
     """``(shard_index, num_shards)`` from ``cam.*`` or, when ``cam.num_shards`` is 1, from torchrun's env."""
-    from ..train.dist import env_rank_world
+    from ..engine.dist import env_rank_world
 
-    n = int(get(cfg, "cam.num_shards", 1) or 1)
-    i = int(get(cfg, "cam.shard_index", 0) or 0)
+    n = int(get(cfg, "cam.num_shards"))
+    i = int(get(cfg, "cam.shard_index"))
     if n == 1:
         rank, world, _ = env_rank_world()
         i, n = (rank, world) if world > 1 else (0, 1)
@@ -61,7 +57,7 @@ def shard_of(cfg: dict) -> tuple[int, int]:
 
 def checkpoint_path(cfg: dict, paths: RunPaths) -> Path:
     """The classifier checkpoint ``cam.checkpoint`` names (``best``, ``last`` or a path)."""
-    which = str(get(cfg, "cam.checkpoint", "best") or "best")
+    which = str(get(cfg, "cam.checkpoint"))
     if which in ("best", "last"):
         return paths.cls / f"{which}.pt"
     return Path(which).expanduser()
@@ -92,12 +88,12 @@ def make_cam(cfg: dict, paths: RunPaths) -> None:
     Reads the classifier checkpoint (``cam.checkpoint``, default ``paths.cls/best.pt``),
     extracts maps with :class:`wsss_fast.cam.CAMExtractor` (``cam.method``, ``cam.variant``,
     ``cam.scales``, ``cam.flip``) in batches of ``cam.batch_size`` and writes one file per
-    image with :func:`wsss_fast.runs.save_cam_file`. Marks ``paths.cam`` done once the files
+    image with :func:`wsss_fast.engine.files.save_cam_file`. Marks ``paths.cam`` done once the files
     of every split exist (whichever shard finishes last).
     """
     from ..data import build_dataset
-    from ..train.cls import load_classifier
-    from ..train.dist import rank_device
+    from ..cls.model import load_classifier
+    from ..engine.dist import rank_device
     from .extractor import CAMExtractor
 
     shard, num_shards = shard_of(cfg)
@@ -106,22 +102,22 @@ def make_cam(cfg: dict, paths: RunPaths) -> None:
     target = get(cfg, "cam.target_layer") or getattr(model, "cam_layer", None)
     if target is None:
         raise ValueError("cam.target_layer is not set and the model names no default CAM layer")
-    extractor = CAMExtractor(model, target, method=str(get(cfg, "cam.method", "gradcam++")),
-                             variant=str(get(cfg, "cam.variant", "paper")))
-    scales = [float(s) for s in get(cfg, "cam.scales", [1.0])]
-    flip = bool(get(cfg, "cam.flip", True))
-    use_labels = bool(get(cfg, "cam.use_labels", True))
-    threshold = float(get(cfg, "cam.pred_threshold", 0.5))
-    save_raw = bool(get(cfg, "cam.save_raw", True))
-    batch_size = int(get(cfg, "cam.batch_size", 8))
-    workers = int(get(cfg, "num_workers", 0) or 0)
+    extractor = CAMExtractor(model, target, method=str(get(cfg, "cam.method")),
+                             variant=str(get(cfg, "cam.variant")))
+    scales = [float(s) for s in get(cfg, "cam.scales")]
+    flip = bool(get(cfg, "cam.flip"))
+    use_labels = bool(get(cfg, "cam.use_labels"))
+    threshold = float(get(cfg, "cam.pred_threshold"))
+    save_raw = bool(get(cfg, "cam.save_raw"))
+    batch_size = int(get(cfg, "cam.batch_size"))
+    workers = int(get(cfg, "num_workers"))
     paths.cam.mkdir(parents=True, exist_ok=True)
 
     all_done = True
-    for split in list(get(cfg, "cam.splits", ["train", "val", "test"]) or []):
+    for split in list(get(cfg, "cam.splits")):
         ds = _eval_copy(build_dataset(cfg, split, paths, train=False))
         mine = [i for i in range(len(ds)) if i % num_shards == shard]
-        todo = [i for i in mine if not cam_path(paths, ds.image_ids[i]).exists()]
+        todo = [i for i in mine if not paths.cam_file(ds.image_ids[i]).exists()]
         desc = f"make-cam {split}" + (f" [shard {shard}/{num_shards}]" if num_shards > 1 else "")
         bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, unit="img", dynamic_ncols=True)
         loader = DataLoader(Subset(ds, todo), batch_size=batch_size, shuffle=False, num_workers=workers,
@@ -134,10 +130,10 @@ def make_cam(cfg: dict, paths: RunPaths) -> None:
                                    allow_empty=True)
                 for it, d in zip(group, result.per_image(dtype=torch.float16, numpy=True)):
                     extra = {"raw": d["raw"]} if save_raw else {}
-                    save_cam_file(cam_path(paths, it["image_id"]), d["keys"], d["cam"], d["high_res"], **extra)
+                    save_cam_file(paths.cam_file(it["image_id"]), d["keys"], d["cam"], d["high_res"], **extra)
             bar.update(len(items))
         bar.close()
-        all_done &= all(cam_path(paths, k).exists() for k in ds.image_ids)
+        all_done &= all(paths.cam_file(k).exists() for k in ds.image_ids)
     if all_done:
         paths.mark_done(paths.cam)
 
@@ -192,17 +188,17 @@ def eval_cam(cfg: dict, paths: RunPaths) -> dict:
     from ..data import build_dataset
     from ..metrics import SegEvaluator
 
-    thresholds = [float(t) for t in get(cfg, "cam.eval_thresholds", [get(cfg, "cam.bg_thres", 0.15)])]
-    metric = str(get(cfg, "cam.eval_metric", "miou_all"))
+    thresholds = [float(t) for t in get(cfg, "cam.eval_thresholds")]
+    metric = str(get(cfg, "cam.eval_metric"))
     if metric not in METRICS:
         raise ValueError(f"cam.eval_metric must be one of {METRICS}, got {metric!r}")
     report: dict[str, Any] = {"metric": metric, "splits": {}}
-    for split in list(get(cfg, "cam.eval_splits", ["val"]) or []):
+    for split in list(get(cfg, "cam.eval_splits")):
         ds = build_dataset(cfg, split, paths, train=False)
-        missing = [k for k in ds.image_ids if not cam_path(paths, k).exists()]
+        missing = [k for k in ds.image_ids if not paths.cam_file(k).exists()]
         if missing:
             raise FileNotFoundError(f"{len(missing)} of {len(ds)} CAM files of split '{split}' are missing in "
-                                    f"{paths.cam} (first: {cam_path(paths, missing[0]).name}); run "
+                                    f"{paths.cam} (first: {paths.cam_file(missing[0]).name}); run "
                                     "`wsss-fast make-cam` first")
         names = ["background"] + list(getattr(ds, "class_names", []) or [])
         n_cls = int(getattr(ds, "num_classes", len(names) - 1)) + 1
@@ -211,7 +207,7 @@ def eval_cam(cfg: dict, paths: RunPaths) -> dict:
             gt = ds.load_mask(i)
             if gt is None:
                 raise ValueError(f"eval-cam: split '{split}' has no ground-truth mask for image {image_id}")
-            d = load_cam_file(cam_path(paths, image_id))
+            d = load_cam_file(paths.cam_file(image_id))
             maps = torch.from_numpy(np.asarray(d["high_res"], dtype=np.float32))
             if maps.shape[0] and tuple(maps.shape[-2:]) != tuple(gt.shape):
                 maps = F.interpolate(maps[None], size=tuple(gt.shape), mode="bilinear", align_corners=False)[0]

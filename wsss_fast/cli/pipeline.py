@@ -4,7 +4,7 @@ The pipeline of Viniavskyi, Dobko, Dobosevych, "Weakly-Supervised Segmentation f
 Disease Localization in Chest X-Ray Images", AIME 2020: classifier + Grad-CAM++ ->
 IRNet pseudo labels -> segmentation network -> evaluation (Table 3, Figure 1).
 
-``run`` executes :data:`wsss_fast.cli.main.PIPELINE`. A step whose ``<step dir>/.done``
+``run`` executes :data:`wsss_fast.steps.PIPELINE`. A step whose ``<step dir>/.done``
 marker exists is skipped, so an interrupted run continues where it stopped (the steps
 themselves resume from their checkpoints). When a step runs, the outputs of every later
 step are stale and are removed. ``--from STEP`` removes the outputs of STEP and of every
@@ -22,44 +22,23 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import get, load_config, save_config
-from ..runs import RunPaths, atomic_write_bytes
-
-# step -> RunPaths attribute of the folder it writes and marks done
-STEP_DIRS = {
-    "train-cls": "cls",
-    "make-cam": "cam",
-    "make-ir-label": "ir_label",
-    "train-irn": "irn",
-    "make-sem-seg": "sem_seg",  # also writes rw/
-    "train-seg": "seg",
-    "predict-seg": "seg_pred",
-    "evaluate": "figures",      # evaluate marks figures/ done after writing report.json
-}
-EXTRA_OUTPUTS = {"make-sem-seg": ("rw",), "evaluate": ("report",)}
+from ..engine.files import atomic_write_bytes
+from ..engine.paths import RunPaths
+from ..steps import PIPELINE, Step, get_step
 
 
-def step_dir(paths: RunPaths, step: str) -> Path:
-    return getattr(paths, STEP_DIRS[step])
-
-
-def _pipeline() -> list[str]:
-    from .main import PIPELINE
-
-    return list(PIPELINE)
-
-
-def clear_outputs(paths: RunPaths, steps: list[str], log: Callable[[str], None] = print) -> None:
+def clear_outputs(paths: RunPaths, steps: list[Step], log: Callable[[str], None] = print) -> None:
     """Remove the outputs (and so the ``.done`` markers) of ``steps``."""
     for step in steps:
-        targets = [step_dir(paths, step)] + [getattr(paths, a) for a in EXTRA_OUTPUTS.get(step, ())]
-        if step == "evaluate":  # figures/ may hold other panels (wsss-fast show): keep them
-            targets = [step_dir(paths, step) / ".done", paths.report]
+        targets = step.outputs(paths)
+        if step.name == "evaluate":  # figures/ may hold other panels (wsss-fast show): keep them
+            targets = [step.folder(paths) / ".done", paths.report]
         for t in targets:
             if t.is_dir():
-                log(f"[run] removing stale outputs of {step}: {t}")
+                log(f"[run] removing stale outputs of {step.name}: {t}")
                 shutil.rmtree(t)
             elif t.exists():
-                log(f"[run] removing stale outputs of {step}: {t}")
+                log(f"[run] removing stale outputs of {step.name}: {t}")
                 t.unlink()
 
 
@@ -89,20 +68,19 @@ def run_pipeline(cfg: dict, paths: RunPaths, start: str | None = None,
         cfg: the resolved configuration (saved to ``paths.config``).
         paths: the run directory.
         start: ``--from``: rerun from this step (its outputs and later ones are removed).
-        steps: step name -> callable ``(cfg, paths)``; default: the functions named in
-            :data:`wsss_fast.cli.main.STEPS` (tests pass cheap stand-ins).
+        steps: step name -> callable ``(cfg, paths)``; default: the step functions of
+            :data:`wsss_fast.steps.PIPELINE` (tests pass cheap stand-ins).
         log: where progress lines go.
 
     Returns:
         The per-step wall times in seconds (``timings.json``), with ``total``.
     """
-    from .main import resolve_step
-
-    order = _pipeline()
+    order = list(PIPELINE)
+    names = [s.name for s in order]
     if start is not None:
-        if start not in order:
-            raise ValueError(f"--from must be one of {order}, got '{start}'")
-        clear_outputs(paths, order[order.index(start):], log)
+        if start not in names:
+            raise ValueError(f"--from must be one of {names}, got '{start}'")
+        clear_outputs(paths, order[names.index(start):], log)
     paths.root.mkdir(parents=True, exist_ok=True)
     if paths.config.exists():
         old = paths.config.read_text()
@@ -114,20 +92,19 @@ def run_pipeline(cfg: dict, paths: RunPaths, start: str | None = None,
         save_config(cfg, paths.config)
     timings = _read_timings(paths)
     for k, step in enumerate(order):
-        if paths.is_done(step_dir(paths, step)):
-            log(f"[run] {step}: done, skipped")
+        if paths.is_done(step.folder(paths)):
+            log(f"[run] {step.name}: done, skipped")
             continue
-        clear_outputs(paths, [s for s in order[k + 1:] if (step_dir(paths, s)).exists()
-                              or any(getattr(paths, a).exists() for a in EXTRA_OUTPUTS.get(s, ()))], log)
-        log(f"[run] {step} ...")
-        fn = steps[step] if steps is not None else resolve_step(step)
+        clear_outputs(paths, [s for s in order[k + 1:] if any(p.exists() for p in s.outputs(paths))], log)
+        log(f"[run] {step.name} ...")
+        fn = steps[step.name] if steps is not None else step.resolve()
         t0 = time.perf_counter()
         fn(cfg, paths)
-        timings[step] = round(time.perf_counter() - t0, 2)
+        timings[step.name] = round(time.perf_counter() - t0, 2)
         timings = _write_timings(paths, timings)
-        if not paths.is_done(step_dir(paths, step)):
-            paths.mark_done(step_dir(paths, step))
-        log(f"[run] {step}: {timings[step]:.1f}s")
+        if not paths.is_done(step.folder(paths)):
+            paths.mark_done(step.folder(paths))
+        log(f"[run] {step.name}: {timings[step.name]:.1f}s")
     timings = _write_timings(paths, timings)
     if paths.report.exists():  # the report was written before evaluate's own time was known
         try:
@@ -168,10 +145,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     paths = RunPaths(out)
     # The evaluate step prints the report when it runs; print it here only when it was
     # skipped (finished in an earlier run), so a fresh demo shows the table once.
-    evaluated_before = args.from_step is None and paths.is_done(step_dir(paths, "evaluate"))
+    evaluated_before = args.from_step is None and paths.is_done(get_step("evaluate").folder(paths))
     timings = run_pipeline(cfg, paths, start=args.from_step)
     if evaluated_before and paths.report.exists():
-        from ..metrics.report import format_table
+        from ..report import format_table
 
         report = json.loads(paths.report.read_text())
         print()
@@ -184,7 +161,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def add_parsers(sub, add_common) -> None:
     """Register ``run`` and ``demo`` on the sub-command parser."""
-    steps = _pipeline()
+    steps = [s.name for s in PIPELINE]
     p = sub.add_parser("run", help="run every step in order (finished steps are skipped)",
                        description="Run " + " -> ".join(steps) + "; steps whose .done marker exists "
                        "are skipped; --from STEP reruns from STEP.")

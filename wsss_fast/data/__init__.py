@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..config import get
 from .base import BadFileError, WSSSDataset, wsss_collate
 from .dicom import DicomReadError, read_dicom
 from .rle import RLEError, rle_decode, rle_decode_union, rle_encode, rle_encode_regions
@@ -40,10 +41,6 @@ def __getattr__(name: str) -> Any:  # VOC and generic loaders are imported on fi
     raise AttributeError(f"module 'wsss_fast.data' has no attribute {name!r}")
 
 
-def _ds(cfg: dict) -> dict:
-    return cfg.get("dataset") or {}
-
-
 def write_synthetic_from_config(cfg: dict, root: str | Path) -> Path:
     """Write (once) under ``root`` the synthetic set that ``dataset.synthetic`` describes
     (``num_images``, ``image_size``, ``positive_fraction``, ``seed``: null = the run's seed).
@@ -51,18 +48,17 @@ def write_synthetic_from_config(cfg: dict, root: str | Path) -> Path:
     Returns:
         ``root`` as a Path.
     """
-    syn = _ds(cfg).get("synthetic") or {}
-    seed = syn.get("seed")
-    seed = int(cfg.get("seed", 0) or 0) if seed is None else int(seed)
-    write_synthetic_siim(Path(root), num_images=int(syn.get("num_images", 240)),
-                         image_size=int(syn.get("image_size", 256)), seed=seed,
-                         positive_fraction=float(syn.get("positive_fraction", 0.5)))
+    seed = get(cfg, "dataset.synthetic.seed")
+    seed = int(get(cfg, "seed")) if seed is None else int(seed)
+    write_synthetic_siim(Path(root), num_images=int(get(cfg, "dataset.synthetic.num_images")),
+                         image_size=int(get(cfg, "dataset.synthetic.image_size")), seed=seed,
+                         positive_fraction=float(get(cfg, "dataset.synthetic.positive_fraction")))
     return Path(root)
 
 
 def synthetic_root(cfg: dict, paths: Any) -> Path:
     """Where the synthetic set lives: ``dataset.root`` if set, else ``<run>/data/synthetic``."""
-    root = _ds(cfg).get("root")
+    root = get(cfg, "dataset.root")
     return Path(root) if root else Path(paths.root) / "data" / "synthetic"
 
 
@@ -72,7 +68,7 @@ def build_dataset(cfg: dict, split: str | None, paths: Any, train: bool) -> WSSS
     Args:
         cfg: the run configuration (``dataset``, ``augment`` and ``seed`` are read).
         split: ``"train"``, ``"val"``, ``"test"`` (``"train_aug"`` for VOC), or None for all.
-        paths: the run's :class:`~wsss_fast.runs.RunPaths` (SIIM splits go to ``paths.split``;
+        paths: the run's :class:`~wsss_fast.engine.paths.RunPaths` (SIIM splits go to ``paths.split``;
             the synthetic set is written under ``paths.root/data/synthetic`` unless
             ``dataset.root`` is set).
         train: use the training transform (augmentation) instead of the eval transform.
@@ -80,41 +76,39 @@ def build_dataset(cfg: dict, split: str | None, paths: Any, train: bool) -> WSSS
     Returns:
         A :class:`WSSSDataset`.
     """
-    ds = _ds(cfg)
-    name = str(ds.get("name", "siim")).lower()
+    name = str(get(cfg, "dataset.name")).lower()
+    root = get(cfg, "dataset.root")
     transform = train_transform(cfg) if train else eval_transform(cfg)
-    on_bad = ds.get("on_bad_file", "raise")
-    seed = ds.get("split_seed")
-    seed = int(cfg.get("seed", 0) or 0) if seed is None else int(seed)
+    on_bad = get(cfg, "dataset.on_bad_file")
+    seed = get(cfg, "dataset.split_seed")
+    seed = int(get(cfg, "seed")) if seed is None else int(seed)
     if name in ("siim", "synthetic"):
         if name == "synthetic":
             root = write_synthetic_from_config(cfg, synthetic_root(cfg, paths))
         else:
-            if not ds.get("root"):
+            if not root:
                 raise ValueError("dataset.root must name the SIIM folder (with dicom-images-train/ "
                                  "and train-rle.csv, or png-images/)")
-            root = Path(ds["root"])
-        counts = ds.get("split_counts") or None
+            root = Path(root)
         return SIIMPneumothorax(root, split=split, transform=transform,
                                 split_file=None if paths is None else paths.split,
-                                split_counts=counts, seed=seed,
-                                image_format=ds.get("image_format", "auto"),
-                                csv_file=ds.get("csv"), on_bad_file=on_bad)
+                                split_counts=get(cfg, "dataset.split_counts"), seed=seed,
+                                image_format=get(cfg, "dataset.image_format"),
+                                csv_file=get(cfg, "dataset.csv"), on_bad_file=on_bad)
     if name == "voc":
         from .voc import VOC2012
 
-        if not ds.get("root"):
+        if not root:
             raise ValueError("dataset.root must name the folder holding VOCdevkit/VOC2012")
-        return VOC2012(ds["root"], split=split or "train", transform=transform,
-                       cls_labels=ds.get("cls_labels"), on_bad_file=on_bad)
+        return VOC2012(root, split=split or "train", transform=transform,
+                       cls_labels=get(cfg, "dataset.cls_labels"), on_bad_file=on_bad)
     if name == "generic":
         from .generic import GenericCSV
 
-        csv_path = ds.get("csv")
+        csv_path = get(cfg, "dataset.csv")
         if not csv_path:
             raise ValueError("dataset.csv must name the CSV of the generic data set")
-        root = ds.get("root")
         csv_path = Path(csv_path) if Path(csv_path).is_absolute() or not root else Path(root) / csv_path
-        return GenericCSV(csv_path, split=split, transform=transform, class_names=ds.get("class_names"),
+        return GenericCSV(csv_path, split=split, transform=transform, class_names=get(cfg, "dataset.class_names"),
                           root=root, on_bad_file=on_bad)
     raise ValueError(f"unknown dataset.name {name!r}; expected siim | synthetic | voc | generic")

@@ -14,9 +14,10 @@ from __future__ import annotations
 from typing import Iterator
 
 import numpy as np
+import torch
 from torch.utils.data import Sampler
 
-__all__ = ["BalancedBatchSampler"]
+__all__ = ["BalancedBatchSampler", "GlobalBatchSampler"]
 
 
 class BalancedBatchSampler(Sampler[list[int]]):
@@ -104,3 +105,65 @@ class BalancedBatchSampler(Sampler[list[int]]):
         if self.world_size > 1:
             batches = batches[self.rank::self.world_size][: len(self)]
         yield from batches
+
+
+class GlobalBatchSampler(Sampler[list[int]]):
+    """Global batches of one epoch, deterministic in ``(seed, epoch)``, sliced for one rank.
+
+    The training steps' sampler. With ``neg_pos_ratio`` set the global batches come from
+    :class:`BalancedBatchSampler` (a constant negative:positive ratio per batch); otherwise from
+    a seeded permutation. Every global batch is split over the ``world_size`` processes
+    (``batch[rank::world_size]``), so each rank gets the same number of batches (as a
+    ``DistributedSampler`` does) and the class balance holds over the global batch.
+
+    Args:
+        labels: [len] or [len, N] image-level labels.
+        batch_size: the global batch size.
+        neg_pos_ratio: negatives per positive, or None for plain shuffling.
+        seed: base seed; epoch ``e`` draws with ``seed + seed_stride * e``.
+        rank, world_size: this process and the number of processes.
+        seed_stride: see ``seed``.
+        min_batch: shorter global batches (a permutation's last one) are dropped; default
+            ``batch_size``.
+
+    Call :meth:`set_epoch` every epoch.
+    """
+
+    def __init__(self, labels: np.ndarray, batch_size: int, neg_pos_ratio: float | None = None, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, seed_stride: int = 1, min_batch: int | None = None) -> None:
+        self.labels = np.asarray(labels, dtype=np.float32).reshape(len(labels), -1)
+        if batch_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}")
+        if len(self.labels) == 0:
+            raise ValueError("labels is empty: nothing to sample")
+        self.batch_size, self.neg_pos_ratio, self.seed = int(batch_size), neg_pos_ratio, int(seed)
+        self.rank, self.world_size, self.seed_stride = int(rank), int(world_size), int(seed_stride)
+        self.min_batch = self.batch_size if min_batch is None else int(min_batch)
+        self.epoch = 0
+        self._cache: tuple[int, list[list[int]]] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def global_batches(self) -> list[list[int]]:
+        """The epoch's global batches (before slicing for this rank)."""
+        if self._cache is not None and self._cache[0] == self.epoch:
+            return self._cache[1]
+        seed = self.seed + self.seed_stride * self.epoch
+        if self.neg_pos_ratio is not None:
+            sampler = BalancedBatchSampler(self.labels, self.batch_size, float(self.neg_pos_ratio), seed)
+            sampler.set_epoch(self.epoch)
+            batches = [list(map(int, b)) for b in sampler]
+        else:
+            perm = torch.randperm(len(self.labels), generator=torch.Generator().manual_seed(seed)).tolist()
+            batches = [perm[i:i + self.batch_size] for i in range(0, len(perm), self.batch_size)]
+        batches = [b for b in batches if len(b) >= self.min_batch]
+        self._cache = (self.epoch, batches)
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.global_batches():
+            yield batch[self.rank::self.world_size]
+
+    def __len__(self) -> int:
+        return len(self.global_batches())

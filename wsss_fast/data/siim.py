@@ -275,7 +275,7 @@ class SIIMPneumothorax(WSSSDataset):
         if split not in splits:
             raise KeyError(f"unknown split '{split}'; expected one of {sorted(splits)} or None")
         if self.split_file is not None:
-            from ..runs import atomic_write_bytes
+            from ..engine.files import atomic_write_bytes
 
             payload = {"dataset": "siim", "seed": self.seed,
                        "counts": {k: list(v) for k, v in (self.split_counts or PAPER_SPLIT_COUNTS).items()},

@@ -25,6 +25,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from ..config import get
+
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "FILL", "WSSSTransform", "train_transform", "eval_transform",
            "geometric_augment", "photometric_augment", "denormalize", "to_normalized_tensor"]
 
@@ -83,7 +85,7 @@ class WSSSTransform:
 
 
 def _size(cfg: dict) -> int | None:
-    s = (cfg.get("dataset") or {}).get("image_size")
+    s = get(cfg, "dataset.image_size")
     return None if s is None else int(s)
 
 
@@ -93,16 +95,20 @@ FILL = {tv_tensors.Image: 0, tv_tensors.Mask: 255}  # pixels moved in from outsi
 def geometric_augment(aug: dict) -> list:
     """The ``augment`` section's geometric transforms: random scale + rotation (bilinear for
     the image, nearest for a mask, new pixels filled with :data:`FILL`) and horizontal flip.
-    Empty when ``augment.enabled`` is false."""
-    if not aug.get("enabled", True):
+    Empty when ``augment.enabled`` is false.
+
+    Args:
+        aug: the ``augment`` section of a configuration from :func:`~wsss_fast.config.load_config`.
+    """
+    if not aug["enabled"]:
         return []
     ops: list = []
-    scale = aug.get("scale")
-    rotate = float(aug.get("rotate") or 0)
+    scale = aug["scale"]
+    rotate = float(aug["rotate"] or 0)
     if scale or rotate:
         ops.append(v2.RandomAffine(degrees=rotate, scale=tuple(scale) if scale else None,
                                    interpolation=v2.InterpolationMode.BILINEAR, fill=FILL))
-    if aug.get("hflip"):
+    if aug["hflip"]:
         ops.append(v2.RandomHorizontalFlip(0.5))
     return ops
 
@@ -110,16 +116,17 @@ def geometric_augment(aug: dict) -> list:
 def photometric_augment(aug: dict) -> list:
     """The ``augment`` section's photometric transforms (image only): Gaussian blur with
     probability ``blur_p`` (``blur_kernel``, ``blur_sigma``), then brightness/contrast jitter.
-    Empty when ``augment.enabled`` is false."""
-    if not aug.get("enabled", True):
+    Empty when ``augment.enabled`` is false. ``aug`` is as for :func:`geometric_augment`.
+    """
+    if not aug["enabled"]:
         return []
     ops: list = []
-    blur_p = float(aug.get("blur_p") or 0)
+    blur_p = float(aug["blur_p"] or 0)
     if blur_p > 0:
-        k = int(aug.get("blur_kernel") or 5) | 1
-        sigma = tuple(aug.get("blur_sigma") or (0.1, 1.5))
+        k = int(aug["blur_kernel"]) | 1
+        sigma = tuple(aug["blur_sigma"])
         ops.append(v2.RandomApply([v2.GaussianBlur(k, sigma=sigma)], p=blur_p))
-    b, c = float(aug.get("brightness") or 0), float(aug.get("contrast") or 0)
+    b, c = float(aug["brightness"] or 0), float(aug["contrast"] or 0)
     if b or c:
         ops.append(v2.ColorJitter(brightness=b or None, contrast=c or None))
     return ops
@@ -130,13 +137,13 @@ def train_transform(cfg: dict) -> WSSSTransform:
     ``dataset.crop_size`` when image_size is null), then the ``augment`` section's
     augmentation (each entry can be disabled with null/0/false, all of it with
     ``enabled: false``)."""
-    aug = cfg.get("augment") or {}
+    aug = get(cfg, "augment")
     size = _size(cfg)
     ops: list = []
     if size is not None:
         ops.append(v2.Resize((size, size), antialias=True))
     ops += geometric_augment(aug) + photometric_augment(aug)
-    crop = (cfg.get("dataset") or {}).get("crop_size")
+    crop = get(cfg, "dataset.crop_size")
     if size is None and crop:
         ops.append(v2.RandomCrop(int(crop), pad_if_needed=True, fill=FILL))
     return WSSSTransform(ops)

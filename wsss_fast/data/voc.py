@@ -197,7 +197,7 @@ class VOC2012(WSSSDataset):
 
 def make_cls_labels(root: str | Path, out: str | Path, splits=("train_aug", "val")) -> Path:
     """Write IRNet's ``cls_labels.npy`` (dict: id -> float32 [20]) from the masks of ``splits``."""
-    from ..runs import atomic_write_bytes
+    from ..engine.files import atomic_write_bytes
     import io
 
     d = {}

@@ -1,22 +1,13 @@
-"""Small helpers shared by the IRNet step: PNG I/O, resizing, dataset access."""
+"""Small helpers shared by the IRNet step: resizing, dataset access, list-valued config keys."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
-from ..runs import RunPaths, write_npy, write_png  # noqa: F401  (the step's writers)
-
-
-def read_png(path: str | Path) -> np.ndarray:
-    """Read a label PNG as uint8 ``[H, W]``; a missing file is a clear error."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"label file not found: {path}")
-    return np.asarray(Image.open(path), dtype=np.uint8)
+from ..engine.paths import RunPaths
 
 
 def resize_image_uint8(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -43,14 +34,10 @@ def build_split(cfg: dict, split: str, paths: RunPaths, train: bool = False):
     return build_dataset(cfg, split, paths, train=train)
 
 
-def as_list(value, default: Sequence[str]) -> list[str]:
-    """A config value that may be a string or a list, as a list."""
+def as_list(value: str | Sequence[str] | None) -> list[str]:
+    """A config value that may be null, a string or a list, as a list (null: empty)."""
     if value is None:
-        return list(default)
+        return []
     if isinstance(value, str):
         return [value]
     return list(value)
-
-
-def cam_path(paths: RunPaths, image_id: str) -> Path:
-    return paths.cam / f"{image_id}.npy"

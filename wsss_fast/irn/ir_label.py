@@ -20,9 +20,11 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from ..config import get
-from ..runs import RunPaths, load_cam_file
+from ..engine.paths import RunPaths
+from ..engine.files import load_cam_file
 from . import common
-from .common import as_list, cam_path, resize_image_uint8, write_png
+from ..engine.files import write_png
+from .common import as_list, resize_image_uint8
 from .crf import CRFParams, crf_inference_label, to_rgb_uint8
 
 
@@ -86,15 +88,15 @@ def cam_to_ir_label(img: np.ndarray, cam: dict, cfg: dict) -> np.ndarray:
     img = to_rgb_uint8(img)
     if img.shape[:2] != cams.shape[1:]:
         raise ValueError(f"image {tuple(img.shape[:2])} and CAM {tuple(cams.shape[1:])} sizes differ")
-    crf = CRFParams.from_cfg(get(cfg, "ir_label.crf")) if get(cfg, "ir_label.crf.enabled", True) else None
-    fg_conf = _confident_labels(img, cams, keys, float(get(cfg, "ir_label.conf_fg_thres", 0.30)), crf)
-    bg_conf = _confident_labels(img, cams, keys, float(get(cfg, "ir_label.conf_bg_thres", 0.05)), crf)
+    crf = CRFParams.from_cfg(get(cfg, "ir_label.crf")) if get(cfg, "ir_label.crf.enabled") else None
+    fg_conf = _confident_labels(img, cams, keys, float(get(cfg, "ir_label.conf_fg_thres")), crf)
+    bg_conf = _confident_labels(img, cams, keys, float(get(cfg, "ir_label.conf_bg_thres")), crf)
     conf = fg_conf.copy()
     conf[fg_conf == 0] = 255
     conf[(bg_conf + fg_conf) == 0] = 0
     conf = conf.astype(np.uint8)
-    return remove_small_regions(conf, cams, keys, int(get(cfg, "ir_label.min_region", 0) or 0),
-                                float(get(cfg, "ir_label.min_region_conf", 0.5)))
+    return remove_small_regions(conf, cams, keys, int(get(cfg, "ir_label.min_region")),
+                                float(get(cfg, "ir_label.min_region_conf")))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,7 +113,7 @@ def _init_worker(cfg: dict, root: str, split: str) -> None:
 def _process(index: int) -> str:
     cfg, paths, ds = _WORKER["cfg"], _WORKER["paths"], _WORKER["ds"]
     image_id = ds.image_ids[index]
-    cam = load_cam_file(cam_path(paths, image_id))
+    cam = load_cam_file(paths.cam_file(image_id))
     size = tuple(np.asarray(cam["high_res"]).shape[1:])
     img = resize_image_uint8(np.asarray(ds.load_image(index)), size)
     write_png(cam_to_ir_label(img, cam, cfg), paths.ir_label / f"{image_id}.png")
@@ -121,11 +123,11 @@ def _process(index: int) -> str:
 def _run_split(cfg: dict, paths: RunPaths, split: str, workers: int) -> int:
     ds = common.build_split(cfg, split, paths, train=False)
     ids = list(ds.image_ids)
-    missing = [i for i in ids if not cam_path(paths, i).exists()]
+    missing = [i for i in ids if not paths.cam_file(i).exists()]
     if missing:
         raise FileNotFoundError(
             f"make-ir-label: {len(missing)} CAM files of split '{split}' are missing, e.g. "
-            f"{cam_path(paths, missing[0])}; run make-cam first (or set ir_label.splits)")
+            f"{paths.cam_file(missing[0])}; run make-cam first (or set ir_label.splits)")
     todo = [i for i, image_id in enumerate(ids) if not (paths.ir_label / f"{image_id}.png").exists()]
     if not todo:
         return 0
@@ -156,7 +158,7 @@ def make_ir_label(cfg: dict, paths: RunPaths, splits: Iterable[str] | None = Non
     Resumable: images whose PNG exists are skipped.
     """
     paths.ir_label.mkdir(parents=True, exist_ok=True)
-    workers = int(get(cfg, "ir_label.workers", cfg.get("num_workers", 0)) or 0)
-    for split in as_list(splits if splits is not None else get(cfg, "ir_label.splits"), ["train"]):
+    workers = int(get(cfg, "ir_label.workers"))
+    for split in as_list(splits if splits is not None else get(cfg, "ir_label.splits")):
         _run_split(cfg, paths, split, workers)
     paths.mark_done(paths.ir_label)

@@ -31,10 +31,13 @@ from tqdm import tqdm
 
 from .. import ops
 from ..config import get
-from ..runs import RunPaths, atomic_write_bytes, load_cam_file, resolve_device
+from ..engine.paths import RunPaths
+from ..engine.files import atomic_write_bytes, load_cam_file
+from ..engine.dist import resolve_device
 from . import common
-from .common import as_list, cam_path, read_png, write_npy, write_png
-from .net import EdgeDisplacement, load_irnet
+from ..engine.files import read_png, write_npy, write_png
+from .common import as_list
+from .model import EdgeDisplacement, load_irnet
 
 
 def _outputs(paths: RunPaths, image_id: str) -> tuple[Path, Path]:
@@ -80,7 +83,7 @@ class _InferDataset(Dataset):
         i = self.indices[j]
         item = self.base[i]
         image_id = str(item["image_id"])
-        cam = load_cam_file(cam_path(self.paths, image_id))
+        cam = load_cam_file(self.paths.cam_file(image_id))
         return {"image": item["image"], "id": image_id, "orig_size": tuple(int(s) for s in item["orig_size"]),
                 "keys": np.asarray(cam["keys"], dtype=np.int64),
                 "cam": torch.from_numpy(np.asarray(cam["cam"], dtype=np.float32))}
@@ -98,7 +101,7 @@ def walk_image(cfg: dict, x: torch.Tensor) -> tuple[torch.Tensor, int]:
     for images whose lesions are only a few stride-4 cells wide; the CAMs are interpolated
     onto it.
     """
-    up = max(1, int(get(cfg, "sem_seg.upsample", 1)))
+    up = max(1, int(get(cfg, "sem_seg.upsample")))
     if up > 1:
         x = F.interpolate(x, scale_factor=up, mode="bilinear", align_corners=False)
     return x, up
@@ -123,7 +126,7 @@ def _process_batch(model: EdgeDisplacement, items: list[dict], cfg: dict, paths:
     x = torch.stack([it["image"] for it in items]).to(device)
     H, W = x.shape[-2:]
     xe, up = walk_image(cfg, x)
-    edge = _edges(model, xe, [float(s) for s in get(cfg, "sem_seg.scales", [1.0])])  # [B, h, w]
+    edge = _edges(model, xe, [float(s) for s in get(cfg, "sem_seg.scales")])  # [B, h, w]
     h, w = edge.shape[-2:]
     h0, w0 = _stride4(H), _stride4(W)
     kmax = max(int(it["cam"].shape[0]) for it in items)
@@ -140,11 +143,11 @@ def _process_batch(model: EdgeDisplacement, items: list[dict], cfg: dict, paths:
             if up > 1:
                 c = F.interpolate(c[None], size=(h, w), mode="bilinear", align_corners=False)[0]
             cams[b, : c.shape[0]] = c
-        rw = ops.random_walk(cams, edge, radius=int(get(cfg, "sem_seg.radius", 5)),
-                             beta=float(get(cfg, "sem_seg.beta", 10.0)), steps=int(get(cfg, "sem_seg.steps", 256)))
+        rw = ops.random_walk(cams, edge, radius=int(get(cfg, "sem_seg.radius")),
+                             beta=float(get(cfg, "sem_seg.beta")), steps=int(get(cfg, "sem_seg.steps")))
         rw_up = F.interpolate(rw.float(), size=(4 * h // up, 4 * w // up), mode="bilinear",
                               align_corners=False)[..., :H, :W]
-    bg_thres = float(get(cfg, "sem_seg.bg_thres", 0.25))
+    bg_thres = float(get(cfg, "sem_seg.bg_thres"))
     for b, it in enumerate(items):
         k = int(it["cam"].shape[0])
         soft = rw_up[b, :k] if k else torch.zeros((0, H, W), device=device)
@@ -170,9 +173,9 @@ def run_shard(cfg: dict, root: str, split: str, indices: list[int], device: str,
     base = common.build_split(cfg, split, paths, train=False)
     net = load_irnet(paths.irn / "final.pt", map_location="cpu")
     model = EdgeDisplacement(net.to(dev).eval())
-    bs = max(1, int(get(cfg, "sem_seg.batch_size", 4)))
+    bs = max(1, int(get(cfg, "sem_seg.batch_size")))
     workers = get(cfg, "sem_seg.workers")
-    workers = int(cfg.get("num_workers", 0) or 0) if workers is None else int(workers)
+    workers = int(get(cfg, "num_workers")) if workers is None else int(workers)
     loader = DataLoader(_InferDataset(base, paths, indices), batch_size=1,
                         shuffle=False, num_workers=workers, collate_fn=_collate)
     pending: dict[tuple, list[dict]] = {}
@@ -221,7 +224,7 @@ def make_sem_seg(cfg: dict, paths: RunPaths, splits: list[str] | None = None) ->
             ``paths.rw`` and marks ``paths.sem_seg`` done.
         splits: overrides ``sem_seg.splits``.
     """
-    from ..train.dist import env_rank_world, rank_device
+    from ..engine.dist import env_rank_world, rank_device
 
     ckpt = paths.irn / "final.pt"
     if not ckpt.exists():
@@ -231,14 +234,14 @@ def make_sem_seg(cfg: dict, paths: RunPaths, splits: list[str] | None = None) ->
     devices = _plan(cfg)
     rank, world, _ = env_rank_world()
     all_done = True
-    for split in as_list(splits if splits is not None else get(cfg, "sem_seg.splits"), ["train", "val", "test"]):
+    for split in as_list(splits if splits is not None else get(cfg, "sem_seg.splits")):
         base = common.build_split(cfg, split, paths, train=False)
         ids = [str(i) for i in base.image_ids]
-        missing = [i for i in ids if not cam_path(paths, i).exists()]
+        missing = [i for i in ids if not paths.cam_file(i).exists()]
         if missing:
             raise FileNotFoundError(
                 f"make-sem-seg: {len(missing)} CAM files of split '{split}' are missing, e.g. "
-                f"{cam_path(paths, missing[0])}; run make-cam for it (or set sem_seg.splits)")
+                f"{paths.cam_file(missing[0])}; run make-cam for it (or set sem_seg.splits)")
         todo = [i for i, image_id in enumerate(ids) if not _done(paths, image_id)]
         if world > 1:  # torchrun: this process's share, on its own device
             mine = [i for i in todo if i % world == rank]  # by image index: stable across restarts
@@ -279,9 +282,9 @@ def eval_sem_seg(cfg: dict, paths: RunPaths, splits: list[str] | None = None) ->
     """
     from ..metrics import SegEvaluator
 
-    thresholds = [float(t) for t in get(cfg, "sem_seg.eval_thresholds", [0.25])]
+    thresholds = [float(t) for t in get(cfg, "sem_seg.eval_thresholds")]
     report: dict = {}
-    for split in as_list(splits if splits is not None else get(cfg, "sem_seg.splits"), ["train", "val", "test"]):
+    for split in as_list(splits if splits is not None else get(cfg, "sem_seg.splits")):
         base = common.build_split(cfg, split, paths, train=False)
         n_cls = int(base.num_classes) + 1
         names = ["background", *list(getattr(base, "class_names", []) or [])]
@@ -303,7 +306,7 @@ def eval_sem_seg(cfg: dict, paths: RunPaths, splits: list[str] | None = None) ->
             gt = np.asarray(gt, dtype=np.uint8)
             ev.add(read_png(png), gt, positive)
             soft = torch.from_numpy(np.load(npy).astype(np.float32))
-            keys = np.asarray(load_cam_file(cam_path(paths, image_id))["keys"], dtype=np.int64)
+            keys = np.asarray(load_cam_file(paths.cam_file(image_id))["keys"], dtype=np.int64)
             if soft.shape[0]:
                 soft = F.interpolate(soft[None], size=gt.shape, mode="bilinear", align_corners=False)[0]
                 best, arg = soft.max(dim=0)
@@ -319,7 +322,7 @@ def eval_sem_seg(cfg: dict, paths: RunPaths, splits: list[str] | None = None) ->
                for t, e in sweep.items()}
         best_t = max(res, key=lambda t: (np.nan_to_num(res[t]["miou_all"], nan=-1.0)))
         report[split] = {"labels": ev.result(), "sweep": {f"{t:g}": r for t, r in res.items()},
-                         "best_bg_thres": best_t, "bg_thres": float(get(cfg, "sem_seg.bg_thres", 0.25))}
+                         "best_bg_thres": best_t, "bg_thres": float(get(cfg, "sem_seg.bg_thres"))}
     paths.sem_seg.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(json.dumps(report, indent=2).encode(), paths.sem_seg / "eval.json")
     for split, r in report.items():

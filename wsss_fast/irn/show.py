@@ -16,11 +16,14 @@ from PIL import Image, ImageDraw
 
 from ..config import get
 from ..metrics.figures import PALETTE
-from ..runs import RunPaths, load_cam_file, resolve_device
+from ..engine.paths import RunPaths
+from ..engine.files import load_cam_file
+from ..engine.dist import resolve_device
 from . import common
-from .common import as_list, cam_path, read_png, resize_image_uint8, resize_label
+from ..engine.files import read_png
+from .common import as_list, resize_image_uint8, resize_label
 from .crf import to_rgb_uint8
-from .net import EdgeDisplacement, load_irnet
+from .model import EdgeDisplacement, load_irnet
 from .sem_seg import walk_image
 
 TITLES = ["image", "CAM", "boundary", "displacement", "random walk", "pseudo label", "ground truth"]
@@ -119,9 +122,9 @@ def show(cfg: dict, paths: RunPaths) -> None:
 
     Whatever exists is drawn: a panel shows gray tiles for outputs not computed yet.
     """
-    split = get(cfg, "show.split", "val")
+    split = get(cfg, "show.split")
     ds = common.build_split(cfg, split, paths, train=False)
-    ids = as_list(get(cfg, "show.ids"), [])
+    ids = as_list(get(cfg, "show.ids"))
     if ids:
         idx = _find(ds, [str(i) for i in ids])
         if not idx:
@@ -129,21 +132,21 @@ def show(cfg: dict, paths: RunPaths) -> None:
     else:
         labels = np.asarray(ds.labels)
         order = np.argsort(-labels.any(axis=1).astype(int), kind="stable") if len(labels) else []
-        idx = [int(i) for i in order[: int(get(cfg, "show.num_images", 4))]]
+        idx = [int(i) for i in order[: int(get(cfg, "show.num_images"))]]
     device = resolve_device(cfg)
     model = None
     ckpt = paths.irn / "final.pt"
     if ckpt.exists():
         model = EdgeDisplacement(load_irnet(ckpt).to(device).eval())
     paths.figures.mkdir(parents=True, exist_ok=True)
-    tile = int(get(cfg, "show.tile_size", 256))
+    tile = int(get(cfg, "show.tile_size"))
     for i in idx:
         item = ds[i]
         image_id = str(item["image_id"])
         image = to_rgb_uint8(np.asarray(ds.load_image(i)))
         cam = rw = edge = dp = pseudo = None
-        if cam_path(paths, image_id).exists():
-            hr = np.asarray(load_cam_file(cam_path(paths, image_id))["high_res"], np.float32)
+        if paths.cam_file(image_id).exists():
+            hr = np.asarray(load_cam_file(paths.cam_file(image_id))["high_res"], np.float32)
             cam = hr.max(0) if hr.shape[0] else np.zeros(hr.shape[1:], np.float32)
         if model is not None:
             x, _ = walk_image(cfg, item["image"][None].to(device))  # the boundary map the walk used

@@ -13,9 +13,6 @@ would), ``final.pt`` (model with the displacement mean), ``train.log`` (JSON lin
 
 from __future__ import annotations
 
-import json
-import time
-
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -25,12 +22,15 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from ..config import get
-from ..runs import RunPaths, atomic_torch_save, resolve_device, seed_everything
+from ..engine.dist import resolve_device
+from ..engine.files import atomic_torch_save, read_png
+from ..engine.paths import RunPaths
+from ..engine.training import TrainLog, load_checkpoint, poly_factor, save_checkpoint, seed_everything
 from . import common
-from .common import read_png, resize_image_uint8
+from .common import resize_image_uint8
 from .crf import to_rgb_uint8
 from .loss import irn_loss
-from .net import IRNet
+from .model import IRNet
 from .pair_labels import offsets_array, pair_labels, reduce_label
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -106,10 +106,6 @@ class AffinityDataset(Dataset):
                 "image_id": self.base.image_ids[i]}
 
 
-def poly_lr(base_lr: float, step: int, max_step: int, power: float = 0.9) -> float:
-    return base_lr * (1 - step / max(max_step, 1)) ** power
-
-
 @torch.no_grad()
 def estimate_displacement_mean(model: IRNet, dataset: AffinityDataset, device: torch.device,
                                max_images: int | None = None) -> torch.Tensor:
@@ -146,6 +142,9 @@ def _worker_init(worker_id: int) -> None:
     np.random.seed(seed)
 
 
+ARCH_KEYS = ("irn.backbone", "irn.radius")  # a checkpoint of another IRNet is not resumed
+
+
 def train_irn(cfg: dict, paths: RunPaths) -> None:
     """Step ``train-irn``: train IRNet on the IR labels of ``irn.train_split``.
 
@@ -156,51 +155,46 @@ def train_irn(cfg: dict, paths: RunPaths) -> None:
     """
     out = paths.irn
     out.mkdir(parents=True, exist_ok=True)
-    seed_everything(int(cfg.get("seed", 0)))
+    seed_everything(int(get(cfg, "seed")))
     device = resolve_device(cfg)
-    split = get(cfg, "irn.train_split", "train")
+    split = get(cfg, "irn.train_split")
     base = common.build_split(cfg, split, paths, train=False)
     missing = [i for i in base.image_ids if not (paths.ir_label / f"{i}.png").exists()]
     if missing:
         raise FileNotFoundError(f"train-irn: {len(missing)} IR labels of split '{split}' are missing, e.g. "
                                 f"{paths.ir_label / (missing[0] + '.png')}; run make-ir-label first")
-    radius = int(get(cfg, "irn.radius", 10))
-    ds = AffinityDataset(base, paths.ir_label, int(get(cfg, "irn.crop_size", 512)), radius,
-                         get(cfg, "irn.rescale", (0.5, 1.5)), bool(get(cfg, "irn.hflip", True)))
-    bs = int(get(cfg, "irn.batch_size", 32))
+    radius = int(get(cfg, "irn.radius"))
+    ds = AffinityDataset(base, paths.ir_label, int(get(cfg, "irn.crop_size")), radius,
+                         get(cfg, "irn.rescale"), bool(get(cfg, "irn.hflip")))
+    bs = int(get(cfg, "irn.batch_size"))
     drop_last = len(ds) >= bs
     steps_per_epoch = len(ds) // bs if drop_last else 1
-    epochs = int(get(cfg, "irn.epochs", 3))
+    epochs = int(get(cfg, "irn.epochs"))
     max_step = steps_per_epoch * epochs
-    workers = int(cfg.get("num_workers", 0) or 0)
+    workers = int(get(cfg, "num_workers"))
     # Shuffling and the workers' seeds come from ``gen`` at the start of every epoch (workers are
     # not persistent); with the global RNG it is saved in last.pt, so a resumed epoch repeats.
-    gen = torch.Generator().manual_seed(int(cfg.get("seed", 0)))
+    gen = torch.Generator().manual_seed(int(get(cfg, "seed")))
     loader = DataLoader(ds, batch_size=bs, shuffle=True, num_workers=workers, drop_last=drop_last,
                         collate_fn=_collate, pin_memory=device.type == "cuda", generator=gen,
                         worker_init_fn=_worker_init, persistent_workers=False)
 
-    model = IRNet(get(cfg, "irn.backbone", "resnet50"), get(cfg, "irn.pretrained_path")).to(device)
-    lr, wd = float(get(cfg, "irn.lr", 0.1)), float(get(cfg, "irn.weight_decay", 1e-4))
+    model = IRNet(get(cfg, "irn.backbone"), get(cfg, "irn.pretrained_path")).to(device)
+    lr, wd = float(get(cfg, "irn.lr")), float(get(cfg, "irn.weight_decay"))
     edge_params, dp_params = model.trainable_parameters()
     groups = [{"params": edge_params, "lr": lr, "base_lr": lr},
-              {"params": dp_params, "lr": lr * float(get(cfg, "irn.dp_lr_mult", 10.0)),
-               "base_lr": lr * float(get(cfg, "irn.dp_lr_mult", 10.0))}]
-    opt = torch.optim.SGD(groups, lr=lr, weight_decay=wd, momentum=float(get(cfg, "irn.momentum", 0.0)))
+              {"params": dp_params, "lr": lr * float(get(cfg, "irn.dp_lr_mult")),
+               "base_lr": lr * float(get(cfg, "irn.dp_lr_mult"))}]
+    opt = torch.optim.SGD(groups, lr=lr, weight_decay=wd, momentum=float(get(cfg, "irn.momentum")))
 
-    start_epoch, step = 0, 0
     last = out / "last.pt"
-    if last.exists():
-        ckpt = torch.load(last, map_location="cpu", weights_only=False)  # RNG states must stay on the CPU
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        start_epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
-        torch.set_rng_state(ckpt["rng"])
+    ckpt = load_checkpoint(last, cfg=cfg, arch_keys=ARCH_KEYS, model=model, optimizer=opt)
+    start_epoch, step = (int(ckpt["epoch"]), int(ckpt["step"])) if ckpt else (0, 0)
+    if ckpt:
         gen.set_state(ckpt["gen_rng"])
-        np.random.set_state(ckpt["np_rng"])
-    amp = bool(get(cfg, "irn.amp", True)) and device.type == "cuda"
-    log = open(out / "train.log", "a")
-    log_every = int(get(cfg, "irn.log_every", 10))
+    amp = bool(get(cfg, "irn.amp")) and device.type == "cuda"
+    log = TrainLog(out / "train.log", "train-irn")
+    log_every = int(get(cfg, "irn.log_every"))
     bar = tqdm(total=max_step, initial=step, desc="train-irn", unit="step")
     model.train()
     for epoch in range(start_epoch, epochs):
@@ -208,7 +202,7 @@ def train_irn(cfg: dict, paths: RunPaths) -> None:
             if it >= steps_per_epoch:
                 break
             for g in opt.param_groups:
-                g["lr"] = poly_lr(g["base_lr"], step, max_step)
+                g["lr"] = g["base_lr"] * poly_factor(step, max_step)
             img = batch["img"].to(device, non_blocking=True)
             labels = [batch[k].to(device, non_blocking=True) for k in ("bg_pos", "fg_pos", "neg")]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -222,15 +216,10 @@ def train_irn(cfg: dict, paths: RunPaths) -> None:
             vals = {k: round(float(v.detach()), 5) for k, v in losses.items()}
             bar.set_postfix(loss=vals["total"])
             if step % log_every == 0 or step == 1 or step == max_step:
-                log.write(json.dumps({"epoch": epoch, "step": step, "lr": opt.param_groups[0]["lr"],
-                                      "time": time.time(), **vals}) + "\n")
-                log.flush()
-        atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-                           "step": step, "backbone": model.arch, "radius": radius,
-                           "rng": torch.get_rng_state(), "gen_rng": gen.get_state(),
-                           "np_rng": np.random.get_state()}, last)
+                log.write({"epoch": epoch, "step": step, "lr": opt.param_groups[0]["lr"], **vals}, echo=False)
+        save_checkpoint(last, cfg=cfg, arch_keys=ARCH_KEYS, model=model, optimizer=opt, epoch=epoch + 1,
+                        step=step, gen_rng=gen.get_state(), backbone=model.arch, radius=radius)
     bar.close()
-    log.close()
 
     eval_ds = AffinityDataset(base, paths.ir_label, ds.crop_size, radius, augment=False)
     mean = estimate_displacement_mean(model, eval_ds, device, get(cfg, "irn.dp_mean_images"))

@@ -15,7 +15,8 @@ import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageDraw
 
-from ..runs import RunPaths, atomic_write_bytes, load_cam_file
+from ..engine.paths import RunPaths
+from ..engine.files import atomic_write_bytes, load_cam_file, read_png
 
 TILE = 256
 TITLES = ("image", "CAM", "IRNet", "segmentation", "ground truth")
@@ -108,10 +109,7 @@ def panel(rgb: np.ndarray, cam: np.ndarray | None, irnet: np.ndarray | None, seg
 
 
 def _read_png(path: Path) -> np.ndarray | None:
-    if not path.exists():
-        return None
-    with PILImage.open(path) as im:
-        return np.array(im, dtype=np.uint8)
+    return read_png(path) if path.exists() else None
 
 
 def write_figures(base, paths: RunPaths, num: int, split: str = "test") -> list[Path]:

@@ -1,12 +1,12 @@
 """wsss_fast.seg: step 3, the segmentation network trained on IRNet pseudo labels.
 
 Viniavskyi, Dobko, Dobosevych, "Weakly-Supervised Segmentation for Disease Localization in
-Chest X-Ray Images", AIME 2020. ``models`` builds the smp U-Net / DeepLabV3+ (offline
+Chest X-Ray Images", AIME 2020. ``model`` builds the smp U-Net / DeepLabV3+ (offline
 weights, any input size), ``train`` is ``wsss-fast train-seg``, ``infer`` is
 ``wsss-fast predict-seg``.
 """
 
-from .models import PaddedSegModel, build_seg_model, load_encoder_weights, model_from_cfg
+from .model import PaddedSegModel, build_seg_model, load_encoder_weights, model_from_cfg
 
 __all__ = ["PaddedSegModel", "build_seg_model", "load_encoder_weights", "model_from_cfg",
            "train_seg", "predict_seg"]

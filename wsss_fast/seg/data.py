@@ -20,6 +20,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from ..config import get
+from ..engine.files import read_png
 from ..data.transforms import FILL, IMAGENET_MEAN, IMAGENET_STD, geometric_augment, photometric_augment
 
 IGNORE = 255
@@ -41,7 +42,7 @@ def train_transform(cfg: dict) -> v2.Compose:
     resize to :func:`seg_image_size`, the ``augment`` section's geometric transforms (the
     classifier's, :func:`wsss_fast.data.transforms.geometric_augment`), a random
     ``seg.crop_size`` crop, then its photometric transforms and normalization."""
-    aug = cfg.get("augment", {}) or {}
+    aug = get(cfg, "augment")
     size = seg_image_size(cfg)
     t: list = []
     if size:
@@ -62,14 +63,6 @@ def eval_transform(cfg: dict) -> v2.Compose:
     t: list = [v2.Resize((size, size), antialias=True)] if size else []
     t += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     return v2.Compose(t)
-
-
-def read_label_png(path: Path) -> np.ndarray:
-    """A uint8 label map [H, W] from a PNG (0 = bg, c+1 = class c, 255 = ignore)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"label map not found: {path}")
-    with PILImage.open(path) as im:
-        return np.array(im, dtype=np.uint8)
 
 
 def _to_image(rgb: np.ndarray) -> tv_tensors.Image:
@@ -102,7 +95,7 @@ class PseudoLabelDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         idx = self.indices[i]
         rgb = self.base.load_image(idx)
-        label = read_label_png(self.label_dir / f"{self.base.image_ids[idx]}.png")
+        label = read_png(self.label_dir / f"{self.base.image_ids[idx]}.png")
         if label.shape != rgb.shape[:2]:
             label = np.array(PILImage.fromarray(label).resize(rgb.shape[1::-1], PILImage.NEAREST))
         image, mask = self.transform(_to_image(rgb), tv_tensors.Mask(torch.from_numpy(label)))

@@ -15,9 +15,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..config import get
-from ..runs import RunPaths, resolve_device, write_png
+from ..engine.paths import RunPaths
+from ..engine.dist import resolve_device
+from ..engine.files import write_png
 from .data import ImageDataset, eval_transform, seg_image_size
-from .models import model_from_cfg
+from .model import model_from_cfg
 
 
 def load_seg_model(cfg: dict, paths: RunPaths, device: torch.device) -> torch.nn.Module:
@@ -26,7 +28,7 @@ def load_seg_model(cfg: dict, paths: RunPaths, device: torch.device) -> torch.nn
     if not ckpt.exists():
         raise FileNotFoundError(f"segmentation checkpoint not found: {ckpt}; run train-seg first")
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    cfg = {**cfg, "seg": {**cfg.get("seg", {}), "encoder_weights_path": None}}
+    cfg = {**cfg, "seg": {**get(cfg, "seg"), "encoder_weights_path": None}}
     for key in ("arch", "encoder"):
         if state.get(key):
             cfg["seg"][key] = state[key]
@@ -78,21 +80,21 @@ def predict_seg(cfg: dict, paths: RunPaths) -> None:
 
     device = resolve_device(cfg)
     model = load_seg_model(cfg, paths, device)
-    flip = bool(get(cfg, "seg.tta_flip", True))
-    thr = float(get(cfg, "seg.threshold", 0.5))
-    amp = bool(get(cfg, "seg.amp", True)) and device.type == "cuda"
-    save_probs = bool(get(cfg, "seg.save_probs", False))
+    flip = bool(get(cfg, "seg.tta_flip"))
+    thr = float(get(cfg, "seg.threshold"))
+    amp = bool(get(cfg, "seg.amp")) and device.type == "cuda"
+    save_probs = bool(get(cfg, "seg.save_probs"))
     size = seg_image_size(cfg)
     out = paths.seg_pred
     out.mkdir(parents=True, exist_ok=True)
-    for split in get(cfg, "evaluate.splits", ["val", "test"]):
+    for split in get(cfg, "evaluate.splits"):
         base = build_dataset(cfg, split, paths, train=False)
         todo = [i for i, name in enumerate(base.image_ids) if not (out / f"{name}.png").exists()]
         if not todo:
             continue
         ds = torch.utils.data.Subset(ImageDataset(base, eval_transform(cfg)), todo)
-        bs = int(get(cfg, "seg.eval_batch_size", 8)) if size else 1
-        loader = DataLoader(ds, batch_size=bs, num_workers=int(cfg.get("num_workers", 0)))
+        bs = int(get(cfg, "seg.eval_batch_size")) if size else 1
+        loader = DataLoader(ds, batch_size=bs, num_workers=int(get(cfg, "num_workers")))
         for batch in tqdm(loader, desc=f"predict-seg {split}", leave=False):
             probs = predict_probs(model, batch["image"].to(device), flip=flip, amp=amp)
             for j, idx in enumerate(batch["index"].tolist()):

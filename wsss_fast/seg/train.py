@@ -15,22 +15,21 @@ from them.
 
 from __future__ import annotations
 
-import json
 import time
-from contextlib import nullcontext
-from typing import Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..config import get
-from ..runs import RunPaths, atomic_torch_save, seed_everything
-from ..train.dist import init_distributed
+from ..data.sampler import GlobalBatchSampler
+from ..engine.dist import init_distributed
+from ..engine.files import atomic_torch_save
+from ..engine.paths import RunPaths
+from ..engine.training import TrainLog, load_checkpoint, poly_factor, save_checkpoint, seed_everything
 from .data import IGNORE, PseudoLabelDataset, train_transform
-from .models import model_from_cfg
+from .model import model_from_cfg
 
 
 def seg_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: float | None = None) -> torch.Tensor:
@@ -57,59 +56,10 @@ def seg_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: float | Non
     return F.cross_entropy(logits.float(), target, ignore_index=IGNORE)
 
 
-def poly_lr(base_lr: float, epoch: int, epochs: int, power: float = 0.9) -> float:
-    """Poly schedule evaluated once per epoch: base * (1 - epoch / epochs) ** power."""
-    return base_lr * (1.0 - epoch / max(epochs, 1)) ** power
-
-
-class _Batches:
-    """Global batches (class-balanced when possible), sliced for this rank."""
-
-    def __init__(self, labels: np.ndarray, batch_size: int, neg_pos_ratio, seed: int,
-                 rank: int, world: int) -> None:
-        self.labels = labels
-        self.batch_size = batch_size
-        self.ratio = neg_pos_ratio
-        self.seed = seed
-        self.rank, self.world = rank, world
-        self.epoch = 0
-        pos = labels.reshape(len(labels), -1).max(axis=1) > 0 if len(labels) else np.zeros(0, bool)
-        self.balanced = neg_pos_ratio is not None and 0 < pos.sum() < len(pos)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _global(self) -> list[list[int]]:
-        seed = self.seed + 1000 * self.epoch
-        if self.balanced:
-            from ..data.sampler import BalancedBatchSampler
-
-            sampler = BalancedBatchSampler(self.labels, self.batch_size, self.ratio, seed)
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(self.epoch)
-            return [list(map(int, b)) for b in sampler]
-        perm = np.random.default_rng(seed).permutation(len(self.labels)).tolist()
-        return [perm[i:i + self.batch_size] for i in range(0, len(perm), self.batch_size)]
-
-    def _kept(self) -> list[list[int]]:
-        # Every rank needs a slice of at least 2 (BatchNorm, e.g. DeepLabV3+'s ASPP pooling,
-        # cannot train on one sample), unless the batches themselves are that small: a short
-        # last batch is dropped (the order is reshuffled every epoch).
-        least = self.world * (2 if self.batch_size >= 2 * self.world else 1)
-        return [b for b in self._global() if len(b) >= least]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for batch in self._kept():
-            yield batch[self.rank::self.world]
-
-    def __len__(self) -> int:
-        return len(self._kept())
-
-
 def _dataset(cfg: dict, paths: RunPaths):
     from ..data import build_dataset
 
-    split = get(cfg, "seg.train_split", "train")
+    split = get(cfg, "seg.train_split")
     base = build_dataset(cfg, split, paths, train=False)
     missing = [i for i in base.image_ids if not (paths.sem_seg / f"{i}.png").exists()]
     if missing:
@@ -119,27 +69,42 @@ def _dataset(cfg: dict, paths: RunPaths):
     return base
 
 
+ARCH_KEYS = ("seg.arch", "seg.encoder", "seg.decoder_channels", "dataset.num_classes")  # shape the state dict
+
+
+def build_optimizer(cfg: dict, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """SGD (the paper's), Adam or AdamW at ``seg.lr`` with ``seg.weight_decay``."""
+    lr, wd = float(get(cfg, "seg.lr")), float(get(cfg, "seg.weight_decay"))
+    name = str(get(cfg, "seg.optimizer")).lower()
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=float(get(cfg, "seg.momentum")), weight_decay=wd)
+    if name in ("adam", "adamw"):
+        return (torch.optim.Adam if name == "adam" else torch.optim.AdamW)(model.parameters(), lr=lr, weight_decay=wd)
+    raise ValueError(f"seg.optimizer must be sgd, adam or adamw, got '{name}'")
+
+
 def train_seg(cfg: dict, paths: RunPaths) -> None:
     """Train the step-3 model on ``paths.sem_seg`` pseudo labels; writes ``paths.seg``.
 
     Outputs: ``seg/last.pt`` (resume state, every epoch), ``seg/final.pt`` (weights and
     model settings), ``seg/train.log`` (one JSON line per epoch), ``seg/.done``.
     """
-    s = cfg.get("seg", {})
     dist = init_distributed(cfg)
     device = dist.device
-    seed_everything(int(cfg.get("seed", 0)) + dist.rank)
+    seed = int(get(cfg, "seed"))
+    seed_everything(seed + dist.rank)
     paths.seg.mkdir(parents=True, exist_ok=True)
 
     base = _dataset(cfg, paths)
-    num_classes = int(getattr(base, "num_classes", get(cfg, "dataset.num_classes", 1)))
+    num_classes = int(base.num_classes)
     ds = PseudoLabelDataset(base, paths.sem_seg, train_transform(cfg))
-    labels = np.asarray(base.labels, dtype=np.float32)
-    batch_size = int(s.get("batch_size", 8))
-    batches = _Batches(labels, batch_size, get(cfg, "sampler.neg_pos_ratio"), int(cfg.get("seed", 0)),
-                       dist.rank, dist.world_size)
-    workers = int(cfg.get("num_workers", 0))
-    loader = DataLoader(ds, batch_sampler=batches, num_workers=workers,
+    batch_size = int(get(cfg, "seg.batch_size"))
+    # every rank needs a slice of at least 2 (BatchNorm, e.g. DeepLabV3+'s ASPP pooling, cannot
+    # train on one sample), unless the batches themselves are that small
+    least = dist.world_size * (2 if batch_size >= 2 * dist.world_size else 1)
+    batches = GlobalBatchSampler(base.labels, batch_size, get(cfg, "sampler.neg_pos_ratio"), seed, dist.rank,
+                                 dist.world_size, seed_stride=1000, min_batch=least)
+    loader = DataLoader(ds, batch_sampler=batches, num_workers=int(get(cfg, "num_workers")),
                         pin_memory=device.type == "cuda", persistent_workers=False)
 
     model = model_from_cfg(cfg, num_classes).to(device)
@@ -150,41 +115,26 @@ def train_seg(cfg: dict, paths: RunPaths) -> None:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    base_lr = float(s.get("lr", 6e-5))
-    opt_name = str(s.get("optimizer", "sgd")).lower()
-    wd = float(s.get("weight_decay", 1e-6))
-    if opt_name == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=base_lr, momentum=float(s.get("momentum", 0.9)),
-                              weight_decay=wd)
-    elif opt_name in ("adam", "adamw"):
-        cls = torch.optim.Adam if opt_name == "adam" else torch.optim.AdamW
-        opt = cls(model.parameters(), lr=base_lr, weight_decay=wd)
-    else:
-        raise ValueError(f"seg.optimizer must be sgd, adam or adamw, got '{opt_name}'")
-    use_amp = bool(s.get("amp", True)) and device.type == "cuda"
+    opt = build_optimizer(cfg, model)
+    base_lr = float(get(cfg, "seg.lr"))
+    use_amp = bool(get(cfg, "seg.amp")) and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    epochs = int(s.get("epochs", 10))
-    pos_weight = s.get("pos_weight")
+    epochs = int(get(cfg, "seg.epochs"))
+    pos_weight = get(cfg, "seg.pos_weight")
 
-    start = 0
     last = paths.seg / "last.pt"
-    if last.exists():
-        state = torch.load(last, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if use_amp and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start = int(state["epoch"])
-        if dist.is_main:
-            print(f"train-seg: resuming from {last} at epoch {start}/{epochs}")
+    ckpt = load_checkpoint(last, cfg=cfg, arch_keys=ARCH_KEYS, model=model, optimizer=opt, scaler=scaler)
+    start = int(ckpt["epoch"]) if ckpt else 0
+    log = TrainLog(paths.seg / "train.log", "train-seg", enabled=dist.is_main)
+    if ckpt and dist.is_main:
+        tqdm.write(f"train-seg: resuming from {last} at epoch {start}/{epochs}")
 
-    log = paths.seg / "train.log"
     for epoch in range(start, epochs):
-        lr = poly_lr(base_lr, epoch, epochs, float(s.get("poly_power", 0.9)))
+        lr = base_lr * poly_factor(epoch, epochs, float(get(cfg, "seg.poly_power")))
         for g in opt.param_groups:
             g["lr"] = lr
         # per-epoch seed (augmentation, loader workers): a resumed run repeats an uninterrupted one
-        seed_everything(int(cfg.get("seed", 0)) + 1000 * (epoch + 1) + dist.rank)
+        seed_everything(seed + 1000 * (epoch + 1) + dist.rank)
         batches.set_epoch(epoch)
         net.train()
         total, count, t0 = 0.0, 0, time.time()
@@ -192,8 +142,7 @@ def train_seg(cfg: dict, paths: RunPaths) -> None:
         for batch in bar:
             x = batch["image"].to(device, non_blocking=True)
             y = batch["mask"].to(device, non_blocking=True)
-            ctx = torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext()
-            with ctx:
+            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
                 logits = net(x)
             loss = seg_loss(logits.float(), y, pos_weight)
             opt.zero_grad(set_to_none=True)
@@ -205,19 +154,15 @@ def train_seg(cfg: dict, paths: RunPaths) -> None:
             bar.set_postfix(loss=f"{total / max(count, 1):.4f}", lr=f"{lr:.2e}")
         bar.close()
         if dist.is_main:
-            atomic_torch_save({"epoch": epoch + 1, "model": model.state_dict(),
-                               "optimizer": opt.state_dict(),
-                               "scaler": scaler.state_dict() if use_amp else None}, last)
-            with open(log, "a") as f:
-                f.write(json.dumps({"epoch": epoch + 1, "loss": total / max(count, 1), "lr": lr,
-                                    "seconds": round(time.time() - t0, 2)}) + "\n")
-            print(f"train-seg epoch {epoch + 1}/{epochs}: loss {total / max(count, 1):.4f} "
-                  f"lr {lr:.2e} ({time.time() - t0:.0f}s)")
+            save_checkpoint(last, cfg=cfg, arch_keys=ARCH_KEYS, model=model, optimizer=opt, epoch=epoch + 1,
+                            scaler=scaler)
+        log.write({"epoch": epoch + 1, "loss": total / max(count, 1), "lr": lr,
+                   "seconds": round(time.time() - t0, 2)})
         dist.barrier()
 
     if dist.is_main:
         atomic_torch_save({"model": model.state_dict(), "num_classes": num_classes,
-                           "arch": s.get("arch"), "encoder": s.get("encoder"),
+                           "arch": get(cfg, "seg.arch"), "encoder": get(cfg, "seg.encoder"),
                            "epochs": epochs}, paths.seg / "final.pt")
         paths.mark_done(paths.seg)
     dist.barrier()

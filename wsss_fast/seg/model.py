@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import get
+
 ARCHS = ("unet", "deeplabv3plus")
 ENCODERS = {
     "unet": ("se_resnext50_32x4d", "resnet50", "resnet34", "resnet18"),
@@ -187,7 +189,6 @@ def _stride(net: nn.Module) -> int:
 
 def model_from_cfg(cfg: dict, num_classes: int) -> PaddedSegModel:
     """:func:`build_seg_model` from the ``seg:`` section of a config."""
-    s = cfg.get("seg", {})
-    return build_seg_model(s.get("arch", "unet"), s.get("encoder", "resnet18"), num_classes,
-                           s.get("encoder_weights_path"), s.get("pad_mode", "reflect"),
-                           s.get("decoder_channels"))
+    return build_seg_model(get(cfg, "seg.arch"), get(cfg, "seg.encoder"), num_classes,
+                           get(cfg, "seg.encoder_weights_path"), get(cfg, "seg.pad_mode"),
+                           get(cfg, "seg.decoder_channels"))

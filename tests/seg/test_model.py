@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wsss_fast.seg.models import PaddedSegModel, build_seg_model, load_encoder_weights, num_outputs
+from wsss_fast.seg.model import PaddedSegModel, build_seg_model, load_encoder_weights, num_outputs
 
 
 @pytest.mark.parametrize("arch,encoder,num_classes", [

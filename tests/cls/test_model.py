@@ -10,7 +10,7 @@ from torchvision.models import vgg as tv_vgg
 
 import wsss_fast.nn
 from wsss_fast.config import load_config
-from wsss_fast.models import ARCHS, Classifier, build_classifier
+from wsss_fast.cls.model import ARCHS, Classifier, build_classifier
 
 DB = {"p": 0.5, "block_size": 3, "place": "after_conv1"}
 

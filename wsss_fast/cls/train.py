@@ -15,11 +15,9 @@ writes.
 from __future__ import annotations
 
 import copy
-import logging
 import math
 import time
-from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -29,76 +27,27 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..config import get
+from ..data.sampler import GlobalBatchSampler
+from ..engine.dist import DistContext, init_distributed
+from ..engine.files import atomic_torch_save
+from ..engine.paths import RunPaths
+from ..engine.training import TrainLog, load_checkpoint, poly_factor, save_checkpoint, seed_everything
 from ..metrics import multilabel_f1
-from ..models import build_classifier, classifier_kwargs
-from ..runs import RunPaths, atomic_torch_save, seed_everything
-from .dist import DistContext, init_distributed
+from .model import build_classifier, classifier_kwargs
 
-__all__ = ["train_cls", "fit_classifier", "EpochBatchSampler", "build_optimizer", "build_scheduler",
-           "load_classifier"]
+__all__ = ["train_cls", "fit_classifier", "build_optimizer", "build_scheduler"]
 
-LOG = logging.getLogger("wsss_fast.train.cls")
+# config keys that shape the classifier's state dict: a checkpoint of another is not resumed
+ARCH_KEYS = ("cls.arch", "cls.width", "cls.head_channels", "cls.dropblock.enabled", "cls.dropblock.place",
+             "dataset.num_classes")
 
 
-class EpochBatchSampler:
-    """Global batches of one epoch, deterministic in ``(seed, epoch)``, sliced for one rank.
-
-    With ``neg_pos_ratio`` set, batches come from :class:`wsss_fast.data.sampler.BalancedBatchSampler`
-    (constant negative:positive ratio per batch); otherwise from a seeded permutation. Every
-    global batch of ``batch_size`` indices is split over the ``world_size`` processes
-    (``batch[rank::world_size]``), so each rank gets the same number of batches (as a
-    ``DistributedSampler`` does) and the class balance holds over the global batch.
-
-    Args:
-        labels: [len, N] multi-hot labels of the dataset.
-        batch_size: global batch size (a multiple of ``world_size``).
-        neg_pos_ratio: negatives per positive, or None for plain shuffling.
-        seed: base seed; epoch ``e`` uses ``seed + e``.
-        rank, world_size: this process and the number of processes.
-    """
-
-    def __init__(self, labels: np.ndarray, batch_size: int, neg_pos_ratio: float | None = None,
-                 seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
-        if batch_size < world_size or batch_size % world_size:
-            raise ValueError(f"cls.batch_size ({batch_size}) must be a multiple of the number of "
-                             f"processes ({world_size})")
-        self.labels = np.asarray(labels, dtype=np.float32).reshape(len(labels), -1)
-        if len(self.labels) < batch_size:
-            raise ValueError(f"the training split has {len(self.labels)} images, fewer than "
-                             f"cls.batch_size={batch_size}")
-        self.batch_size, self.neg_pos_ratio, self.seed = batch_size, neg_pos_ratio, seed
-        self.rank, self.world_size, self.epoch = rank, world_size, 0
-        self._cache: tuple[int, list[list[int]]] | None = None
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def global_batches(self) -> list[list[int]]:
-        if self._cache is not None and self._cache[0] == self.epoch:
-            return self._cache[1]
-        seed = self.seed + self.epoch
-        if self.neg_pos_ratio is not None:
-            from ..data.sampler import BalancedBatchSampler
-
-            sampler = BalancedBatchSampler(self.labels, self.batch_size, self.neg_pos_ratio, seed)
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(self.epoch)
-            batches = [list(map(int, b)) for b in sampler]
-            batches = [b for b in batches if len(b) == self.batch_size]
-        else:
-            g = torch.Generator().manual_seed(seed)
-            perm = torch.randperm(len(self.labels), generator=g).tolist()
-            n = len(perm) // self.batch_size
-            batches = [perm[i * self.batch_size:(i + 1) * self.batch_size] for i in range(n)]
-        self._cache = (self.epoch, batches)
-        return batches
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for batch in self.global_batches():
-            yield batch[self.rank::self.world_size]
-
-    def __len__(self) -> int:
-        return len(self.global_batches())
+def _check_batch(batch_size: int, world_size: int, n_images: int) -> None:
+    if batch_size < world_size or batch_size % world_size:
+        raise ValueError(f"cls.batch_size ({batch_size}) must be a multiple of the number of "
+                         f"processes ({world_size})")
+    if n_images < batch_size:
+        raise ValueError(f"the training split has {n_images} images, fewer than cls.batch_size={batch_size}")
 
 
 def _collate(items: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,14 +65,14 @@ def _collate_list(items: Sequence[dict]) -> list[dict]:
 
 def build_optimizer(cfg: dict, model: nn.Module) -> torch.optim.Optimizer:
     """Adam, SGD or RAdam over the model's parameter groups (``cls.*`` keys)."""
-    lr, wd = float(get(cfg, "cls.lr", 1e-4)), float(get(cfg, "cls.weight_decay", 0.0))
-    groups = (model.param_groups(lr, float(get(cfg, "cls.head_lr_mult", 1.0)))
+    lr, wd = float(get(cfg, "cls.lr")), float(get(cfg, "cls.weight_decay"))
+    groups = (model.param_groups(lr, float(get(cfg, "cls.head_lr_mult")))
               if hasattr(model, "param_groups") else [{"params": list(model.parameters())}])
-    name = str(get(cfg, "cls.optimizer", "adam")).lower()
+    name = str(get(cfg, "cls.optimizer")).lower()
     if name == "adam":
         return torch.optim.Adam(groups, lr=lr, weight_decay=wd)
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=float(get(cfg, "cls.momentum", 0.9)), weight_decay=wd)
+        return torch.optim.SGD(groups, lr=lr, momentum=float(get(cfg, "cls.momentum")), weight_decay=wd)
     if name == "radam":
         return torch.optim.RAdam(groups, lr=lr, weight_decay=wd)
     raise ValueError(f"cls.optimizer: unknown optimizer '{name}'; choose adam, sgd or radam")
@@ -132,15 +81,15 @@ def build_optimizer(cfg: dict, model: nn.Module) -> torch.optim.Optimizer:
 def build_scheduler(cfg: dict, optimizer: torch.optim.Optimizer, iters_per_epoch: int,
                     epochs: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-iteration LR factor: ``poly`` (1 - it/total)^power, or ``step`` (gamma every step_size epochs)."""
-    name = str(get(cfg, "cls.schedule", "poly")).lower()
+    name = str(get(cfg, "cls.schedule")).lower()
     total = max(1, iters_per_epoch * epochs)
     if name == "poly":
-        power = float(get(cfg, "cls.poly_power", 0.9))
+        power = float(get(cfg, "cls.poly_power"))
 
         def factor(it: int) -> float:
-            return max(0.0, 1.0 - min(it, total) / total) ** power
+            return poly_factor(it, total, power)
     elif name == "step":
-        step, gamma = int(get(cfg, "cls.step_size", 5)), float(get(cfg, "cls.gamma", 0.1))
+        step, gamma = int(get(cfg, "cls.step_size")), float(get(cfg, "cls.gamma"))
 
         def factor(it: int) -> float:
             return gamma ** ((it // max(1, iters_per_epoch)) // max(1, step))
@@ -159,17 +108,6 @@ def _pos_weight(cfg: dict, num_classes: int, device: torch.device) -> torch.Tens
     if t.numel() != num_classes:
         raise ValueError(f"cls.pos_weight has {t.numel()} values, expected 1 or {num_classes}")
     return t
-
-
-def _setup_log(path: Path, enabled: bool) -> logging.Handler | None:
-    if not enabled:
-        return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, mode="a")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-    LOG.addHandler(handler)
-    LOG.setLevel(logging.INFO)
-    return handler
 
 
 @torch.no_grad()
@@ -260,27 +198,11 @@ def fit_classifier(cfg: dict, paths: RunPaths, train_set: Dataset, val_set: Data
     """
     owns_ctx = ctx is None
     ctx = ctx or init_distributed(cfg)
-    out_dir = paths.cls
-    if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    handler = _setup_log(out_dir / "train.log", ctx.is_main)
     try:
         return _fit(cfg, paths, train_set, val_set, ctx)
     finally:
-        if handler is not None:
-            LOG.removeHandler(handler)
-            handler.close()
         if owns_ctx:
             ctx.close()
-
-
-def _architecture(kwargs: dict | None) -> dict:
-    """The parts of the model arguments that shape the state dict (DropBlock's p may change on resume)."""
-    kwargs = kwargs or {}
-    db = kwargs.get("dropblock")
-    return {"arch": kwargs.get("arch"), "num_classes": kwargs.get("num_classes"),
-            "head_channels": kwargs.get("head_channels"),
-            "dropblock_place": None if db is None else db.get("place", "after_conv1")}
 
 
 def _labels_of(dataset: Dataset) -> np.ndarray:
@@ -292,27 +214,26 @@ def _labels_of(dataset: Dataset) -> np.ndarray:
 
 def _fit(cfg: dict, paths: RunPaths, train_set: Dataset, val_set: Dataset | None,
          ctx: DistContext) -> dict[str, Any]:
-    seed = int(get(cfg, "seed", 0))
-    epochs = int(get(cfg, "cls.epochs", 10))
-    batch_size = int(get(cfg, "cls.batch_size", 16))
-    num_workers = int(get(cfg, "num_workers", 0) or 0)
-    amp = bool(get(cfg, "cls.amp", True)) and ctx.device.type == "cuda"
-    f1_thr = float(get(cfg, "cls.f1_threshold", 0.5))
+    seed = int(get(cfg, "seed"))
+    epochs = int(get(cfg, "cls.epochs"))
+    batch_size = int(get(cfg, "cls.batch_size"))
+    num_workers = int(get(cfg, "num_workers") or 0)
+    amp = bool(get(cfg, "cls.amp")) and ctx.device.type == "cuda"
+    f1_thr = float(get(cfg, "cls.f1_threshold"))
     last_path, best_path = paths.cls / "last.pt", paths.cls / "best.pt"
 
-    ckpt = None
-    if bool(get(cfg, "cls.resume", True)) and last_path.exists():
-        ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
+    resume = bool(get(cfg, "cls.resume")) and last_path.exists()
     seed_everything(seed)
-    model = build_classifier(cfg, load_pretrained=ckpt is None).to(ctx.device)
+    model = build_classifier(cfg, load_pretrained=not resume).to(ctx.device)
     kwargs = classifier_kwargs(cfg, load_pretrained=False)
     labels = _labels_of(train_set)
     if labels.shape[1] != model.num_classes:
         raise ValueError(f"training labels have {labels.shape[1]} classes but dataset.num_classes="
                          f"{model.num_classes}")
     ratio = get(cfg, "sampler.neg_pos_ratio")
-    sampler = EpochBatchSampler(labels, batch_size, None if ratio is None else float(ratio), seed,
-                                ctx.rank, ctx.world_size)
+    _check_batch(batch_size, ctx.world_size, len(labels))
+    sampler = GlobalBatchSampler(labels, batch_size, None if ratio is None else float(ratio), seed,
+                                 ctx.rank, ctx.world_size)
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=num_workers, collate_fn=_collate,
                         pin_memory=ctx.device.type == "cuda", persistent_workers=False)
     optimizer = build_optimizer(cfg, model)
@@ -320,31 +241,24 @@ def _fit(cfg: dict, paths: RunPaths, train_set: Dataset, val_set: Dataset | None
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     pos_weight = _pos_weight(cfg, model.num_classes, ctx.device)
 
+    log = TrainLog(paths.cls / "train.log", "train-cls", enabled=ctx.is_main)
     start_epoch, best_f1, best_epoch, history = 0, -math.inf, -1, []
+    ckpt = (load_checkpoint(last_path, cfg=cfg, arch_keys=ARCH_KEYS, model=model, optimizer=optimizer,
+                            scaler=scaler) if resume else None)
     if ckpt is not None:
-        if _architecture(ckpt.get("model_kwargs")) != _architecture(kwargs):
-            raise ValueError(f"cannot resume from {last_path}: it holds {_architecture(ckpt.get('model_kwargs'))}, "
-                             f"the config asks for {_architecture(kwargs)} (set cls.resume=false to start over)")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler") and scaler.is_enabled():  # empty when saved without AMP (CPU)
-            scaler.load_state_dict(ckpt["scaler"])
         start_epoch, best_f1, best_epoch = ckpt["epoch"], ckpt["best_f1"], ckpt["best_epoch"]
-        history = list(ckpt.get("history", []))
-        if ctx.is_main:
-            LOG.info("resumed from %s at epoch %d", last_path, start_epoch)
+        history = list(ckpt["history"])
+        log.write({"event": "resumed", "from": str(last_path), "epoch": start_epoch})
     train_model: nn.Module = model
     if ctx.distributed:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-    if ctx.is_main:
-        n_params = sum(p.numel() for p in model.parameters())
-        LOG.info("train-cls: %s (%.1fM params), %d classes, %d train / %s val images, %d epochs x %d "
-                 "iterations, global batch %d on %d process(es), device %s, amp %s",
-                 kwargs["arch"], n_params / 1e6, model.num_classes, len(train_set),
-                 len(val_set) if val_set is not None else 0, epochs, len(sampler), batch_size,
-                 ctx.world_size, ctx.device, amp)
+    log.write({"event": "start", "arch": kwargs["arch"], "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+               "classes": model.num_classes, "train_images": len(train_set),
+               "val_images": len(val_set) if val_set is not None else 0, "epochs": epochs,
+               "iterations": len(sampler), "batch_size": batch_size, "processes": ctx.world_size,
+               "device": str(ctx.device), "amp": amp}, echo=False)
 
     if ctx.is_main and start_epoch < epochs:
         (paths.cls / ".done").unlink(missing_ok=True)  # training again: not done until it ends
@@ -353,7 +267,7 @@ def _fit(cfg: dict, paths: RunPaths, train_set: Dataset, val_set: Dataset | None
         seed_everything(seed + 1000 * (epoch + 1) + ctx.rank)
         sampler.set_epoch(epoch)
         stats = _train_one_epoch(train_model, loader, optimizer, scheduler, scaler, pos_weight, ctx, amp,
-                                 f"cls epoch {epoch + 1}/{epochs}", f1_thr, int(get(cfg, "cls.log_every", 10)))
+                                 f"cls epoch {epoch + 1}/{epochs}", f1_thr, int(get(cfg, "cls.log_every")))
         record = {"epoch": epoch + 1, "train_loss": stats["loss"], "train_f1": stats["f1"],
                   "img_per_s": stats["img_per_s"], "lr": optimizer.param_groups[0]["lr"]}
         if val_set is not None and len(val_set):
@@ -375,41 +289,21 @@ def _fit(cfg: dict, paths: RunPaths, train_set: Dataset, val_set: Dataset | None
                       "arch": kwargs["arch"]}
             if is_best:
                 atomic_torch_save({"epoch": epoch + 1, "model": state, "f1": score, **common}, best_path)
-            atomic_torch_save({"epoch": epoch + 1, "model": state, "optimizer": optimizer.state_dict(),
-                               "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                               "best_f1": best_f1, "best_epoch": best_epoch, "history": history,
-                               "config": cfg, **common}, last_path)
-            msg = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
-            LOG.info("%s%s", msg, "  (best)" if is_best else "")
-            tqdm.write(f"[train-cls] {msg}{'  (best)' if is_best else ''}")
+            save_checkpoint(last_path, cfg=cfg, arch_keys=ARCH_KEYS, model=_unwrap(train_model),
+                            optimizer=optimizer, epoch=epoch + 1, scaler=scaler, scheduler=scheduler.state_dict(),
+                            best_f1=best_f1, best_epoch=best_epoch, history=history, **common)
+        log.write(record, note="  (best)" if is_best else "")
         ctx.barrier()
     if ctx.is_main:
         if not best_path.exists() and last_path.exists():  # epochs == 0 after a resume, etc.
             ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
             atomic_torch_save({k: ckpt[k] for k in ("epoch", "model", "model_kwargs", "class_names", "arch")}
                               | {"f1": ckpt["best_f1"]}, best_path)
-        LOG.info("done: best F1 %.4f at epoch %d", best_f1, best_epoch)
+        log.write({"event": "done", "best_f1": best_f1, "best_epoch": best_epoch}, echo=False)
         paths.mark_done(paths.cls)
     ctx.barrier()
     return {"history": history, "best_f1": best_f1, "best_epoch": best_epoch,
             "epochs_run": max(0, epochs - start_epoch), "model": model}
-
-
-def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
-    """Rebuild a classifier from a ``train-cls`` checkpoint (``best.pt`` or ``last.pt``), in eval mode.
-
-    Raises:
-        FileNotFoundError: the checkpoint is missing (the message names it).
-    """
-    from ..models import Classifier
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"classifier checkpoint not found: {path} (run `wsss-fast train-cls` first)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    model = Classifier(**{**ckpt["model_kwargs"], "pretrained_path": None})
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval()
 
 
 def _without_masks(ds: Dataset) -> Dataset:
@@ -431,8 +325,8 @@ def train_cls(cfg: dict, paths: RunPaths) -> None:
 
     ctx = init_distributed(cfg)
     try:
-        train_split = get(cfg, "cls.train_split", "train")
-        val_split = get(cfg, "cls.val_split", "val")
+        train_split = get(cfg, "cls.train_split")
+        val_split = get(cfg, "cls.val_split")
         sets: dict[str, Any] = {}
         for turn in ((True,), (False,)) if ctx.distributed else ((None,),):
             if turn[0] is None or turn[0] == ctx.is_main:

@@ -15,7 +15,17 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..runs import resolve_device
+
+
+def resolve_device(cfg: dict) -> torch.device:
+    """The device named by ``cfg["device"]`` (``auto`` picks CUDA when present)."""
+    name = str(cfg["device"])
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"config device '{name}' asks for CUDA, but no CUDA device is available")
+    return dev
 
 
 @dataclass

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "seg"))
+sys.path.insert(0, str(Path(__file__).parent / "seg"))
 from fakes import FakeDataset, fake_builder  # noqa: E402
 
 from wsss_fast.config import load_config  # noqa: E402
-from wsss_fast.metrics.report import cam_threshold, cam_to_label, evaluate, format_table  # noqa: E402
-from wsss_fast.runs import RunPaths, load_cam_file, save_cam_file  # noqa: E402
+from wsss_fast.report import cam_threshold, cam_to_label, evaluate, format_table  # noqa: E402
+from wsss_fast.engine.paths import RunPaths  # noqa: E402
+from wsss_fast.engine.files import load_cam_file, save_cam_file
 
 
 def test_cam_to_label():
@@ -129,7 +130,7 @@ def test_report_uses_threshold_swept_on_val(tmp_path, monkeypatch):
 
 
 def test_cam_classes_names_the_protocol():
-    from wsss_fast.metrics.report import cam_classes
+    from wsss_fast.report import cam_classes
 
     assert cam_classes(load_config(None)).startswith("ground-truth")
     text = cam_classes(load_config(None, {"cam": {"use_labels": False, "pred_threshold": 0.7}}))

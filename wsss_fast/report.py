@@ -40,9 +40,10 @@ import torch.nn.functional as F
 from PIL import Image as PILImage
 from tqdm.auto import tqdm
 
-from ..config import get
-from ..runs import RunPaths, atomic_write_bytes, load_cam_file
-from .segmentation import SegEvaluator
+from .config import get
+from .engine.paths import RunPaths
+from .engine.files import atomic_write_bytes, load_cam_file, read_png
+from .metrics.segmentation import SegEvaluator
 
 STEPS = ("cam", "irnet", "seg")
 STEP_TITLES = {"cam": "CAM (Grad-CAM++)", "irnet": "IRNet", "seg": "Segmentation"}
@@ -74,8 +75,7 @@ def cam_to_label(cam: dict, bg_thres: float, size: tuple[int, int]) -> np.ndarra
 
 def read_label(path: Path, size: tuple[int, int]) -> np.ndarray:
     """A PNG label map resized (nearest) to ``size``; 255 (ignore) becomes background."""
-    with PILImage.open(path) as im:
-        lab = np.array(im, dtype=np.uint8)
+    lab = read_png(path)
     if lab.shape != tuple(size):
         lab = np.array(PILImage.fromarray(lab).resize((size[1], size[0]), PILImage.NEAREST))
     lab = lab.copy()
@@ -97,9 +97,9 @@ def cam_threshold(cfg: dict, paths: RunPaths, run_sweep: bool = True) -> tuple[f
     f = paths.cam / "eval.json"
     if not f.exists() and run_sweep and paths.cam.is_dir() and any(paths.cam.glob("*.npy")):
         try:
-            from ..cam.make import eval_cam
+            from .cam.make import eval_cam
 
-            eval_cam({**cfg, "cam": {**cfg.get("cam", {}), "eval_splits": ["val"]}}, paths)
+            eval_cam({**cfg, "cam": {**get(cfg, "cam"), "eval_splits": ["val"]}}, paths)
         except (FileNotFoundError, ValueError, KeyError) as e:  # no val CAMs / masks: fall back
             print(f"evaluate: no CAM threshold sweep on val ({e}); using cam.bg_thres")
     if f.exists():
@@ -110,7 +110,7 @@ def cam_threshold(cfg: dict, paths: RunPaths, run_sweep: bool = True) -> tuple[f
                 return float(best["threshold"]), f"eval-cam best on val by {data.get('metric', '?')}"
         except (OSError, json.JSONDecodeError, AttributeError):
             pass
-    return float(get(cfg, "cam.bg_thres", 0.15)), "cam.bg_thres"
+    return float(get(cfg, "cam.bg_thres")), "cam.bg_thres"
 
 
 def _exists(step: str, paths: RunPaths, name: str) -> bool:
@@ -143,7 +143,7 @@ def evaluate_split(cfg: dict, paths: RunPaths, base, cam_thres: float,
         {step: number of images without outputs})``: a step is reported only when its
         outputs exist for every image with ground truth.
     """
-    n_cls = int(getattr(base, "num_classes", get(cfg, "dataset.num_classes", 1))) + 1
+    n_cls = int(getattr(base, "num_classes", get(cfg, "dataset.num_classes"))) + 1
     names = ["background"] + list(getattr(base, "class_names", []) or [str(c) for c in range(n_cls - 1)])
     evals = {s: SegEvaluator(n_cls, class_names=names[:n_cls]) for s in STEPS}
     missing = {s: 0 for s in STEPS}
@@ -212,9 +212,9 @@ def write_report(report: dict, paths: RunPaths) -> None:
 
 def cam_classes(cfg: dict) -> str:
     """Which classes the CAM (and so IRNet) maps were made for, as the report states it."""
-    if bool(get(cfg, "cam.use_labels", True)):
+    if bool(get(cfg, "cam.use_labels")):
         return "ground-truth image labels (cam.use_labels)"
-    return f"predicted classes (sigmoid > cam.pred_threshold = {float(get(cfg, 'cam.pred_threshold', 0.5)):g})"
+    return f"predicted classes (sigmoid > cam.pred_threshold = {float(get(cfg, 'cam.pred_threshold')):g})"
 
 
 def evaluate(cfg: dict, paths: RunPaths) -> dict:
@@ -229,15 +229,15 @@ def evaluate(cfg: dict, paths: RunPaths) -> dict:
              "timings_s": {...},
              "missing": {split: {step: images without outputs}}}   (only when some are)
     """
-    from ..data import build_dataset
+    from .data import build_dataset
 
-    from .figures import write_figures
+    from .metrics.figures import write_figures
 
     thres, source = cam_threshold(cfg, paths)
     report: dict = {"splits": {}, "cam_bg_thres": thres, "cam_bg_thres_source": source,
                     "cam_classes": cam_classes(cfg)}
     datasets = {}
-    for split in get(cfg, "evaluate.splits", ["val", "test"]):
+    for split in get(cfg, "evaluate.splits"):
         base = build_dataset(cfg, split, paths, train=False)
         datasets[split] = base
         report["splits"][split], missing = evaluate_split(cfg, paths, base, thres, split)
@@ -245,7 +245,7 @@ def evaluate(cfg: dict, paths: RunPaths) -> dict:
             report.setdefault("missing", {})[split] = missing
     report["timings_s"] = read_timings(paths)
     write_report(report, paths)
-    n_fig = int(get(cfg, "evaluate.num_figures", 4))
+    n_fig = int(get(cfg, "evaluate.num_figures"))
     fig_split = "test" if "test" in datasets else (next(iter(datasets)) if datasets else None)
     if n_fig > 0 and fig_split is not None:
         write_figures(datasets[fig_split], paths, n_fig, fig_split)

@@ -15,12 +15,13 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-import wsss_fast.train.cls as cls_mod
+import wsss_fast.cls.train as cls_mod
 from wsss_fast.config import load_config
-from wsss_fast.runs import RunPaths
-from wsss_fast.train.cls import (EpochBatchSampler, build_optimizer, build_scheduler, fit_classifier,
-                                 load_classifier)
-from wsss_fast.train.dist import DistContext
+from wsss_fast.engine.paths import RunPaths
+from wsss_fast.data.sampler import GlobalBatchSampler as EpochBatchSampler
+from wsss_fast.cls.model import load_classifier
+from wsss_fast.cls.train import build_optimizer, build_scheduler, fit_classifier
+from wsss_fast.engine.dist import DistContext
 
 
 class TinyDataset(Dataset):
@@ -75,8 +76,10 @@ def test_training_reduces_loss_and_writes_outputs(tmp_path):
     assert out["best_f1"] == max(h["val_f1"] for h in hist)
     for name in ("last.pt", "best.pt", "train.log", ".done"):
         assert (paths.cls / name).exists(), name
-    log = (paths.cls / "train.log").read_text()
-    assert "train-cls: resnet18" in log and log.count("train_loss=") == 4 and "done: best F1" in log
+    log = [json.loads(x) for x in (paths.cls / "train.log").read_text().splitlines()]
+    assert log[0]["event"] == "start" and log[0]["arch"] == "resnet18" and log[-1]["event"] == "done"
+    assert [r["epoch"] for r in log if "train_loss" in r] == [1, 2, 3, 4]
+    assert log[-1]["best_f1"] == pytest.approx(out["best_f1"])
     best = torch.load(paths.cls / "best.pt", weights_only=True)
     assert best["epoch"] == out["best_epoch"] and best["f1"] == pytest.approx(out["best_f1"])
     model = load_classifier(paths.cls / "best.pt")
@@ -88,7 +91,7 @@ def test_training_reduces_loss_and_writes_outputs(tmp_path):
 
 def test_without_val_split_the_last_epoch_is_best(tmp_path, monkeypatch):
     """cls.val_split null: best.pt is the last epoch (not the epoch of best training F1)."""
-    import wsss_fast.train.cls as cls_mod
+    import wsss_fast.cls.train as cls_mod
 
     f1s = iter([0.9, 0.2, 0.5])  # the training F1 peaks in the first epoch
     real = cls_mod._train_one_epoch
@@ -156,7 +159,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypat
         assert repr(a[key]) == repr(b[key])
     assert [{k: v for k, v in h.items() if k != "img_per_s"} for h in a["history"]] == [
         {k: v for k, v in h.items() if k != "img_per_s"} for h in b["history"]]
-    assert "resumed from" in (paths.cls / "train.log").read_text()
+    assert '"event": "resumed"' in (paths.cls / "train.log").read_text()
     # a finished run resumes to a no-op; cls.resume=false starts over
     again = fit_classifier(cfg, paths, train, val)
     assert again["epochs_run"] == 0 and paths.is_done(paths.cls)
@@ -183,9 +186,9 @@ def test_epoch_batch_sampler_shards_global_batches():
     full.set_epoch(1)
     assert list(full) == first  # ... deterministically
     with pytest.raises(ValueError, match="multiple of the number of processes"):
-        EpochBatchSampler(labels, 3, None, world_size=2)
+        cls_mod._check_batch(3, 2, 20)
     with pytest.raises(ValueError, match="fewer than"):
-        EpochBatchSampler(labels[:2], 4, None)
+        cls_mod._check_batch(4, 1, 2)
 
 
 def test_epoch_batch_sampler_balanced():
@@ -200,7 +203,7 @@ def test_epoch_batch_sampler_balanced():
 
 
 def test_optimizers_schedules_and_errors():
-    from wsss_fast.models import Classifier
+    from wsss_fast.cls.model import Classifier
 
     model = Classifier("resnet18", 2, head_channels=8, dropblock=None)
     for name, cls_ in (("adam", torch.optim.Adam), ("sgd", torch.optim.SGD), ("radam", torch.optim.RAdam)):
@@ -236,9 +239,9 @@ torch.set_num_threads(1)
 spec = importlib.util.spec_from_file_location("tiny_cls_test", {test_file!r})
 mod = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(mod)
-from wsss_fast.runs import RunPaths
-from wsss_fast.train.cls import fit_classifier
-from wsss_fast.train.dist import init_distributed
+from wsss_fast.engine.paths import RunPaths
+from wsss_fast.cls.train import fit_classifier
+from wsss_fast.engine.dist import init_distributed
 out = {out!r}
 cfg = mod.tiny_cfg("cls.epochs=1", "cls.batch_size=8", "dataset.num_classes=2")
 ctx = init_distributed(cfg)
@@ -281,6 +284,7 @@ def test_ddp_gloo_two_processes(tmp_path):
     ckpt = torch.load(out / "cls" / "last.pt", weights_only=True)
     assert ckpt["scheduler"]["last_epoch"] == 2
     # only rank 0 wrote the log (one header line) and the checkpoints
-    log = (out / "cls" / "train.log").read_text()
-    assert log.count("train-cls:") == 1 and "on 2 process(es)" in log
+    log = [json.loads(x) for x in (out / "cls" / "train.log").read_text().splitlines()]
+    starts = [r for r in log if r.get("event") == "start"]
+    assert len(starts) == 1 and starts[0]["processes"] == 2
     assert (out / "cls" / "best.pt").exists() and (out / "cls" / ".done").exists()

@@ -15,6 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+from ..nn.weights import load_torchvision_weights
+
 # channels of the five stage outputs (stem+maxpool, layer1 .. layer4)
 STAGE_CHANNELS = {
     "resnet18": (64, 64, 128, 256, 512),
@@ -61,18 +63,7 @@ def build_backbone(arch: str, pretrained_path: str | Path | None = None) -> nn.M
         if isinstance(m, nn.Conv2d) and m.stride != (1, 1):
             m.stride = (1, 1)
     if pretrained_path:
-        path = Path(pretrained_path)
-        if not path.exists():
-            raise FileNotFoundError(f"irn.pretrained_path: backbone weights not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
-        missing, unexpected = net.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("fc.")]
-        if missing or unexpected:
-            raise RuntimeError(f"{path}: not a torchvision {arch} state dict (missing {missing[:5]}, "
-                               f"unexpected {unexpected[:5]})")
+        load_torchvision_weights(net, pretrained_path, name=f"torchvision {arch} (irn.pretrained_path)")
     return net
 
 

@@ -33,8 +33,9 @@ import torchvision
 from torchvision.models import vgg as _tv_vgg
 from torch import nn
 
+from ..config import get
 from ..nn import DropBlock2d
-from .weights import load_torchvision_weights
+from ..nn.weights import load_torchvision_weights
 
 ARCHS = ("vgg16", "resnet18", "resnet34", "resnet50")
 
@@ -218,3 +219,42 @@ class Classifier(nn.Module):
         return [{"params": backbone, "lr": lr, "name": "backbone"},
                 {"params": head, "lr": lr * head_lr_mult, "name": "head"}]
 
+
+def classifier_kwargs(cfg: dict, load_pretrained: bool = True) -> dict:
+    """The :class:`Classifier` arguments a config gives (``cls.*`` and ``dataset.num_classes``)."""
+    db = dict(get(cfg, "cls.dropblock"))
+    enabled = db.pop("enabled") and db["place"] not in (None, "none")
+    return {
+        "arch": get(cfg, "cls.arch"),
+        "num_classes": int(get(cfg, "dataset.num_classes")),
+        "head_channels": int(get(cfg, "cls.head_channels")),
+        "dropblock": db if enabled else None,
+        "pretrained_path": get(cfg, "cls.pretrained_path") if load_pretrained else None,
+        "width": float(get(cfg, "cls.width")),
+    }
+
+
+def build_classifier(cfg: dict, load_pretrained: bool = True) -> Classifier:
+    """Build the step-1 classifier of a config.
+
+    Args:
+        cfg: the run configuration (``cls.arch``, ``cls.head_channels``, ``cls.dropblock.*``,
+            ``cls.pretrained_path``, ``dataset.num_classes``).
+        load_pretrained: load ``cls.pretrained_path`` (False when a checkpoint is loaded next).
+    """
+    return Classifier(**classifier_kwargs(cfg, load_pretrained))
+
+
+def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
+    """Rebuild a classifier from a ``train-cls`` checkpoint (``best.pt`` or ``last.pt``), in eval mode.
+
+    Raises:
+        FileNotFoundError: the checkpoint is missing (the message names it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"classifier checkpoint not found: {path} (run `wsss-fast train-cls` first)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    model = Classifier(**{**ckpt["model_kwargs"], "pretrained_path": None})
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval()

@@ -1,4 +1,4 @@
-"""Atomic writes of wsss_fast.runs: a crash while writing never leaves a partial file under
+"""Atomic writes of wsss_fast.engine.files: a crash while writing never leaves a partial file under
 the final name (a resumed step skips every output file that exists)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 from faults import CrashMidWrite, crash_mid_write, files_in  # noqa: E402
 
-from wsss_fast import runs  # noqa: E402
+from wsss_fast.engine import files  # noqa: E402
 
 
 class _Boom(Exception):
@@ -25,8 +25,8 @@ class _Boom(Exception):
 
 def test_atomic_write_bytes_writes_and_replaces(tmp_path):
     path = tmp_path / "sub" / "a.bin"
-    runs.atomic_write_bytes(b"first", path)
-    runs.atomic_write_bytes(b"second", path)
+    files.atomic_write_bytes(b"first", path)
+    files.atomic_write_bytes(b"second", path)
     assert path.read_bytes() == b"second" and files_in(path.parent) == ["a.bin"]
     umask = os.umask(0)
     os.umask(umask)
@@ -46,7 +46,7 @@ def test_atomic_write_bytes_crash_leaves_no_partial_file(tmp_path, monkeypatch, 
     old.write_bytes(b"complete")
     for path in (fresh, old):
         with pytest.raises(_Boom):
-            runs.atomic_write_bytes(b"x" * 100_000, path)
+            files.atomic_write_bytes(b"x" * 100_000, path)
     assert files_in(tmp_path) == ["old.png"] and old.read_bytes() == b"complete"
 
 
@@ -56,11 +56,11 @@ def _label() -> np.ndarray:
 
 # (writer call, encoder patched: owner, name, index of its target argument)
 WRITERS = {
-    "write_png": (lambda p: runs.write_png(_label(), p), Image.Image, "save", 1, "x.png"),
-    "write_npy": (lambda p: runs.write_npy(np.ones((3, 5, 5), np.float16), p), np, "save", 0, "x.npy"),
-    "save_cam_file": (lambda p: runs.save_cam_file(p, np.array([0]), np.ones((1, 4, 4)), np.ones((1, 16, 16))),
+    "write_png": (lambda p: files.write_png(_label(), p), Image.Image, "save", 1, "x.png"),
+    "write_npy": (lambda p: files.write_npy(np.ones((3, 5, 5), np.float16), p), np, "save", 0, "x.npy"),
+    "save_cam_file": (lambda p: files.save_cam_file(p, np.array([0]), np.ones((1, 4, 4)), np.ones((1, 16, 16))),
                       np, "save", 0, "x.npy"),
-    "atomic_torch_save": (lambda p: runs.atomic_torch_save({"w": torch.ones(100)}, p), torch, "save", 1, "x.pt"),
+    "atomic_torch_save": (lambda p: files.atomic_torch_save({"w": torch.ones(100)}, p), torch, "save", 1, "x.pt"),
 }
 
 
@@ -82,8 +82,8 @@ def test_writer_crashing_mid_write_leaves_no_file(tmp_path, monkeypatch, writer)
 
 
 def test_write_png_checks_the_label_type(tmp_path):
-    runs.write_png(_label(), tmp_path / "a.png")
+    files.write_png(_label(), tmp_path / "a.png")
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a.png")), _label())
     with pytest.raises(ValueError, match="uint8"):
-        runs.write_png(_label().astype(np.int32), tmp_path / "b.png")
+        files.write_png(_label().astype(np.int32), tmp_path / "b.png")
     assert not (tmp_path / "b.png").exists()

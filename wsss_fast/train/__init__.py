@@ -1,1 +1,0 @@
-"""wsss_fast.train."""
