@@ -18,6 +18,11 @@ _OPS = {
     "random_walk": "random_walk",
     "gradcampp_weights": "gradcampp_weights",
     "weighted_cam": "weighted_cam",
+    "permutohedral_filter": "permutohedral_filter",
+    "dense_crf": "dense_crf",
+    "dense_crf_unary": "dense_crf",
+    "unary_from_softmax": "dense_crf",
+    "unary_from_labels": "dense_crf",
 }
 
 __all__ = sorted(_OPS)
