@@ -128,3 +128,73 @@ def test_crf_spatial_widths_scale_with_image_size():
     same = crf_inference_label(img, lab, 2, CRFParams(reference_size=max(img.shape[:2])))
     np.testing.assert_array_equal(same, crf_inference_label(img, lab, 2, CRFParams(reference_size=None)))
     assert CRFParams.from_cfg({"reference_size": None, "enabled": True}).reference_size is None
+
+
+def _cam_case(seed: int, size: int = 96):
+    """A synthetic radiograph and a blurred, noisy CAM around its pneumothorax (or a blob)."""
+    from scipy import ndimage
+
+    from wsss_fast.data.synthetic import generate_image
+
+    img, mask = generate_image(seed, image_size=size, seed=3, positive=True)
+    rng = np.random.default_rng(seed)
+    cam = ndimage.gaussian_filter(mask.astype(np.float32), size / 24) * 1.6
+    cam += (ndimage.gaussian_filter(rng.random((size, size)).astype(np.float32), 2) - 0.5) * 0.6
+    second = np.zeros_like(cam)
+    second[size // 5:size // 2, size // 2:size - 8] = 0.6
+    cams = np.stack([np.clip(cam, 0, 1), ndimage.gaussian_filter(second, 5)]).astype(np.float32)
+    return img, {"keys": np.array([0, 2]), "high_res": cams}
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not __import__("torch").cuda.is_available(), reason="no CUDA device"))])
+def test_ir_labels_agree_between_crf_backends(compiled_ops, device):
+    """The compiled CRF and pydensecrf give the same IR labels (>= 99.5 % of pixels; on the CPU
+    the same float operations: identical)."""
+    agree = []
+    for seed in range(3):
+        img, cam = _cam_case(seed)
+        labels = {b: cam_to_ir_label(img, cam, tiny_cfg(device=device, ir_label={"crf": {"backend": b}}))
+                  for b in ("wsss_fast", "pydensecrf")}
+        assert set(np.unique(labels["pydensecrf"])) >= {0, 255} and (labels["pydensecrf"] % 255 > 0).any()
+        agree.append((labels["wsss_fast"] == labels["pydensecrf"]).mean())
+        if device == "cpu":
+            np.testing.assert_array_equal(labels["wsss_fast"], labels["pydensecrf"])
+    assert min(agree) >= 0.995, agree
+
+
+def test_crf_inference_labels_backends_and_batching():
+    from wsss_fast.irn.crf import crf_inference_labels
+
+    img = _img()
+    labs = np.zeros((3, 20, 30), np.int64)
+    labs[0, :, 12:] = 1
+    labs[1, :, 17:] = 2
+    labs[2, 5:15, 5:25] = 1
+    singles = np.stack([crf_inference_label(img, lab, 3) for lab in labs])
+    np.testing.assert_array_equal(crf_inference_labels(img, labs, 3, backend="pydensecrf"), singles)
+    np.testing.assert_array_equal(crf_inference_labels(img, labs, 3, backend="wsss_fast"), singles)
+    np.testing.assert_array_equal(crf_inference_labels(img, labs[:, :, :] * 0, 1, backend="wsss_fast"), 0)
+    with pytest.raises(ValueError, match="backend"):
+        crf_inference_labels(img, labs, 3, backend="cuda")
+    with pytest.raises(ValueError, match=r"\[K, H, W\]"):
+        crf_inference_labels(img, labs[0], 3, backend="wsss_fast")
+
+
+def test_crf_backend_setting(monkeypatch):
+    from wsss_fast import _ext
+    from wsss_fast.irn.crf import resolve_backend
+
+    assert tiny_cfg()["ir_label"]["crf"]["backend"] == "auto"
+    assert resolve_backend("pydensecrf") == "pydensecrf" and resolve_backend("wsss_fast") == "wsss_fast"
+    monkeypatch.setattr(_ext, "has_op", lambda name: name == "dense_crf")
+    assert resolve_backend("auto") == "wsss_fast"
+    monkeypatch.setattr(_ext, "has_op", lambda name: False)
+    assert resolve_backend("auto") == "pydensecrf"  # the fallback when the op is not built
+    with pytest.raises(ValueError, match="ir_label.crf.backend must be one of"):
+        resolve_backend("gpu")
+    cfg = tiny_cfg()
+    del cfg["ir_label"]["crf"]["backend"]
+    img, cam = _cam_case(0, size=48)
+    with pytest.raises(KeyError, match="ir_label.crf.backend"):  # no second default in the code
+        cam_to_ir_label(img, cam, cfg)

@@ -16,26 +16,29 @@ import multiprocessing as mp
 from typing import Iterable
 
 import numpy as np
+import torch
 from scipy import ndimage
 from tqdm import tqdm
 
 from ..config import get
+from ..engine.dist import resolve_device
+from ..engine.files import load_cam_file, write_png
 from ..engine.paths import RunPaths
-from ..engine.files import load_cam_file
 from . import common
-from ..engine.files import write_png
 from .common import as_list, resize_image_uint8
-from .crf import CRFParams, crf_inference_label, to_rgb_uint8
+from .crf import CRFParams, crf_inference_labels, resolve_backend, to_rgb_uint8
 
 
-def _confident_labels(img: np.ndarray, cams: np.ndarray, keys: np.ndarray, thres: float,
-                      crf: CRFParams | None) -> np.ndarray:
-    """argmax of the CAMs padded with a bg channel at ``thres``, CRF-refined, as class ids."""
+def _padded_argmax(cams: np.ndarray, thres: float) -> np.ndarray:
+    """argmax of the CAMs padded with a bg channel at ``thres`` (channel indices)."""
     padded = np.concatenate([np.full((1,) + cams.shape[1:], thres, dtype=np.float32), cams], axis=0)
-    pred = np.argmax(padded, axis=0)
-    if crf is not None:
-        pred = crf_inference_label(img, pred, n_labels=keys.shape[0], params=crf)
-    return keys[pred]
+    return np.argmax(padded, axis=0)
+
+
+def _crf_backend(cfg: dict) -> tuple[str, torch.device]:
+    """``ir_label.crf.backend`` resolved, and the device the compiled op runs on."""
+    backend = resolve_backend(get(cfg, "ir_label.crf.backend"))
+    return backend, (resolve_device(cfg) if backend == "wsss_fast" else torch.device("cpu"))
 
 
 def remove_small_regions(conf: np.ndarray, cams: np.ndarray, keys: np.ndarray, min_region: int,
@@ -89,8 +92,12 @@ def cam_to_ir_label(img: np.ndarray, cam: dict, cfg: dict) -> np.ndarray:
     if img.shape[:2] != cams.shape[1:]:
         raise ValueError(f"image {tuple(img.shape[:2])} and CAM {tuple(cams.shape[1:])} sizes differ")
     crf = CRFParams.from_cfg(get(cfg, "ir_label.crf")) if get(cfg, "ir_label.crf.enabled") else None
-    fg_conf = _confident_labels(img, cams, keys, float(get(cfg, "ir_label.conf_fg_thres")), crf)
-    bg_conf = _confident_labels(img, cams, keys, float(get(cfg, "ir_label.conf_bg_thres")), crf)
+    preds = np.stack([_padded_argmax(cams, float(get(cfg, "ir_label.conf_fg_thres"))),
+                      _padded_argmax(cams, float(get(cfg, "ir_label.conf_bg_thres")))])
+    if crf is not None:  # both maps in one call (one batch of 2 for the compiled op)
+        backend, device = _crf_backend(cfg)
+        preds = crf_inference_labels(img, preds, keys.shape[0], crf, backend, device)
+    fg_conf, bg_conf = keys[preds[0]], keys[preds[1]]
     conf = fg_conf.copy()
     conf[fg_conf == 0] = 255
     conf[(bg_conf + fg_conf) == 0] = 0
@@ -105,7 +112,9 @@ def cam_to_ir_label(img: np.ndarray, cam: dict, cfg: dict) -> np.ndarray:
 _WORKER: dict = {}
 
 
-def _init_worker(cfg: dict, root: str, split: str) -> None:
+def _init_worker(cfg: dict, root: str, split: str, pool: bool = False) -> None:
+    if pool:  # one intra-op thread per worker process (the compiled CRF is parallel otherwise)
+        torch.set_num_threads(1)
     paths = RunPaths(root)
     _WORKER.update(cfg=cfg, paths=paths, ds=common.build_split(cfg, split, paths, train=False))
 
@@ -131,6 +140,8 @@ def _run_split(cfg: dict, paths: RunPaths, split: str, workers: int) -> int:
     todo = [i for i, image_id in enumerate(ids) if not (paths.ir_label / f"{image_id}.png").exists()]
     if not todo:
         return 0
+    if get(cfg, "ir_label.crf.enabled") and _crf_backend(cfg)[1].type == "cuda":
+        workers = 0  # the compiled CRF runs on the GPU from the main process
     bar = tqdm(total=len(todo), desc=f"ir-label {split}", unit="img")
     if workers <= 1:
         _init_worker(cfg, str(paths.root), split)
@@ -139,7 +150,7 @@ def _run_split(cfg: dict, paths: RunPaths, split: str, workers: int) -> int:
             bar.update()
     else:
         ctx = mp.get_context("spawn")
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg, str(paths.root), split)) as pool:
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg, str(paths.root), split, True)) as pool:
             for _ in pool.imap_unordered(_process, todo, chunksize=1):
                 bar.update()
     bar.close()
@@ -150,8 +161,9 @@ def make_ir_label(cfg: dict, paths: RunPaths, splits: Iterable[str] | None = Non
     """Step ``make-ir-label``: write ``paths.ir_label/<id>.png`` for every image of the splits.
 
     Args:
-        cfg: run configuration (``ir_label`` section: thresholds, ``crf``, ``min_region``,
-            ``min_region_conf``, ``workers``, ``splits``).
+        cfg: run configuration (``ir_label`` section: thresholds, ``crf`` (with ``backend``),
+            ``min_region``, ``min_region_conf``, ``workers``, ``splits``). With the compiled CRF on
+            CUDA the images run in the main process (no workers).
         paths: run paths; reads ``paths.cam``, writes ``paths.ir_label``.
         splits: overrides ``ir_label.splits``.
 

@@ -12,18 +12,25 @@ import them (nor load ``wsss_fast._C``).
 
 from __future__ import annotations
 
+from .dense_crf import dense_crf, dense_crf_unary, unary_from_labels, unary_from_softmax
 from .drop_block2d import drop_block2d
 from .gradcampp_weights import gradcampp_weights
 from .path_affinity import irnet_affinity_layout, path_affinity, search_offsets
+from .permutohedral_filter import permutohedral_filter
 from .random_walk import random_walk
 from .weighted_cam import weighted_cam
 
 __all__ = [
+    "dense_crf",
+    "dense_crf_unary",
     "drop_block2d",
     "gradcampp_weights",
     "irnet_affinity_layout",
     "path_affinity",
+    "permutohedral_filter",
     "random_walk",
     "search_offsets",
+    "unary_from_labels",
+    "unary_from_softmax",
     "weighted_cam",
 ]
