@@ -1,6 +1,7 @@
 # wsss_fast — set up, build, test, benchmark and run the demo.
 #   make demo   set up a .venv and run the whole pipeline on built-in synthetic data
 #   make test   set up a .venv and run the test suite
+#   make mutants  plant each bug of tests/mutants/ and check its tests fail (slow, not in test; docs/mutants.md)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,7 +14,7 @@ CSRC := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name 
 PYTEST_ARGS ?=
 DEMO_OUT ?= demo_out
 
-.PHONY: venv build test bench demo clean gpu-check gpu-wheels
+.PHONY: venv build test bench demo clean gpu-check gpu-wheels mutants
 
 venv: $(VENV)/.stamp
 
@@ -33,6 +34,10 @@ wsss_fast/.build-stamp: $(VENV)/.stamp setup.py $(CSRC)
 
 test: build
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# MUTANTS_ARGS: e.g. --only NAME ..., --build (also the csrc mutants), --json FILE.
+mutants: build
+	$(PY) tests/mutants/run_mutants.py --baseline $(MUTANTS_ARGS)
 
 bench: build
 	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=min,median,mean,rounds -q $(PYTEST_ARGS)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/faults.py
 from faults import CrashMidWrite, crash_mid_write, files_in  # noqa: E402
 
 from wsss_fast.engine import files  # noqa: E402

@@ -36,11 +36,14 @@ wsss_fast.data.build_dataset = fake_builder({{"train": FakeDataset(8, 1, seed=0,
 models = []
 real = seg_train.model_from_cfg
 seg_train.model_from_cfg = lambda *a, **k: models.append(real(*a, **k)) or models[-1]
+saves = []
+real_save = seg_train.save_checkpoint
+seg_train.save_checkpoint = lambda *a, **k: saves.append(1) or real_save(*a, **k)
 seg_train.train_seg(seg_cfg({device!r}, epochs=2, amp=True, batch_size=4), RunPaths({out!r}))
 digest = hashlib.sha1(b"".join(p.detach().cpu().numpy().tobytes() for p in models[0].parameters())).hexdigest()
 sync_bn = any(isinstance(m, torch.nn.SyncBatchNorm) for m in models[0].modules())
 with open(os.path.join({out!r}, "rank" + os.environ["RANK"] + ".json"), "w") as f:
-    json.dump({{"digest": digest, "world": int(os.environ["WORLD_SIZE"]), "sync_bn": sync_bn}}, f)
+    json.dump({{"digest": digest, "world": int(os.environ["WORLD_SIZE"]), "sync_bn": sync_bn, "saves": len(saves)}}, f)
 """
 
 
@@ -69,7 +72,8 @@ def test_train_seg_under_torchrun(tmp_path, device):
     assert {r["world"] for r in ranks} == {nproc}
     assert len({r["digest"] for r in ranks}) == 1  # gradients all-reduced: the same weights
     assert not any(r["sync_bn"] for r in ranks)  # CPU (gloo) or one process: plain BatchNorm
-    # only rank 0 wrote: one log line and one printed summary per epoch
+    # only rank 0 wrote: last.pt once per epoch, one log line and one printed summary per epoch
+    assert [r["saves"] for r in ranks] == [2] + [0] * (nproc - 1)
     log = [json.loads(x) for x in (out.seg / "train.log").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]
     assert proc.stdout.count("[train-seg] epoch=2 ") == 1
