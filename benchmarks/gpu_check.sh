@@ -86,7 +86,7 @@ if command -v compute-sanitizer >/dev/null && [ "$(elapsed)" -lt "${SANITIZE_BEF
 fi
 
 stamp "CUDA training tests (AMP, torchrun)"
-TRAIN_TESTS="tests/train/test_cls_amp.py tests/seg/test_resume_amp.py tests/seg/test_train_ddp.py
+TRAIN_TESTS="tests/cls/test_train_amp.py tests/seg/test_resume_amp.py tests/seg/test_train_ddp.py
              tests/irn/test_train_resume.py"
 # shellcheck disable=SC2086
 timeout "${TRAIN_TEST_TIMEOUT:-120}" "$PY" -m pytest $TRAIN_TESTS -m cuda "${KSEL[@]}" $XDIST -v --tb=short \

@@ -62,6 +62,20 @@ def synthetic_root(cfg: dict, paths: Any) -> Path:
     return Path(root) if root else Path(paths.root) / "data" / "synthetic"
 
 
+def _cache_args(cfg: dict, paths: Any, root: Path) -> dict:
+    """``cache_dir`` / ``cache_size`` of the SIIM loader from ``dataset.cache`` (``auto``: DICOM
+    sets only, under ``<run>/cache``; PNG files decode fast enough)."""
+    from .cache import cache_folder
+
+    setting = get(cfg, "dataset.cache")
+    fmt = str(get(cfg, "dataset.image_format"))
+    if str(setting).lower() == "auto" and (fmt == "png" or (fmt == "auto" and not (root / "dicom-images-train").is_dir())):
+        return {}
+    size = get(cfg, "dataset.image_size")
+    folder = cache_folder(setting, None if paths is None else paths.root, "siim", root, size)
+    return {} if folder is None else {"cache_dir": folder, "cache_size": size}
+
+
 def build_dataset(cfg: dict, split: str | None, paths: Any, train: bool) -> WSSSDataset:
     """The configured data set for one split.
 
@@ -94,7 +108,8 @@ def build_dataset(cfg: dict, split: str | None, paths: Any, train: bool) -> WSSS
                                 split_file=None if paths is None else paths.split,
                                 split_counts=get(cfg, "dataset.split_counts"), seed=seed,
                                 image_format=get(cfg, "dataset.image_format"),
-                                csv_file=get(cfg, "dataset.csv"), on_bad_file=on_bad)
+                                csv_file=get(cfg, "dataset.csv"), on_bad_file=on_bad,
+                                **_cache_args(cfg, paths, root))
     if name == "voc":
         from .voc import VOC2012
 

@@ -94,6 +94,23 @@ class WSSSDataset(Dataset):
         """Raw image ``i``: uint8 [H0, W0, 3] RGB (grayscale stacked to 3 channels)."""
         raise NotImplementedError
 
+    def load_grey(self, i: int) -> np.ndarray | None:
+        """Image ``i`` as uint8 [H0, W0] when the data set is greyscale (the transforms then
+        work on one channel instead of three equal ones), else None."""
+        return None
+
+    def original_size(self, i: int, image: np.ndarray | None = None) -> tuple[int, int]:
+        """(H0, W0) of image ``i`` as stored (masks and predictions are at this size).
+
+        Args:
+            i: the item.
+            image: what :meth:`load_image` returned for it, when at hand. Data sets whose
+                ``load_image`` may return a resized copy (the decoded cache) override this.
+        """
+        if image is None:
+            image = self.load_image(i)
+        return int(image.shape[0]), int(image.shape[1])
+
     def load_mask(self, i: int) -> np.ndarray | None:  # pragma: no cover - abstract
         """Ground-truth label map of image ``i``: uint8 [H0, W0], or None without ground truth."""
         raise NotImplementedError
@@ -133,8 +150,9 @@ class WSSSDataset(Dataset):
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for a data set of {len(self)} images")
         i = int(i) % len(self)
-        image = self.load_image(i)
-        h0, w0 = image.shape[:2]
+        grey = self.load_grey(i)
+        image = self.load_image(i) if grey is None else grey
+        h0, w0 = self.original_size(i, image)
         item: dict[str, Any] = {
             "image": self._to_tensor(image),
             "label": torch.from_numpy(np.asarray(self.labels[i], dtype=np.float32).copy()),

@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .base import BadFilePolicy, BadFileError, WSSSDataset
+from .cache import read_cached, resize_uint8, write_cached
 from .dicom import read_dicom
 from .rle import RLEError, is_empty_rle, parse_rle, rle_decode_union
 
@@ -103,6 +104,10 @@ class SIIMPneumothorax(WSSSDataset):
             CSV row. ``"skip"``: every image is checked once at construction (a progress bar),
             bad ones are left out, counted in ``skipped`` and reported in one warning.
         progress: show a progress bar for the skip-mode check.
+        cache_dir: folder of the decoded-image cache (:mod:`wsss_fast.data.cache`); None = off.
+            Images are then decoded once, resized to ``cache_size`` and reused; ``load_image``
+            returns the cached (resized) image and :meth:`original_size` the file's size.
+        cache_size: the working resolution the cache stores (None = the original size).
 
     Items follow the pipeline contract: ``image`` float [3, H, W], ``label`` float [1],
     ``image_id``, ``mask`` uint8 [H0, W0] (0/1), ``orig_size``.
@@ -115,9 +120,12 @@ class SIIMPneumothorax(WSSSDataset):
                  split_file: str | Path | None = None,
                  split_counts: dict[str, Sequence[int]] | None = None, seed: int = 0,
                  image_format: str = "auto", image_dir: str | Path | None = None,
-                 csv_file: str | Path | None = None, on_bad_file: str = "raise", progress: bool = True) -> None:
+                 csv_file: str | Path | None = None, on_bad_file: str = "raise", progress: bool = True,
+                 cache_dir: str | Path | None = None, cache_size: int | None = None) -> None:
         super().__init__(transform)
         self.root = Path(root)
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.cache_size = None if cache_size is None else int(cache_size)
         if not self.root.is_dir():
             raise FileNotFoundError(f"SIIM root folder not found: {self.root}")
         self.split = split
@@ -246,8 +254,8 @@ class SIIMPneumothorax(WSSSDataset):
         good = []
         for image_id in tqdm(ids, desc="checking SIIM files", disable=not progress, leave=False):
             try:
-                img = self._read(image_id)
-                self._decode(image_id, img.shape[:2])
+                self._read(image_id)
+                self._decode(image_id, self._size(image_id))
             except BadFileError as exc:
                 self._policy.skipped.append({"reason": str(exc), "file": str(self._files[image_id]),
                                              "row": self._rows[image_id][0], "image_id": image_id,
@@ -291,6 +299,19 @@ class SIIMPneumothorax(WSSSDataset):
         return f"file {self._files[image_id]}, {self.csv_file.name} row(s) {self._rows[image_id]}"
 
     def _read(self, image_id: str) -> np.ndarray:
+        if self.cache_dir is None:
+            return self._read_file(image_id)
+        cached = self.cache_dir / f"{image_id}.npz"
+        hit = read_cached(cached)
+        if hit is not None:
+            self._sizes[image_id] = hit[1]
+            return hit[0]
+        img = self._read_file(image_id)
+        small = img if self.cache_size is None else resize_uint8(img, self.cache_size)
+        write_cached(cached, small, img.shape[:2])
+        return small
+
+    def _read_file(self, image_id: str) -> np.ndarray:
         path = self._files[image_id]
         try:
             if self.image_format == "dicom":
@@ -337,9 +358,18 @@ class SIIMPneumothorax(WSSSDataset):
         return out
 
     def load_image(self, i: int) -> np.ndarray:
-        """Image ``i`` as uint8 [H0, W0, 3] (the grayscale radiograph stacked 3 times)."""
+        """Image ``i`` as uint8 [H0, W0, 3] (the grayscale radiograph stacked 3 times; [S, S, 3] at
+        the cache's working size when the cache is on: :meth:`original_size` gives H0, W0)."""
         img = self._read(self.image_ids[i])
         return np.repeat(img[:, :, None], 3, axis=2)
+
+    def load_grey(self, i: int) -> np.ndarray:
+        """Image ``i`` as the grey uint8 [H0, W0] radiograph ([S, S] when cached)."""
+        return self._read(self.image_ids[i])
+
+    def original_size(self, i: int, image: np.ndarray | None = None) -> tuple[int, int]:
+        """(H0, W0) of image ``i`` in its file (the cache may hold it resized)."""
+        return tuple(int(v) for v in self._size(self.image_ids[i]))
 
     def load_mask(self, i: int) -> np.ndarray:
         """Pneumothorax mask of image ``i``: uint8 [H0, W0], 0/1 (union of the regions)."""

@@ -8,7 +8,7 @@ the original size) and normalizes.
 
 A transform is called as ``t(image)`` or ``t(image, mask)``:
 
-- ``image``: uint8 numpy [H, W, 3] (or [H, W]) or uint8 tensor [3, H, W];
+- ``image``: uint8 numpy [H, W, 3] (or grey [H, W]) or uint8 tensor [3, H, W] (or [1, H, W]);
 - ``mask``: label map uint8 numpy/tensor [H, W] (0 = bg, c + 1 = class c, 255 = ignore),
   transformed with the same geometry (nearest neighbour; pixels rotated in from outside
   the image are 255 = ignore).
@@ -35,21 +35,25 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _image_tensor(image: Any) -> tv_tensors.Image:
+    """uint8 [C, H, W] with C = 1 (grey: [H, W] or [H, W, 1] arrays, 1-channel tensors) or 3."""
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
-            image = np.repeat(image[:, :, None], 3, axis=2)
-        if image.ndim != 3 or image.shape[2] != 3:
+            image = image[:, :, None]
+        if image.ndim != 3 or image.shape[2] not in (1, 3):
             raise ValueError(f"image must be [H, W, 3] or [H, W], got shape {image.shape}")
         if not image.flags.writeable or not image.flags.c_contiguous:
             image = np.array(image, copy=True, order="C")
         t = torch.from_numpy(image).permute(2, 0, 1)
     elif isinstance(image, torch.Tensor):
-        t = image if image.ndim == 3 else image.expand(3, *image.shape)
-        if t.shape[0] == 1:
-            t = t.expand(3, -1, -1)
+        t = image if image.ndim == 3 else image.unsqueeze(0)
     else:
         raise TypeError(f"image must be a numpy array or a tensor, got {type(image).__name__}")
     return tv_tensors.Image(t.contiguous())
+
+
+def _rgb(t: torch.Tensor) -> torch.Tensor:
+    """A grey [1, H, W] image as the 3 equal channels the networks take."""
+    return t.expand(3, -1, -1) if t.shape[0] == 1 else t
 
 
 def _mask_tensor(mask: Any) -> tv_tensors.Mask:
@@ -62,26 +66,34 @@ def _mask_tensor(mask: Any) -> tv_tensors.Mask:
 class WSSSTransform:
     """A v2 pipeline that accepts numpy or tensor input, with an optional label map.
 
+    A grey image ([H, W] array or 1-channel tensor) goes through the ops as one channel and
+    is stacked to 3 channels before ToDtype + Normalize: every op here acts per channel, so
+    the result equals transforming the stacked image (ColorJitter's contrast takes the mean of
+    the grey channel instead of the luma of 3 equal ones: the same up to uint8 rounding) at a
+    third of the work.
+
     Args:
         ops: the v2 transforms, in order; ToDtype + Normalize are appended.
     """
 
     def __init__(self, ops: list) -> None:
-        self.pipeline = v2.Compose(list(ops) + [v2.ToDtype(torch.float32, scale=True),
-                                                v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        self.ops = v2.Compose(list(ops)) if ops else v2.Identity()
+        self.finish = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
     def __call__(self, image: Any, mask: Any = None):
         img = _image_tensor(image)
         if mask is None:
-            return self.pipeline(img).as_subclass(torch.Tensor)
+            out = self.ops(img)
+            return self.finish(tv_tensors.Image(_rgb(out))).as_subclass(torch.Tensor)
         m = _mask_tensor(mask)
         if m.shape[-2:] != img.shape[-2:]:
             raise ValueError(f"mask size {tuple(m.shape[-2:])} differs from image size {tuple(img.shape[-2:])}")
-        out_img, out_mask = self.pipeline(img, m)
-        return out_img.as_subclass(torch.Tensor), out_mask.as_subclass(torch.Tensor)
+        out_img, out_mask = self.ops(img, m)
+        return (self.finish(tv_tensors.Image(_rgb(out_img))).as_subclass(torch.Tensor),
+                out_mask.as_subclass(torch.Tensor))
 
     def __repr__(self) -> str:
-        return f"WSSSTransform({self.pipeline})"
+        return f"WSSSTransform({self.ops}, {self.finish})"
 
 
 def _size(cfg: dict) -> int | None:
@@ -157,7 +169,7 @@ def eval_transform(cfg: dict) -> WSSSTransform:
 
 def to_normalized_tensor(image: Any) -> torch.Tensor:
     """uint8 [H, W, 3] (or [H, W]) -> float32 [3, H, W] normalized, no resize."""
-    img = _image_tensor(image).as_subclass(torch.Tensor).float().div_(255.0)
+    img = _rgb(_image_tensor(image).as_subclass(torch.Tensor)).float().div_(255.0)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return (img - mean) / std

@@ -65,9 +65,16 @@ def eval_transform(cfg: dict) -> v2.Compose:
     return v2.Compose(t)
 
 
+def _load(base, i: int) -> np.ndarray:
+    """uint8 [H, W] (greyscale data sets: the transform works on one channel) or [H, W, 3]."""
+    grey = base.load_grey(i) if hasattr(base, "load_grey") else None
+    return base.load_image(i) if grey is None else grey
+
+
 def _to_image(rgb: np.ndarray) -> tv_tensors.Image:
+    """[1, H, W] for a grey [H, W] array (stacked to 3 channels by the transform), else [3, H, W]."""
     if rgb.ndim == 2:
-        rgb = np.stack([rgb] * 3, axis=-1)
+        rgb = rgb[:, :, None]
     return tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1))
 
 
@@ -75,7 +82,7 @@ class PseudoLabelDataset(Dataset):
     """Training pairs (image, pseudo label) for step 3; never reads ground-truth masks.
 
     Args:
-        base: a ``wsss_fast.data`` dataset (only ``image_ids`` and ``load_image`` are used).
+        base: a ``wsss_fast.data`` dataset (``image_ids``, ``load_image`` and ``load_grey`` are used).
         label_dir: folder of ``<image_id>.png`` pseudo labels at the original resolution.
         transform: a joint transform such as :func:`train_transform`.
         indices: the dataset indices to use (default: all).
@@ -94,7 +101,7 @@ class PseudoLabelDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         idx = self.indices[i]
-        rgb = self.base.load_image(idx)
+        rgb = _load(self.base, idx)
         label = read_png(self.label_dir / f"{self.base.image_ids[idx]}.png")
         if label.shape != rgb.shape[:2]:
             label = np.array(PILImage.fromarray(label).resize(rgb.shape[1::-1], PILImage.NEAREST))
@@ -114,7 +121,8 @@ class ImageDataset(Dataset):
         return len(self.base.image_ids)
 
     def __getitem__(self, i: int) -> dict:
-        rgb = self.base.load_image(i)
+        rgb = _load(self.base, i)
         image = self.transform(_to_image(rgb))
         return {"image": image.as_subclass(torch.Tensor), "index": i,
-                "orig_size": torch.tensor(rgb.shape[:2])}
+                "orig_size": torch.tensor(self.base.original_size(i, rgb) if hasattr(self.base, "original_size")
+                                          else rgb.shape[:2])}

@@ -1,0 +1,480 @@
+"""Profile of the whole pipeline at the paper's scale, and a projection of the full SIIM run.
+
+Writes a synthetic set in the SIIM competition layout (DICOMs of ``--dicom-size`` px), runs
+every step of ``wsss-fast run`` with ``configs/siim.yaml`` (ResNet50 OS8 + DropBlock,
+Grad-CAM++ at 4 scales + flip, CRF IR labels, IRNet ResNet50, a 256-step walk, U-Net
+SEResNeXt50 with AMP at batch 48, flip TTA; random initialization), one epoch per training
+step bounded to ``--max-iters`` iterations, and reports per step:
+
+* images/s in the step's steady state (its loops after their first batch),
+* peak GPU memory (``torch.cuda.max_memory_allocated``), GPU busy fraction (``nvidia-smi``
+  utilization sampled every 100 ms), process CPU use,
+* what bounds it: the share of the loop spent waiting for the next batch (data loading), or
+  compute (GPU busy, or the host between kernels when the GPU idles without a data wait);
+
+then projects the wall time of the full SIIM run (12,047 images, 10,675 train, the paper's
+epochs) from those rates, and with ``--reference`` times what the reference code does per
+image for the replaced parts (IRNet's dense random walk, its pydensecrf IR labels,
+pytorch-grad-cam's Grad-CAM++) and projects them beside ours.
+
+How the training steps are bounded: the profile replaces ``DataLoader`` in the step modules by
+:class:`ProbedLoader`, which times every batch and stops a training loader (a shuffled or
+batch-sampled one) after ``--max-iters`` batches; evaluation loaders run to the end. No step
+code changes. Every step runs in this process (``sem_seg.processes=1``), so the GPU memory
+figures are complete; ``ir_label.workers`` CRF processes (CPU backend) are not counted there.
+
+    python benchmarks/pipeline_profile.py --preset gpu --out /tmp/prof     # 256 images, 1024 px -> 512
+    python benchmarks/pipeline_profile.py --preset cpu --out /tmp/prof     # 16 images, 512 px -> 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, RandomSampler
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from wsss_fast.config import get, load_config, save_config  # noqa: E402
+from wsss_fast.data import build_dataset, write_synthetic_siim  # noqa: E402
+from wsss_fast.engine.dist import resolve_device  # noqa: E402
+from wsss_fast.irn import train as irn_train  # noqa: E402
+from wsss_fast.engine.paths import RunPaths  # noqa: E402
+from wsss_fast.steps import PIPELINE  # noqa: E402
+
+PRESETS = {  # images, DICOM px, working px, max training iterations
+    "gpu": dict(images=256, dicom_size=1024, image_size=512, max_iters=20),
+    "cpu": dict(images=16, dicom_size=512, image_size=256, max_iters=2),
+    "tiny": dict(images=12, dicom_size=64, image_size=64, max_iters=1, workers=0),
+}
+# what a preset must change besides sizes (IRNet's radius 10 needs a stride-4 crop wider than 18 cells)
+PRESET_SET = {"tiny": ["irn.radius=5", "cls.arch=resnet18", "irn.backbone=resnet18", "seg.encoder=resnet18",
+                       "cam.scales=[1.0]", "sem_seg.steps=8"]}
+# The full SIIM-ACR set and the paper's split (Viniavskyi et al., AIME 2020)
+SIIM_IMAGES, SIIM_TRAIN, SIIM_EVAL = 12047, 10675, 686 + 686
+LOADER_MODULES = ("wsss_fast.cls.train", "wsss_fast.cam.make", "wsss_fast.irn.train", "wsss_fast.irn.sem_seg",
+                  "wsss_fast.seg.train", "wsss_fast.seg.infer")
+
+
+# ----------------------------------------------------------------------------- timing probes
+class ProbedLoader(DataLoader):
+    """A DataLoader that records, per batch, how long the loop waited for it and how many images
+    it held; a training loader (shuffled or batch-sampled) stops after ``max_iters`` batches."""
+
+    registry: list["ProbedLoader"] = []
+    max_iters: int | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.training = isinstance(self.sampler, RandomSampler) or kwargs.get("batch_sampler") is not None
+        self.limit = self.max_iters if self.training else None
+        self.batches: list[tuple[float, float, int]] = []  # (requested, received, images)
+        self.end: float | None = None
+        ProbedLoader.registry.append(self)
+
+    def __len__(self) -> int:
+        n = super().__len__()
+        return n if self.limit is None else min(n, self.limit)
+
+    def __iter__(self):
+        it = super().__iter__()
+        k = 0
+        try:
+            while self.limit is None or k < self.limit:
+                t0 = time.perf_counter()
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    break
+                self.batches.append((t0, time.perf_counter(), _count(batch)))
+                k += 1
+                yield batch
+        finally:
+            self.end = time.perf_counter()
+
+    def stats(self) -> dict[str, Any] | None:
+        """Steady state (batches after the first): images, seconds, data-wait share."""
+        if not self.batches or self.end is None:
+            return None
+        b = self.batches[1:] if len(self.batches) > 1 else self.batches
+        span = max(self.end - b[0][0], 1e-9)
+        return {"training": self.training, "batches": len(self.batches), "images": sum(x[2] for x in b),
+                "seconds": span, "wait_s": sum(x[1] - x[0] for x in b), "window": (b[0][0], self.end),
+                "first_batch_s": self.batches[0][1] - self.batches[0][0]}
+
+
+def _count(batch: Any) -> int:
+    if isinstance(batch, dict):
+        for v in batch.values():
+            if torch.is_tensor(v) and v.ndim == 4:
+                return int(v.shape[0])
+        return 1
+    if isinstance(batch, (list, tuple)) and batch:
+        if torch.is_tensor(batch[0]):
+            return int(batch[0].shape[0])
+        return len(batch)
+    return 1
+
+
+class GpuSampler:
+    """``nvidia-smi`` utilization.gpu (% of time a kernel ran) sampled every 100 ms in the background."""
+
+    def __init__(self, index: int = 0) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self.proc = None
+        exe = shutil.which("nvidia-smi")
+        if exe is None:
+            return
+        self.proc = subprocess.Popen([exe, "-i", str(index), "--query-gpu=utilization.gpu",
+                                      "--format=csv,noheader,nounits", "-lms", "100"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            try:
+                self.samples.append((time.perf_counter(), float(line.strip()) / 100.0))
+            except ValueError:
+                pass
+
+    def busy(self, windows: list[tuple[float, float]]) -> float | None:
+        """Mean utilization over the time windows [(t0, t1), ...] (None without samples)."""
+        v = [u for t, u in self.samples if any(t0 <= t <= t1 for t0, t1 in windows)]
+        return float(np.mean(v)) if v else None
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=5)
+
+
+def _cpu_seconds() -> float:
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+# ----------------------------------------------------------------------------- the run
+def write_data(root: Path, n: int, size: int, workers: int) -> None:
+    """The synthetic set in the SIIM layout, written by ``workers`` processes (parts with seeds
+    0..workers-1, whose image ids differ, merged into one ``dicom-images-train/`` and CSV)."""
+    if (root / "train-rle.csv").exists():
+        return
+    workers = max(1, min(workers, n))
+    counts = [n // workers + (k < n % workers) for k in range(workers)]
+    parts = [(root.parent / f"{root.name}_part{k}", c, size, k, 0.5) for k, c in enumerate(counts)]
+    write = functools.partial(write_synthetic_siim, progress=False)  # picklable for the spawned pool
+    if workers == 1:
+        write(*parts[0])
+    else:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(workers) as pool:
+            pool.starmap(write, parts)
+    (root / "dicom-images-train").mkdir(parents=True, exist_ok=True)
+    rows = ["ImageId, EncodedPixels"]
+    for part, *_ in parts:
+        for study in (part / "dicom-images-train").iterdir():
+            study.rename(root / "dicom-images-train" / study.name)
+        rows += (part / "train-rle.csv").read_text().splitlines()[1:]
+        shutil.rmtree(part)
+    (root / "train-rle.csv").write_text("\n".join(rows) + "\n")
+
+
+def profile_config(args: argparse.Namespace, out: Path, n_train: int) -> dict:
+    """``configs/siim.yaml`` on the synthetic set, one bounded epoch per training step."""
+    def fit(key: str, cfg: dict) -> int:  # at least two batches per epoch: one to warm up, one measured
+        return max(2, min(int(get(cfg, key)), n_train // 2))
+
+    base = load_config("siim", [f"dataset.root={out / 'data'}", f"dataset.image_size={args.image_size}",
+                                f"device={args.device}", *PRESET_SET.get(args.preset, []), *args.set])
+    over = [f"dataset.root={out / 'data'}", f"dataset.image_size={args.image_size}", f"device={args.device}",
+            f"dataset.cache={'auto' if args.cache else 'null'}", "dataset.image_format=dicom",
+            "cls.epochs=1", "irn.epochs=1", "seg.epochs=1", "sem_seg.processes=1", "seg.image_size=null",
+            f"cls.batch_size={fit('cls.batch_size', base)}", f"irn.batch_size={fit('irn.batch_size', base)}",
+            f"seg.batch_size={fit('seg.batch_size', base)}", f"irn.crop_size={min(int(get(base, 'irn.crop_size')), args.image_size)}"]
+    if args.workers is not None and args.workers >= 0:
+        over += [f"num_workers={args.workers}", f"ir_label.workers={args.workers}"]
+    return load_config("siim", over + PRESET_SET.get(args.preset, []) + list(args.set))
+
+
+def full_run_images(paper: dict) -> dict[str, dict[str, float]]:
+    """Images each part of each step handles in the full SIIM run (paper's epochs and batches)."""
+    def epoch(bs: int) -> int:
+        return (SIIM_TRAIN // bs) * bs
+
+    return {
+        "train-cls": {"train": paper["cls.epochs"] * epoch(paper["cls.batch_size"]), "eval": paper["cls.epochs"] * 686},
+        "make-cam": {"eval": SIIM_IMAGES},
+        "make-ir-label": {"step": SIIM_TRAIN},
+        "train-irn": {"train": paper["irn.epochs"] * epoch(paper["irn.batch_size"]), "dp_mean": SIIM_TRAIN},
+        "make-sem-seg": {"eval": SIIM_IMAGES},
+        "train-seg": {"train": paper["seg.epochs"] * epoch(paper["seg.batch_size"])},
+        "predict-seg": {"eval": SIIM_EVAL},
+        "evaluate": {"step": SIIM_EVAL},
+    }
+
+
+def _bound(wait_frac: float | None, busy: float | None, device: str) -> str:
+    if wait_frac is not None and wait_frac > 0.3:
+        return f"data loading ({wait_frac:.0%} of the loop waits for batches)"
+    if device.startswith("cuda"):
+        if busy is not None and busy < 0.7:
+            return "host (GPU idle between kernels" + (f", data wait {wait_frac:.0%})" if wait_frac is not None else ")")
+        return "GPU compute"
+    return "compute" + (f" (data wait {wait_frac:.0%})" if wait_frac is not None else "")
+
+
+def run_profile(args: argparse.Namespace) -> dict:
+    """Write the data, run every step with the probes, project the full run (see the module docstring)."""
+    out = Path(args.out)
+    if out.exists() and not args.keep:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    write_data(out / "data", args.images, args.dicom_size, args.data_workers)
+    data_s = time.perf_counter() - t0
+    paper = {k: int(get(load_config("siim"), k)) for k in
+             ("cls.epochs", "cls.batch_size", "irn.epochs", "irn.batch_size", "seg.epochs", "seg.batch_size")}
+    paths = RunPaths(out / "run")
+    paths.root.mkdir(parents=True, exist_ok=True)
+    loose = profile_config(args, out, 10**9)
+    n_train = len(build_dataset(loose, get(loose, "cls.train_split"), paths, train=False))
+    cfg = profile_config(args, out, n_train)
+    device = str(resolve_device(cfg))
+    save_config(cfg, paths.config)
+
+    ProbedLoader.max_iters = args.max_iters
+    saved = {}
+    for name in LOADER_MODULES:
+        mod = importlib.import_module(name)
+        saved[name] = mod.DataLoader
+        mod.DataLoader = ProbedLoader
+    dp_timer: dict[str, float] = {}
+    real_dp = irn_train.estimate_displacement_mean
+
+    def timed_dp(model, dataset, dev, max_images=None):
+        t = time.perf_counter()
+        r = real_dp(model, dataset, dev, max_images)
+        dp_timer.update(seconds=time.perf_counter() - t,
+                        images=len(dataset) if max_images is None else min(len(dataset), int(max_images)))
+        return r
+
+    irn_train.estimate_displacement_mean = timed_dp
+    gpu = GpuSampler(torch.device(device).index or 0) if device.startswith("cuda") else None
+    cuda = device.startswith("cuda")
+    steps = []
+    try:
+        for step in PIPELINE:
+            ProbedLoader.registry = []
+            dp_timer.clear()
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            c0, s0 = _cpu_seconds(), time.perf_counter()
+            step.resolve()(cfg, paths)
+            if cuda:
+                torch.cuda.synchronize()
+            s1 = time.perf_counter()
+            if not paths.is_done(step.folder(paths)):
+                paths.mark_done(step.folder(paths))
+            rec: dict[str, Any] = {"step": step.name, "wall_s": s1 - s0,
+                                   "cpu_util": (_cpu_seconds() - c0) / max(s1 - s0, 1e-9) / (os.cpu_count() or 1)}
+            parts = {}
+            for ld in ProbedLoader.registry:
+                st = ld.stats()
+                if st is None:
+                    continue
+                p = parts.setdefault("train" if st["training"] else "eval",
+                                     {"images": 0, "seconds": 0.0, "wait_s": 0.0, "batches": 0, "windows": []})
+                for k in ("images", "seconds", "wait_s", "batches"):
+                    p[k] += st[k]
+                p["windows"].append(st["window"])
+            if dp_timer:
+                parts["dp_mean"] = {"images": dp_timer["images"], "seconds": dp_timer["seconds"], "wait_s": None}
+            if not parts:
+                n = _step_images(step.name, cfg, paths)
+                parts["step"] = {"images": n, "seconds": s1 - s0, "wait_s": None}
+            for p in parts.values():
+                p["images_per_s"] = p["images"] / max(p["seconds"], 1e-9)
+            rec["parts"] = parts
+            main = parts.get("train") or parts.get("eval") or parts.get("step")
+            rec["images_per_s"] = main["images_per_s"]
+            rec["data_wait"] = None if main.get("wait_s") is None else main["wait_s"] / max(main["seconds"], 1e-9)
+            # busy over the whole step (set-up included) and over the measured loops alone
+            rec["gpu_busy_step"] = gpu.busy([(s0, s1)]) if gpu else None
+            rec["gpu_busy"] = gpu.busy(main.get("windows") or [(s0, s1)]) if gpu else None
+            for p in parts.values():
+                p.pop("windows", None)
+            if cuda:
+                rec["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+            rec["bound"] = _bound(rec["data_wait"], rec["gpu_busy"], device)
+            steps.append(rec)
+            print(f"[profile] {step.name}: {rec['wall_s']:.1f}s, {rec['images_per_s']:.2f} img/s, {rec['bound']}",
+                  flush=True)
+    finally:
+        for name, dl in saved.items():
+            importlib.import_module(name).DataLoader = dl
+        irn_train.estimate_displacement_mean = real_dp
+        if gpu:
+            gpu.close()
+
+    full = full_run_images(paper)
+    total = 0.0
+    for rec in steps:
+        measured = sum(p["seconds"] for p in rec["parts"].values())
+        fixed = max(0.0, rec["wall_s"] - measured)
+        proj = fixed + sum(full[rec["step"]].get(k, 0) / max(p["images_per_s"], 1e-9) for k, p in rec["parts"].items())
+        rec["setup_s"], rec["projected_full_s"] = fixed, proj
+        total += proj
+    result = {"machine": machine_info(device), "preset": args.preset, "images": args.images,
+              "dicom_size": args.dicom_size, "image_size": args.image_size, "max_iters": args.max_iters,
+              "cache": args.cache, "synthetic_data_s": data_s, "config_overrides": _diff(cfg),
+              "paper": paper, "steps": steps, "projected_full_run_s": total,
+              "decode": decode_benchmark(cfg, paths, min(args.images, 32))}
+    if args.reference:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from pipeline_reference import reference_timings
+
+        result["reference"] = reference_timings(cfg, device, args.ref_images, args.ref_walk_size)
+    return result
+
+
+def _step_images(name: str, cfg: dict, paths: RunPaths) -> int:
+    splits = {"make-ir-label": get(cfg, "ir_label.splits"), "evaluate": get(cfg, "evaluate.splits")}.get(name, [])
+    return sum(len(build_dataset(cfg, s, paths, train=False)) for s in splits) or 1
+
+
+def _diff(cfg: dict) -> dict:
+    ref = load_config("siim")
+    out = {}
+
+    def walk(a, b, prefix=""):
+        for k, v in a.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(v, b.get(k, {}), key + ".")
+            elif b.get(k) != v:
+                out[key] = v
+    walk(cfg, ref)
+    return out
+
+
+def machine_info(device: str) -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
+            "device": device, "load_avg_start": os.getloadavg()}
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+# ----------------------------------------------------------------------------- decode cost
+def decode_benchmark(cfg: dict, paths: RunPaths, n: int) -> dict:
+    """Seconds per image of DICOM decode + resize to the working size, against a cache hit."""
+    from wsss_fast.data import build_dataset
+    from wsss_fast.data.cache import read_cached
+
+    ds = build_dataset({**cfg, "dataset": {**cfg["dataset"], "cache": None}}, None, paths, train=False)
+    n = min(n, len(ds))
+    tr = ds.transform
+    t = time.perf_counter()
+    for i in range(n):
+        tr(ds.load_image(i))
+    decode = (time.perf_counter() - t) / n
+    cached = build_dataset({**cfg, "dataset": {**cfg["dataset"], "cache": "auto"}}, None, paths, train=False)
+    for i in range(n):  # fill (a no-op when the run already did)
+        cached.load_image(i)
+    t = time.perf_counter()
+    for i in range(n):
+        tr(cached.load_image(i))
+    hit = (time.perf_counter() - t) / n
+    size = read_cached(cached.cache_dir / f"{cached.image_ids[0]}.npz")[0].nbytes
+    return {"images": n, "decode_resize_s": decode, "cache_hit_s": hit, "speedup": decode / max(hit, 1e-12),
+            "cache_bytes_per_image": size}
+
+
+# ----------------------------------------------------------------------------- report
+def _hms(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def format_table(r: dict) -> str:
+    """Markdown table of the measured figures and the projection."""
+    lines = [f"machine: {r['machine']}", f"{r['images']} images, {r['dicom_size']} px DICOMs -> {r['image_size']} px, "
+             f"max {r['max_iters']} iterations per training step, cache {'on' if r['cache'] else 'off'}", "",
+             "| step | img/s | peak GPU MiB | GPU busy | CPU use | data wait | bound | measured s | projected SIIM |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for s in r["steps"]:
+        gpu_mib = f"{s['peak_gpu_mib']:.0f}" if s.get("peak_gpu_mib") is not None else "—"
+        busy = f"{s['gpu_busy']:.0%}" if s.get("gpu_busy") is not None else "—"
+        wait = f"{s['data_wait']:.0%}" if s.get("data_wait") is not None else "—"
+        lines.append(f"| {s['step']} | {s['images_per_s']:.2f} | {gpu_mib} | {busy} | {s['cpu_util']:.0%} | {wait} | "
+                     f"{s['bound']} | {s['wall_s']:.1f} | {_hms(s['projected_full_s'])} |")
+    lines.append(f"| **total** | | | | | | | {sum(s['wall_s'] for s in r['steps']):.1f} | "
+                 f"**{_hms(r['projected_full_run_s'])}** |")
+    d = r["decode"]
+    lines += ["", f"DICOM decode + resize {d['decode_resize_s'] * 1e3:.1f} ms/image, cache hit "
+              f"{d['cache_hit_s'] * 1e3:.1f} ms/image ({d['speedup']:.1f}x, {d['cache_bytes_per_image'] / 1024:.0f} KiB)"]
+    if "reference" in r:
+        lines += ["", "| reference part | s per image | projected SIIM |", "|---|---|---|"]
+        for k, v in r["reference"].items():
+            if "per_image_s" in v:
+                note = f" (timed at {v['map']}², scaled by (HW)³)" if v.get("extrapolated") else ""
+                lines.append(f"| {k}{note} | {v['per_image_s']:.3f} | {_hms(v['projected_full_s'])} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    p.add_argument("--out", required=True, help="work folder (data and run; removed first unless --keep)")
+    p.add_argument("--images", type=int, default=None)
+    p.add_argument("--dicom-size", type=int, default=None)
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--max-iters", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=-1, help="num_workers and ir_label.workers (default: siim.yaml's)")
+    p.add_argument("--no-cache", dest="cache", action="store_false", help="dataset.cache=null (decode every time)")
+    p.add_argument("--reference", action="store_true", help="also time the reference code per image")
+    p.add_argument("--ref-images", type=int, default=2)
+    p.add_argument("--ref-walk-size", type=int, default=None,
+                   help="time the dense walk on this map side and scale (default: the real map on CUDA, 32 on CPU)")
+    p.add_argument("--data-workers", type=int, default=min(16, os.cpu_count() or 1),
+                   help="processes writing the synthetic DICOMs")
+    p.add_argument("--keep", action="store_true")
+    p.add_argument("--json", default=None, help="write the figures here")
+    p.add_argument("set", nargs="*", help="config overrides key=value (after the profile's own)")
+    args = p.parse_args(argv)
+    for k, v in PRESETS[args.preset].items():
+        if getattr(args, k) is None or (k == "workers" and args.workers < 0):
+            setattr(args, k, v)
+    if args.ref_walk_size is None and not (args.device.startswith("cuda") or
+                                           (args.device == "auto" and torch.cuda.is_available())):
+        args.ref_walk_size = 32
+    r = run_profile(args)
+    print(format_table(r))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(r, indent=1, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

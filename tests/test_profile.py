@@ -1,0 +1,107 @@
+"""benchmarks/pipeline_profile.py: the probes (bounded training loaders, data-wait share), the
+full-run image counts, and one tiny profile of the whole pipeline."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from wsss_fast.steps import PIPELINE
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("pipeline_profile", ROOT / "benchmarks" / "pipeline_profile.py")
+prof = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(prof)
+
+
+class _Slow(Dataset):
+    def __init__(self, n: int, delay: float) -> None:
+        self.n, self.delay = n, delay
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        time.sleep(self.delay)
+        return {"image": torch.zeros(3, 4, 4), "i": i}
+
+
+def _consume(loader, work: float = 0.0) -> int:
+    n = 0
+    for _ in loader:
+        time.sleep(work)
+        n += 1
+    return n
+
+
+def test_training_loaders_stop_after_max_iters_eval_loaders_do_not(monkeypatch):
+    monkeypatch.setattr(prof.ProbedLoader, "max_iters", 2)
+    train = prof.ProbedLoader(_Slow(10, 0), batch_size=2, shuffle=True)
+    evals = prof.ProbedLoader(_Slow(10, 0), batch_size=2, shuffle=False)
+    assert train.training and not evals.training
+    assert len(train) == 2 and _consume(train) == 2
+    assert len(evals) == 5 and _consume(evals) == 5
+    st = evals.stats()
+    assert st["batches"] == 5 and st["images"] == 8  # the first batch is the warm-up, not counted
+
+
+def test_data_wait_share_and_bound():
+    slow_data = prof.ProbedLoader(_Slow(6, 0.03), batch_size=1)
+    _consume(slow_data, work=0.0)
+    slow_work = prof.ProbedLoader(_Slow(6, 0.0), batch_size=1)
+    _consume(slow_work, work=0.03)
+    a, b = slow_data.stats(), slow_work.stats()
+    assert a["wait_s"] / a["seconds"] > 0.8 and b["wait_s"] / b["seconds"] < 0.2
+    assert prof._bound(0.9, None, "cpu").startswith("data loading")
+    assert prof._bound(0.05, None, "cpu").startswith("compute")
+    assert prof._bound(0.05, 0.95, "cuda:0") == "GPU compute"
+    assert prof._bound(0.05, 0.4, "cuda:0").startswith("host")
+
+
+def test_gpu_busy_averages_the_samples_inside_the_windows():
+    g = object.__new__(prof.GpuSampler)
+    g.samples = [(0.5, 0.0), (1.5, 1.0), (2.5, 0.8), (3.5, 0.0), (4.5, 0.6)]
+    assert g.busy([(1.0, 3.0)]) == pytest.approx(0.9)
+    assert g.busy([(1.0, 2.0), (4.0, 5.0)]) == pytest.approx(0.8)
+    assert g.busy([(10.0, 11.0)]) is None
+
+
+def test_full_run_counts_follow_the_paper():
+    paper = {"cls.epochs": 10, "cls.batch_size": 16, "irn.epochs": 3, "irn.batch_size": 32,
+             "seg.epochs": 10, "seg.batch_size": 48}
+    full = prof.full_run_images(paper)
+    assert set(full) == {s.name for s in PIPELINE}
+    assert full["train-cls"]["train"] == 10 * (10675 // 16) * 16 and full["train-cls"]["eval"] == 10 * 686
+    assert full["make-cam"]["eval"] == full["make-sem-seg"]["eval"] == 12047
+    assert full["make-ir-label"]["step"] == 10675 and full["train-irn"]["dp_mean"] == 10675
+    assert full["train-irn"]["train"] == 3 * (10675 // 32) * 32
+    assert full["train-seg"]["train"] == 10 * (10675 // 48) * 48 and full["predict-seg"]["eval"] == 1372
+
+
+@pytest.mark.slow
+def test_tiny_profile_runs_every_step(tmp_path):
+    out = tmp_path / "prof"
+    js = tmp_path / "prof.json"
+    assert prof.main(["--preset", "tiny", "--out", str(out), "--json", str(js), "--reference",
+                      "--ref-images", "1", "--ref-walk-size", "8"]) == 0
+    r = json.loads(js.read_text())
+    assert [s["step"] for s in r["steps"]] == [s.name for s in PIPELINE]
+    for s in r["steps"]:
+        assert s["images_per_s"] > 0 and s["wall_s"] > 0 and s["projected_full_s"] >= s["setup_s"]
+        assert s["data_wait"] is None or 0 <= s["data_wait"] <= 1
+    by = {s["step"]: s for s in r["steps"]}
+    # training was bounded to one batch (max_iters 1); the CAMs cover every image
+    assert by["train-cls"]["parts"]["train"]["batches"] == 1
+    assert by["train-seg"]["parts"]["train"]["batches"] == 1
+    assert by["make-cam"]["parts"]["eval"]["batches"] >= 1 and by["train-irn"]["parts"]["dp_mean"]["images"] > 0
+    assert abs(r["projected_full_run_s"] - sum(s["projected_full_s"] for s in r["steps"])) < 1e-6
+    assert r["decode"]["images"] > 0 and r["decode"]["cache_hit_s"] > 0
+    assert {"dense_walk", "pydensecrf_ir_label", "pytorch_grad_cam"} <= set(r["reference"])
+    assert (out / "run" / "report.json").exists() and list((out / "run" / "cache").rglob("*.npz"))
+    assert "| **total** |" in prof.format_table(r)
