@@ -232,8 +232,7 @@ def _fit(cfg: dict, paths: RunPaths, train_set: Dataset, val_set: Dataset | None
                          f"{model.num_classes}")
     ratio = get(cfg, "sampler.neg_pos_ratio")
     _check_batch(batch_size, ctx.world_size, len(labels))
-    sampler = GlobalBatchSampler(labels, batch_size, None if ratio is None else float(ratio), seed,
-                                 ctx.rank, ctx.world_size)
+    sampler = GlobalBatchSampler(labels, batch_size, ratio, seed, ctx.rank, ctx.world_size)
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=num_workers, collate_fn=_collate,
                         pin_memory=ctx.device.type == "cuda", persistent_workers=False)
     optimizer = build_optimizer(cfg, model)
