@@ -135,3 +135,27 @@ def test_cam_classes_names_the_protocol():
     assert cam_classes(load_config(None)).startswith("ground-truth")
     text = cam_classes(load_config(None, {"cam": {"use_labels": False, "pred_threshold": 0.7}}))
     assert text.startswith("predicted") and "0.7" in text
+
+
+def test_summarize_runs_mean_std_and_paired_gains():
+    from wsss_fast.report import format_summary, summarize_runs
+
+    def rep(cam, irn, seg):
+        return {"splits": {"test": {"cam": {"miou_all": cam, "miou_pos": cam / 2, "dice": cam},
+                                    "irnet": {"miou_all": irn, "miou_pos": irn / 2, "dice": irn},
+                                    "seg": {"miou_all": seg, "miou_pos": seg / 2, "dice": seg}}},
+                "thresholds": {"cam.bg_thres": {"value": cam, "source": "x"}}}
+
+    # run b has the lowest CAM and the lowest IRNet: unpaired, IRNet - CAM would look small;
+    # paired it is +0.1, +0.1 and -0.05
+    s = summarize_runs({"a": rep(0.5, 0.6, 0.7), "b": rep(0.3, 0.4, 0.35), "c": rep(0.6, 0.55, 0.6)})
+    g = s["gains"]["test"]["irnet-cam"]["miou_all"]
+    assert g["values"] == pytest.approx([0.1, 0.1, -0.05]) and g["positive"] == 2 and g["n"] == 3
+    assert g["mean"] == pytest.approx(np.mean([0.1, 0.1, -0.05]))
+    assert g["std"] == pytest.approx(np.std([0.1, 0.1, -0.05], ddof=1))
+    assert s["gains"]["test"]["seg-irnet"]["miou_pos"]["values"] == pytest.approx([0.05, -0.025, 0.025])
+    assert s["splits"]["test"]["cam"]["miou_all"]["mean"] == pytest.approx(np.mean([0.5, 0.3, 0.6]))
+    assert s["splits"]["test"]["seg"]["dice"]["std"] == pytest.approx(np.std([0.7, 0.35, 0.6], ddof=1))
+    assert s["thresholds"]["b"]["cam.bg_thres"]["value"] == 0.3
+    text = format_summary(s)
+    assert "| test | IRNet − CAM (Grad-CAM++) | 5.00 ± " in text and "(2/3)" in text

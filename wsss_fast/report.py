@@ -9,9 +9,10 @@ of the SIIM-ACR competition, for
   with a background threshold: the fg class with the highest score wins where it
   exceeds the threshold. The threshold is ``evaluate.cam_bg_thres`` when set, else the
   best threshold on val of ``wsss-fast eval-cam`` (``cam/eval.json``, run on demand),
-  used for val and test alike, else ``cam.bg_thres``. The report records which. (IRNet
-  and the segmentation model use their configured thresholds, not tuned on val; the
-  CAM row on val is therefore slightly optimistic.)
+  used for val and test alike, else ``cam.bg_thres``. The report records which. The IR
+  labels, the walk and the segmentation threshold are chosen on val as well when the config
+  says ``val`` (the default); ``thresholds`` lists every value and its source. The val rows
+  are therefore optimistic; test is the held-out figure.
 - ``irnet``: the random-walk pseudo labels (``sem_seg/<id>.png``; 255 counts as background);
 - ``seg``: the segmentation predictions (``seg_pred/<id>.png``).
 
@@ -40,6 +41,7 @@ import torch.nn.functional as F
 from PIL import Image as PILImage
 from tqdm.auto import tqdm
 
+from .cam.make import cam_threshold
 from .config import get
 from .engine.paths import RunPaths
 from .engine.files import atomic_write_bytes, load_cam_file, read_png
@@ -81,36 +83,6 @@ def read_label(path: Path, size: tuple[int, int]) -> np.ndarray:
     lab = lab.copy()
     lab[lab == 255] = 0
     return lab
-
-
-def cam_threshold(cfg: dict, paths: RunPaths, run_sweep: bool = True) -> tuple[float, str]:
-    """The CAM background threshold of the report and where it came from.
-
-    ``evaluate.cam_bg_thres`` when it is a number. Otherwise the best threshold of
-    ``wsss-fast eval-cam`` on val (``cam/eval.json``; the sweep is run here when the file
-    is missing, CAM files of val exist and ``run_sweep``), so that test is evaluated with
-    a threshold chosen on val only. Falls back to ``cam.bg_thres``.
-    """
-    forced = get(cfg, "evaluate.cam_bg_thres")
-    if forced is not None:
-        return float(forced), "evaluate.cam_bg_thres"
-    f = paths.cam / "eval.json"
-    if not f.exists() and run_sweep and paths.cam.is_dir() and any(paths.cam.glob("*.npy")):
-        try:
-            from .cam.make import eval_cam
-
-            eval_cam({**cfg, "cam": {**get(cfg, "cam"), "eval_splits": ["val"]}}, paths)
-        except (FileNotFoundError, ValueError, KeyError) as e:  # no val CAMs / masks: fall back
-            print(f"evaluate: no CAM threshold sweep on val ({e}); using cam.bg_thres")
-    if f.exists():
-        try:
-            data = json.loads(f.read_text())
-            best = (data.get("splits", {}).get("val") or {}).get("best") or {}
-            if isinstance(best.get("threshold"), (int, float)):
-                return float(best["threshold"]), f"eval-cam best on val by {data.get('metric', '?')}"
-        except (OSError, json.JSONDecodeError, AttributeError):
-            pass
-    return float(get(cfg, "cam.bg_thres")), "cam.bg_thres"
 
 
 def _exists(step: str, paths: RunPaths, name: str) -> bool:
@@ -188,6 +160,11 @@ def format_table(report: dict) -> str:
             dice = f"{100 * r['dice']:7.2f}" if isinstance(r.get("dice"), (int, float)) else f"{'-':>7}"
             lines.append(f"{split:<6} {STEP_TITLES[step]:<18} {f(r.get('miou_all'))} {f(r.get('miou_pos'))} "
                          f"{dice} {r.get('n_images', 0):>7}")
+    th = report.get("thresholds") or {}
+    if th:
+        lines.append("")
+        lines.append("thresholds: " + ", ".join(f"{k} {v['value']:g}" for k, v in th.items()
+                                                if isinstance(v.get("value"), (int, float))))
     t = report.get("timings_s") or {}
     if t:
         lines.append("")
@@ -210,6 +187,40 @@ def write_report(report: dict, paths: RunPaths) -> None:
     atomic_write_bytes((json.dumps(report, indent=2) + "\n").encode(), paths.report)
 
 
+def _read_json(f: Path) -> dict | None:
+    try:
+        return json.loads(f.read_text()) if f.exists() else None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def run_thresholds(cfg: dict, paths: RunPaths, cam_thres: tuple[float, str]) -> dict:
+    """Every threshold the run used, with where it came from (``report.json["thresholds"]``).
+
+    Values chosen on val inside the run are read from the files the steps wrote
+    (``ir_label/thresholds.json``, ``sem_seg/tune.json``, ``seg_pred/threshold.json``);
+    configured numbers are reported as such. A ``val`` setting whose step has not run is
+    left out.
+    """
+    out = {"cam.bg_thres": {"value": cam_thres[0], "source": cam_thres[1]}}
+    ir = _read_json(paths.ir_label / "thresholds.json") or {}
+    for k in ("conf_fg_thres", "conf_bg_thres"):
+        if k in ir:
+            out[f"ir_label.{k}"] = {"value": ir[k]["value"], "source": ir[k]["source"]}
+    walk = _read_json(paths.sem_seg / "tune.json")
+    for k in ("steps", "bg_thres"):
+        if get(cfg, f"sem_seg.{k}") != "val":
+            out[f"sem_seg.{k}"] = {"value": get(cfg, f"sem_seg.{k}"), "source": f"sem_seg.{k}"}
+        elif walk is not None:
+            out[f"sem_seg.{k}"] = {"value": walk[k], "source": walk["source"]}
+    seg = _read_json(paths.seg_pred / "threshold.json")
+    if get(cfg, "seg.threshold") != "val":
+        out["seg.threshold"] = {"value": float(get(cfg, "seg.threshold")), "source": "seg.threshold"}
+    elif seg is not None:
+        out["seg.threshold"] = {"value": seg["threshold"], "source": seg["source"]}
+    return out
+
+
 def cam_classes(cfg: dict) -> str:
     """Which classes the CAM (and so IRNet) maps were made for, as the report states it."""
     if bool(get(cfg, "cam.use_labels")):
@@ -226,6 +237,8 @@ def evaluate(cfg: dict, paths: RunPaths) -> dict:
             {"splits": {"val": {"cam": {"miou_all", "miou_pos", "dice", ...}, "irnet": {...},
                                 "seg": {...}}, "test": {...}},
              "cam_bg_thres": float, "cam_bg_thres_source": str, "cam_classes": str,
+             "thresholds": {"cam.bg_thres": {"value", "source"}, "ir_label.conf_fg_thres": ...,
+                            "sem_seg.steps": ..., "sem_seg.bg_thres": ..., "seg.threshold": ...},
              "timings_s": {...},
              "missing": {split: {step: images without outputs}}}   (only when some are)
     """
@@ -235,7 +248,7 @@ def evaluate(cfg: dict, paths: RunPaths) -> dict:
 
     thres, source = cam_threshold(cfg, paths)
     report: dict = {"splits": {}, "cam_bg_thres": thres, "cam_bg_thres_source": source,
-                    "cam_classes": cam_classes(cfg)}
+                    "cam_classes": cam_classes(cfg), "thresholds": run_thresholds(cfg, paths, (thres, source))}
     datasets = {}
     for split in get(cfg, "evaluate.splits"):
         base = build_dataset(cfg, split, paths, train=False)
@@ -254,3 +267,76 @@ def evaluate(cfg: dict, paths: RunPaths) -> dict:
           f"{report['cam_classes']})")
     paths.mark_done(paths.figures)
     return report
+
+
+# ---------------------------------------------------------------------------------------------
+# several runs: mean, spread and paired gains
+
+
+METRIC_KEYS = ("miou_all", "miou_pos", "dice")
+GAINS = (("irnet", "cam"), ("seg", "irnet"), ("seg", "cam"))
+
+
+def _stats(values: list[float]) -> dict:
+    v = np.asarray([x for x in values if isinstance(x, (int, float))], dtype=np.float64)
+    std = float(v.std(ddof=1)) if v.size > 1 else float("nan")
+    return _clean({"mean": float(v.mean()) if v.size else float("nan"), "std": std, "values": [float(x) for x in v]})
+
+
+def summarize_runs(reports: dict[str, dict]) -> dict:
+    """Mean, standard deviation and paired gains of several runs' reports.
+
+    Args:
+        reports: run name (e.g. ``"seed 3"``) -> its ``report.json`` dict.
+
+    Returns:
+        ``{"runs": [names], "splits": {split: {step: {metric: {"mean", "std", "values"}}}},
+        "gains": {split: {"irnet-cam": {metric: {"mean", "std", "values", "positive", "n"}}, ...}},
+        "thresholds": {name: the run's thresholds}}``. Gains are paired: the later step minus
+        the earlier one within each run; ``positive`` counts the runs where it is > 0. The
+        std is the sample standard deviation (ddof 1).
+    """
+    names = list(reports)
+    out: dict = {"runs": names, "splits": {}, "gains": {},
+                 "thresholds": {n: reports[n].get("thresholds", {}) for n in names}}
+    splits = [s for s in (reports[names[0]].get("splits", {}) if names else {})]
+    for split in splits:
+        rows = {n: reports[n].get("splits", {}).get(split, {}) for n in names}
+        out["splits"][split] = {step: {m: _stats([rows[n].get(step, {}).get(m) for n in names]) for m in METRIC_KEYS}
+                                for step in STEPS if all(step in rows[n] for n in names)}
+        gains = {}
+        for late, early in GAINS:
+            if not all(late in rows[n] and early in rows[n] for n in names):
+                continue
+            g = {}
+            for m in METRIC_KEYS:
+                d = [rows[n][late][m] - rows[n][early][m] for n in names
+                     if isinstance(rows[n][late].get(m), (int, float)) and isinstance(rows[n][early].get(m), (int, float))]
+                g[m] = {**_stats(d), "positive": int(sum(x > 0 for x in d)), "n": len(d)}
+            gains[f"{late}-{early}"] = g
+        out["gains"][split] = gains
+    return out
+
+
+def format_summary(summary: dict) -> str:
+    """Markdown tables of :func:`summarize_runs`: mean +- std (x100) per split and step, then
+    the paired gains with how many runs they were positive in."""
+    def ms(d: dict) -> str:
+        if d.get("mean") is None:
+            return "-"
+        return f"{100 * d['mean']:.2f} ± {100 * d['std']:.2f}" if d.get("std") is not None else f"{100 * d['mean']:.2f}"
+
+    n = len(summary.get("runs", []))
+    lines = [f"{n} runs: " + ", ".join(summary.get("runs", [])), "",
+             "| split | step | mIoU all | mIoU pos | Dice |", "|---|---|---|---|---|"]
+    for split, steps in summary.get("splits", {}).items():
+        for step, r in steps.items():
+            lines.append(f"| {split} | {STEP_TITLES[step]} | " + " | ".join(ms(r[m]) for m in METRIC_KEYS) + " |")
+    lines += ["", "Paired gains (later step minus earlier, within each run; runs where > 0):", "",
+              "| split | gain | mIoU all | mIoU pos | Dice |", "|---|---|---|---|---|"]
+    for split, gains in summary.get("gains", {}).items():
+        for name, g in gains.items():
+            late, early = name.split("-")
+            cells = [f"{ms(g[m])} ({g[m]['positive']}/{g[m]['n']})" for m in METRIC_KEYS]
+            lines.append(f"| {split} | {STEP_TITLES[late]} − {STEP_TITLES[early]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

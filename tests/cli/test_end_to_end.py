@@ -26,7 +26,7 @@ TINY = {
     "cam": {"scales": [1.0], "flip": False, "batch_size": 8},
     "ir_label": {"crf": {"iterations": 2}, "workers": 0},
     "irn": {"crop_size": 64, "radius": 4, "epochs": 1, "batch_size": 8, "amp": False},
-    "sem_seg": {"steps": 8, "batch_size": 4, "processes": 1, "workers": 0},
+    "sem_seg": {"val_steps": [0, 8], "batch_size": 4, "processes": 1, "workers": 0},
     "seg": {"epochs": 1, "batch_size": 8, "image_size": 64, "amp": False},
     "evaluate": {"num_figures": 2},
 }
@@ -76,6 +76,17 @@ def test_tiny_end_to_end(tmp_path):
     assert set(swept["splits"]) == {"val"}
     best = swept["splits"]["val"]["best"]
     assert report["cam_bg_thres"] == best["threshold"]
+    # every threshold was chosen on val inside the run, and the report says so
+    th = report["thresholds"]
+    assert set(th) == {"cam.bg_thres", "ir_label.conf_fg_thres", "ir_label.conf_bg_thres", "sem_seg.steps",
+                       "sem_seg.bg_thres", "seg.threshold"}
+    assert th["cam.bg_thres"]["value"] == best["threshold"]
+    assert th["ir_label.conf_bg_thres"]["value"] < th["ir_label.conf_fg_thres"]["value"]
+    assert json.loads((paths.ir_label / "thresholds.json").read_text())["conf_fg_thres"] == th["ir_label.conf_fg_thres"]
+    tune = json.loads((paths.sem_seg / "tune.json").read_text())
+    assert (th["sem_seg.steps"]["value"], th["sem_seg.bg_thres"]["value"]) == (tune["steps"], tune["bg_thres"])
+    assert th["seg.threshold"]["value"] == json.loads((paths.seg_pred / "threshold.json").read_text())["threshold"]
+    assert all("val" in v["source"] for v in th.values())
     pseudo = eval_sem_seg(cfg, paths, ["val", "test"])
     for key in ("miou_all", "miou_pos", "dice"):
         assert report["splits"]["val"]["cam"][key] == pytest.approx(best[key], rel=1e-12), key

@@ -168,3 +168,36 @@ def test_demo_data_follows_the_synthetic_section(tmp_path):
     write_synthetic_siim(tmp_path / "ref0", num_images=6, image_size=32, seed=0, positive_fraction=0.5)
     csv = (tmp_path / "run" / "data" / "train-rle.csv").read_text()
     assert csv == (tmp_path / "ref7" / "train-rle.csv").read_text() != (tmp_path / "ref0" / "train-rle.csv").read_text()
+
+
+def test_demo_seeds_vary_training_or_data(tmp_path, monkeypatch):
+    """--seeds N: one run per seed under OUT/seed_<k>; vary=train keeps the data and splits
+    of the config's seed, vary=data draws them from each seed; the summary covers every run."""
+    import wsss_fast.cli.pipeline as pipeline
+
+    seen = []
+
+    def fake_run(cfg, paths, start=None, log=print):
+        seen.append((paths.root.name, cfg["seed"], cfg["dataset"]["synthetic"]["seed"], cfg["dataset"]["split_seed"],
+                     cfg["dataset"]["root"]))
+        v = 0.1 * cfg["seed"] + 0.01 * cfg["dataset"]["synthetic"]["seed"]
+        paths.root.mkdir(parents=True, exist_ok=True)
+        paths.report.write_text(json.dumps({"splits": {"test": {
+            "cam": {"miou_all": v, "miou_pos": v, "dice": v}, "irnet": {"miou_all": v + 0.1, "miou_pos": v, "dice": v}}}}))
+        return {}
+
+    monkeypatch.setattr(pipeline, "run_pipeline", fake_run)
+    monkeypatch.setattr(pipeline, "prepare_demo_data",
+                        lambda cfg, out: {**cfg, "dataset": {**cfg["dataset"], "root": str(out / "data")}})
+    cfg = load_config("demo", {"seed": 3})
+    s = pipeline.run_seeds(cfg, tmp_path, [3, 4], "train", log=lambda m: None)
+    assert seen == [("seed_3", 3, 3, 3, str(tmp_path / "data")), ("seed_4", 4, 3, 3, str(tmp_path / "data"))]
+    assert s["runs"] == ["train seed 3", "train seed 4"]
+    assert s["splits"]["test"]["cam"]["miou_all"]["values"] == pytest.approx([0.33, 0.43])
+    assert s["gains"]["test"]["irnet-cam"]["miou_all"]["positive"] == 2
+    assert json.loads((tmp_path / "summary.json").read_text())["seeds"] == [3, 4]
+    assert "IRNet − CAM" in (tmp_path / "summary.md").read_text()
+    seen.clear()
+    pipeline.run_seeds(cfg, tmp_path / "d", [5, 6], "data", log=lambda m: None)
+    assert seen == [("seed_5", 3, 5, 5, str(tmp_path / "d" / "seed_5" / "data")),
+                    ("seed_6", 3, 6, 6, str(tmp_path / "d" / "seed_6" / "data"))]

@@ -83,10 +83,10 @@ SPLITS = {"train": dict(n=8, seed=0, prefix="tr"), "val": dict(n=4, seed=1, pref
 
 def tiny_cfg(**over) -> dict:
     o = {"device": "cpu", "num_workers": 0, "seed": 0,
-         "ir_label": {"workers": 0},
+         "ir_label": {"workers": 0, "conf_fg_thres": 0.30, "conf_bg_thres": 0.05},  # IRNet's; "val": tests
          "irn": {"backbone": "resnet18", "crop_size": 64, "radius": 5, "epochs": 4, "batch_size": 4,
                  "log_every": 1, "amp": False},
-         "sem_seg": {"steps": 8, "batch_size": 3, "processes": 1, "workers": 0},
+         "sem_seg": {"steps": 8, "bg_thres": 0.25, "batch_size": 3, "processes": 1, "workers": 0},
          "show": {"split": "val", "num_images": 2, "tile_size": 64}}
     for k, v in over.items():
         o.setdefault(k, {}).update(v) if isinstance(v, dict) else o.__setitem__(k, v)

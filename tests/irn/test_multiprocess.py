@@ -30,8 +30,8 @@ def mp_cfg(data_root, **over) -> dict:
                      "split_counts": {"train": [2, 2], "val": [1, 1], "test": [1, 1]}},
          "cls": {"arch": "resnet18", "head_channels": 8, "dropblock": {"block_size": 3}},
          "cam": {"scales": [1.0], "flip": False, "batch_size": 4},
-         "ir_label": {"workers": 0, "crf": {"iterations": 2}},
-         "sem_seg": {"steps": 8, "batch_size": 2, "processes": 1, "workers": 0, "splits": ["train"]}}
+         "ir_label": {"workers": 0, "crf": {"iterations": 2}, "conf_fg_thres": 0.30, "conf_bg_thres": 0.05},
+         "sem_seg": {"steps": 8, "bg_thres": 0.25, "batch_size": 2, "processes": 1, "workers": 0, "splits": ["train"]}}
     for k, v in over.items():
         o[k] = {**o[k], **v} if isinstance(v, dict) else v
     return load_config(None, o)

@@ -81,9 +81,10 @@ def make_copy(dest: Path, worktree: bool = False) -> None:
         names = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                                check=True, capture_output=True, text=True).stdout.split("\0")
         for name in filter(None, names):
-            if (REPO / name).is_file():
+            src = REPO / name
+            if src.is_symlink() or src.is_file():
                 (dest / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(REPO / name, dest / name)
+                shutil.copy2(src, dest / name, follow_symlinks=False)  # a link stays a link (wsss_fast/configs)
     else:
         archive = subprocess.run(["git", "-C", str(REPO), "archive", "HEAD"], check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)

@@ -3,6 +3,7 @@ probabilities, arg-max of several classes, and resume (existing predictions are 
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -117,3 +118,32 @@ def test_predict_multiclass_argmax_with_flip(setup):
             assert not (paths.seg_pred / f"{name}_prob.png").exists()  # binary task only
             labels |= set(np.unique(pred).tolist())
     assert labels == {0, 1, 2}
+
+
+@pytest.mark.parametrize("metric", ["miou_all", "dice"])
+def test_threshold_chosen_on_val(setup, metric):
+    """``seg.threshold: val``: the best of ``seg.eval_thresholds`` on val by ``seg.eval_metric``
+    (computed here from the stub's known probabilities), then applied to every split."""
+    from wsss_fast.metrics import SegEvaluator
+
+    grid = [0.6, 0.93, 0.999, 0.2]  # not sorted: "take the first / the last" must not pass
+    cfg, paths, sets, net = setup(1, tta_flip=False, threshold="val", eval_thresholds=grid, eval_metric=metric)
+    predict_seg(cfg, paths)
+    scores = {}
+    for t in grid:
+        ev = SegEvaluator(2)
+        for i in range(len(sets["val"])):
+            p = _probs(sets["val"].masks[i] > 0, COEF[1], False)[0]
+            ev.add((p > t).astype(np.uint8), sets["val"].load_mask(i), bool(sets["val"].labels[i].any()))
+        scores[t] = ev.result()[metric]
+    best = max(grid, key=lambda t: scores[t])
+    assert len(set(np.round(list(scores.values()), 9))) > 1 and best not in (grid[0], grid[-1])
+    chosen = json.loads((paths.seg_pred / "threshold.json").read_text())
+    assert chosen["threshold"] == best and chosen["metric"] == metric
+    assert chosen["sweep"][f"{best:g}"][metric] == pytest.approx(scores[best])
+    for split, ds in sets.items():
+        for i, name in enumerate(ds.image_ids):
+            p = _probs(ds.masks[i] > 0, COEF[1], False)[0]
+            np.testing.assert_array_equal(np.array(Image.open(paths.seg_pred / f"{name}.png")),
+                                          (p > best).astype(np.uint8))
+    assert net.seen == 2 * len(sets["val"]) + len(sets["test"])  # val once to choose, once to write

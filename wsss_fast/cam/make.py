@@ -36,7 +36,8 @@ from ..config import get
 from ..engine.paths import RunPaths
 from ..engine.files import atomic_write_bytes, load_cam_file, save_cam_file
 
-__all__ = ["make_cam", "eval_cam", "shard_of", "predict_from_cam", "checkpoint_path"]
+__all__ = ["make_cam", "eval_cam", "shard_of", "predict_from_cam", "checkpoint_path", "cam_threshold",
+           "val_sweep"]
 
 METRICS = ("miou_all", "miou_pos", "dice")
 
@@ -168,6 +169,12 @@ def _nan_to_none(v: Any) -> Any:
     return v
 
 
+def _fg_recall(conf: np.ndarray) -> float:
+    """Share of ground-truth foreground pixels (any class) predicted as some foreground class."""
+    fg = conf[1:].sum()
+    return float(1.0 - conf[1:, 0].sum() / fg) if fg else float("nan")
+
+
 def eval_cam(cfg: dict, paths: RunPaths) -> dict:
     """``wsss-fast eval-cam``: sweep the background threshold over the cached CAM files.
 
@@ -178,7 +185,7 @@ def eval_cam(cfg: dict, paths: RunPaths) -> dict:
     Writes ``paths.cam/eval.json``.
 
     Returns:
-        ``{"metric": ..., "splits": {split: {"thresholds": [{"threshold", "miou_all",
+        ``{"metric": ..., "splits": {split: {"thresholds": [{"threshold", "fg_recall", "miou_all",
         "miou_pos", "dice", ...}], "best": {...}, "n_images": int}}}``.
 
     Raises:
@@ -219,8 +226,8 @@ def eval_cam(cfg: dict, paths: RunPaths) -> dict:
         rows = []
         for t, ev in zip(thresholds, evals):
             r = ev.result()
-            rows.append({"threshold": t, **{k: r[k] for k in METRICS}, "iou_all": r["iou_all"],
-                         "n_images": r["n_images"], "n_pos": r["n_pos"]})
+            rows.append({"threshold": t, **{k: r[k] for k in METRICS}, "fg_recall": _fg_recall(ev.conf_all),
+                         "iou_all": r["iou_all"], "n_images": r["n_images"], "n_pos": r["n_pos"]})
         scored = [r for r in rows if not math.isnan(r[metric])]
         best = max(scored, key=lambda r: r[metric]) if scored else None
         report["splits"][split] = {"thresholds": rows, "best": best, "n_images": len(ds)}
@@ -231,3 +238,46 @@ def eval_cam(cfg: dict, paths: RunPaths) -> dict:
             print(f"  {r['threshold']:9.3f}  {r['miou_all']:9.4f}  {r['miou_pos']:9.4f}  {r['dice']:6.4f}{mark}")
     atomic_write_bytes(json.dumps(_nan_to_none(report), indent=2).encode(), paths.cam / "eval.json")
     return report
+
+
+def val_sweep(cfg: dict, paths: RunPaths, run_sweep: bool = True) -> dict | None:
+    """The val split's entry of ``cam/eval.json`` (``{"thresholds": [...], "best": {...}}``).
+
+    The sweep is run here (on val only) when the file lacks val, CAM files exist and
+    ``run_sweep``. None when there is no sweep (no CAMs, or val has no masks).
+    """
+    f = paths.cam / "eval.json"
+
+    def read() -> dict | None:
+        if not f.exists():
+            return None
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        val = (data.get("splits") or {}).get("val")
+        return {**val, "metric": data.get("metric", "?")} if isinstance(val, dict) else None
+
+    if read() is None and run_sweep and paths.cam.is_dir() and any(paths.cam.glob("*.npy")):
+        try:
+            eval_cam({**cfg, "cam": {**get(cfg, "cam"), "eval_splits": ["val"]}}, paths)
+        except (FileNotFoundError, ValueError, KeyError) as e:  # no val CAMs / masks
+            print(f"eval-cam: no threshold sweep on val ({e})")
+    return read()
+
+
+def cam_threshold(cfg: dict, paths: RunPaths, run_sweep: bool = True) -> tuple[float, str]:
+    """The CAM background threshold of the run and where it came from.
+
+    ``evaluate.cam_bg_thres`` when it is a number. Otherwise the best threshold of
+    ``eval-cam`` on val (:func:`val_sweep`), so that test is evaluated with a threshold
+    chosen on val only. Falls back to ``cam.bg_thres``.
+    """
+    forced = get(cfg, "evaluate.cam_bg_thres")
+    if forced is not None:
+        return float(forced), "evaluate.cam_bg_thres"
+    val = val_sweep(cfg, paths, run_sweep)
+    best = (val or {}).get("best") or {}
+    if isinstance(best.get("threshold"), (int, float)):
+        return float(best["threshold"]), f"eval-cam best on val by {val.get('metric', '?')}"
+    return float(get(cfg, "cam.bg_thres")), "cam.bg_thres"

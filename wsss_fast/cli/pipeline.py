@@ -1,4 +1,5 @@
-"""``wsss-fast run`` (every step in order) and ``wsss-fast demo`` (synthetic data, small models).
+"""``wsss-fast run`` (every step in order) and ``wsss-fast demo`` (synthetic data, small models;
+``--seeds N``: N runs, their mean, spread and paired gains).
 
 The pipeline of Viniavskyi, Dobko, Dobosevych, "Weakly-Supervised Segmentation for
 Disease Localization in Chest X-Ray Images", AIME 2020: classifier + Grad-CAM++ ->
@@ -132,14 +133,86 @@ def prepare_demo_data(cfg: dict, out: Path) -> dict:
     return cfg
 
 
+DEMO_CONFIGS = {"siim": "demo", "voc": "demo_voc"}
+
+
+def seed_overrides(cfg: dict, seed: int, vary: str) -> dict:
+    """The config of one run of a multi-seed demo.
+
+    ``vary="train"``: the training seed is ``seed``; the data (synthetic set and splits) keep
+    the config's seed, so every run sees the same images. ``vary="data"``: the synthetic set
+    and its splits are drawn from ``seed``; training keeps the config's seed.
+    """
+    base = int(get(cfg, "seed"))
+    data_seed = get(cfg, "dataset.synthetic.seed")
+    data_seed = base if data_seed is None else int(data_seed)
+    split_seed = get(cfg, "dataset.split_seed")
+    split_seed = base if split_seed is None else int(split_seed)
+    if vary == "train":
+        train, data, split = seed, data_seed, split_seed
+    elif vary == "data":
+        train, data, split = base, seed, seed
+    else:
+        raise ValueError(f"vary must be 'train' or 'data', got {vary!r}")
+    ds = {**cfg["dataset"], "split_seed": split, "synthetic": {**cfg["dataset"]["synthetic"], "seed": data}}
+    return {**cfg, "seed": train, "dataset": ds}
+
+
+def run_seeds(cfg: dict, out: Path, seeds: list[int], vary: str = "train", start: str | None = None,
+              log: Callable[[str], None] = print) -> dict:
+    """The demo pipeline once per seed, under ``out/seed_<k>``, and the summary over them.
+
+    Writes ``out/summary.json`` (:func:`wsss_fast.report.summarize_runs`) and ``out/summary.md``
+    (its tables). Finished runs are skipped, so an interrupted sweep resumes.
+
+    Args:
+        cfg: the demo configuration (``dataset.root`` unset: each run's data is written once,
+            shared by the runs when only the training seed varies).
+        out: the sweep's folder.
+        seeds: the seeds.
+        vary: ``"train"`` (training seeds, one data set) or ``"data"`` (data seeds).
+        start: ``--from`` for every run.
+        log: where progress lines go.
+
+    Returns:
+        The summary dict.
+    """
+    from ..report import format_summary, summarize_runs
+
+    reports = {}
+    for k in seeds:
+        run_cfg = seed_overrides(cfg, k, vary)
+        root = out / "data" if vary == "train" else out / f"seed_{k}" / "data"
+        if get(cfg, "dataset.root") is None:
+            run_cfg = prepare_demo_data(run_cfg, root.parent)
+        paths = RunPaths(out / f"seed_{k}")
+        log(f"[seeds] {vary} seed {k}: {paths.root}")
+        t0 = time.perf_counter()
+        run_pipeline(run_cfg, paths, start=start, log=log)
+        log(f"[seeds] {vary} seed {k} done in {time.perf_counter() - t0:.0f}s")
+        reports[f"{vary} seed {k}"] = json.loads(paths.report.read_text())
+    summary = {**summarize_runs(reports), "vary": vary, "seeds": list(seeds)}
+    atomic_write_bytes((json.dumps(summary, indent=2) + "\n").encode(), out / "summary.json")
+    text = format_summary(summary)
+    atomic_write_bytes((text + "\n").encode(), out / "summary.md")
+    log(text)
+    return summary
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     overrides = list(args.overrides or [])
     if args.device:
         overrides.append(f"device={args.device}")
-    cfg = load_config(args.config or "demo", overrides)
+    cfg = load_config(args.config or DEMO_CONFIGS[args.dataset], overrides)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    if args.seeds:
+        first = int(get(cfg, "seed"))
+        run_seeds(cfg, out, list(range(first, first + args.seeds)), args.vary, start=args.from_step)
+        print(f"\n{args.seeds} runs finished in {time.perf_counter() - t0:.0f}s; summary in "
+              f"{out / 'summary.md'}")
+        return 0
     cfg = prepare_demo_data(cfg, out)
     data_s = time.perf_counter() - t0
     paths = RunPaths(out)
@@ -178,4 +251,12 @@ def add_parsers(sub, add_common) -> None:
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: the config's)")
     p.add_argument("--from", dest="from_step", choices=steps, default=None,
                    help="rerun from this step")
+    p.add_argument("--dataset", choices=sorted(DEMO_CONFIGS), default="siim",
+                   help="siim: synthetic chest radiographs (configs/demo.yaml); voc: synthetic multi-class "
+                        "scenes in the PASCAL VOC layout (configs/demo_voc.yaml)")
+    p.add_argument("--seeds", type=int, default=0, metavar="N",
+                   help="run the pipeline N times (seeds seed .. seed+N-1, under OUT/seed_<k>) and write "
+                        "OUT/summary.md: mean +- std per step and the paired gains")
+    p.add_argument("--vary", choices=("train", "data"), default="train",
+                   help="with --seeds: vary the training seed (one data set) or the data seed")
     p.set_defaults(func=_cmd_demo)

@@ -7,11 +7,19 @@ image, and they are combined into: class where fg is confident, 0 where bg is co
 255 (ignore) elsewhere. As in Viniavskyi et al. (AIME 2020), small connected fg regions
 with low mean confidence are then removed as noise (set to 255).
 
+Either threshold may be ``val``: chosen inside the run from the CAM's own threshold sweep on
+val (``eval-cam``), since IRNet's constants (0.30 / 0.05) fit its ImageNet-pretrained VOC CAMs
+only. With t* the CAM background threshold chosen on val, confident fg starts at
+``t* + fg_margin * (1 - t*)`` and confident bg ends at the largest swept threshold below it
+that keeps at least ``bg_recall`` of val's foreground pixels above it. The values and their
+source go to ``paths.ir_label/thresholds.json`` (and into the report).
+
 Output: ``paths.ir_label/<id>.png``, uint8, at the working resolution of the CAMs.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 from typing import Iterable
 
@@ -20,7 +28,9 @@ import torch
 from scipy import ndimage
 from tqdm import tqdm
 
+from ..cam.make import cam_threshold, val_sweep
 from ..config import get
+from ..engine.files import atomic_write_bytes
 from ..engine.dist import resolve_device
 from ..engine.files import load_cam_file, write_png
 from ..engine.paths import RunPaths
@@ -92,6 +102,9 @@ def cam_to_ir_label(img: np.ndarray, cam: dict, cfg: dict) -> np.ndarray:
     if img.shape[:2] != cams.shape[1:]:
         raise ValueError(f"image {tuple(img.shape[:2])} and CAM {tuple(cams.shape[1:])} sizes differ")
     crf = CRFParams.from_cfg(get(cfg, "ir_label.crf")) if get(cfg, "ir_label.crf.enabled") else None
+    if "val" in (get(cfg, "ir_label.conf_fg_thres"), get(cfg, "ir_label.conf_bg_thres")):
+        raise ValueError("cam_to_ir_label needs numeric ir_label.conf_fg_thres / conf_bg_thres; "
+                         "make_ir_label resolves 'val' with ir_thresholds()")
     preds = np.stack([_padded_argmax(cams, float(get(cfg, "ir_label.conf_fg_thres"))),
                       _padded_argmax(cams, float(get(cfg, "ir_label.conf_bg_thres")))])
     if crf is not None:  # both maps in one call (one batch of 2 for the compiled op)
@@ -157,11 +170,48 @@ def _run_split(cfg: dict, paths: RunPaths, split: str, workers: int) -> int:
     return len(todo)
 
 
+def ir_thresholds(cfg: dict, paths: RunPaths) -> dict:
+    """``ir_label.conf_fg_thres`` / ``conf_bg_thres`` as numbers, each ``val`` one chosen here.
+
+    Returns:
+        ``{"conf_fg_thres": {"value", "source"}, "conf_bg_thres": {"value", "source"}}``.
+
+    Raises:
+        ValueError: a threshold is ``val`` but the run has no CAM sweep on val.
+    """
+    fg, bg = get(cfg, "ir_label.conf_fg_thres"), get(cfg, "ir_label.conf_bg_thres")
+    out = {"conf_fg_thres": {"value": fg, "source": "ir_label.conf_fg_thres"},
+           "conf_bg_thres": {"value": bg, "source": "ir_label.conf_bg_thres"}}
+    if "val" not in (fg, bg):
+        return {k: {**v, "value": float(v["value"])} for k, v in out.items()}
+    sweep = val_sweep(cfg, paths)
+    t, source = cam_threshold(cfg, paths, run_sweep=False)
+    if sweep is None or not source.startswith("eval-cam"):
+        raise ValueError("ir_label thresholds 'val' need the CAM threshold sweep on val (cam/eval.json): "
+                         "make CAMs for val (cam.splits) with ground-truth masks, or give numbers")
+    if fg == "val":
+        margin = float(get(cfg, "ir_label.fg_margin"))
+        out["conf_fg_thres"] = {"value": round(t + margin * (1.0 - t), 6),
+                                "source": f"CAM threshold {t:g} ({source}) + ir_label.fg_margin {margin:g} "
+                                          "of the rest"}
+    if bg == "val":
+        top = float(out["conf_fg_thres"]["value"])
+        need = float(get(cfg, "ir_label.bg_recall"))
+        rows = sorted((r for r in sweep["thresholds"] if r["threshold"] < top), key=lambda r: r["threshold"])
+        ok = [r for r in rows if r.get("fg_recall") is not None and r["fg_recall"] >= need]
+        pick = ok[-1] if ok else (rows[0] if rows else {"threshold": 0.0, "fg_recall": None})
+        out["conf_bg_thres"] = {"value": float(pick["threshold"]), "fg_recall": pick.get("fg_recall"),
+                                "source": f"largest val-swept CAM threshold below conf_fg_thres keeping "
+                                          f">= ir_label.bg_recall {need:g} of val's foreground above it"
+                                          + ("" if ok else " (none did: the smallest)")}
+    return out
+
+
 def make_ir_label(cfg: dict, paths: RunPaths, splits: Iterable[str] | None = None) -> None:
     """Step ``make-ir-label``: write ``paths.ir_label/<id>.png`` for every image of the splits.
 
     Args:
-        cfg: run configuration (``ir_label`` section: thresholds, ``crf`` (with ``backend``),
+        cfg: run configuration (``ir_label`` section: thresholds (numbers or ``val``), ``crf`` (with ``backend``),
             ``min_region``, ``min_region_conf``, ``workers``, ``splits``). With the compiled CRF on
             CUDA the images run in the main process (no workers).
         paths: run paths; reads ``paths.cam``, writes ``paths.ir_label``.
@@ -170,6 +220,11 @@ def make_ir_label(cfg: dict, paths: RunPaths, splits: Iterable[str] | None = Non
     Resumable: images whose PNG exists are skipped.
     """
     paths.ir_label.mkdir(parents=True, exist_ok=True)
+    chosen = ir_thresholds(cfg, paths)
+    atomic_write_bytes((json.dumps(chosen, indent=2) + "\n").encode(), paths.ir_label / "thresholds.json")
+    print("make-ir-label: confident fg above {:g}, confident bg below {:g}".format(
+        chosen["conf_fg_thres"]["value"], chosen["conf_bg_thres"]["value"]))
+    cfg = {**cfg, "ir_label": {**get(cfg, "ir_label"), **{k: v["value"] for k, v in chosen.items()}}}
     workers = int(get(cfg, "ir_label.workers"))
     for split in as_list(splits if splits is not None else get(cfg, "ir_label.splits")):
         _run_split(cfg, paths, split, workers)

@@ -4,7 +4,10 @@ IRNet's ``make_sem_seg_labels`` (Ahn et al., CVPR 2019): the class-boundary map 
 of the image's and its flip's logits, through a sigmoid) defines inter-pixel affinities;
 the stride-4 CAMs are propagated by a random walk over them
 (:func:`wsss_fast.ops.random_walk`, radius 5, beta 10, 256 steps), upsampled x4, divided
-by their maximum, and thresholded against a constant background score (0.25).
+by their maximum, and thresholded against a constant background score (0.25). With
+``sem_seg.steps`` / ``bg_thres`` set to ``val`` the run chooses both on val first
+(:func:`walk_settings`: one boundary map per image, the walk for every candidate number of
+steps, every threshold scored with the masks), since IRNet's constants fit its VOC CAMs.
 
 Batched: several images (of equal working size) per forward pass and ONE random-walk call
 per batch, each image with its own boundary map; CAMs with fewer classes are zero-padded
@@ -84,7 +87,7 @@ class _InferDataset(Dataset):
         item = self.base[i]
         image_id = str(item["image_id"])
         cam = load_cam_file(self.paths.cam_file(image_id))
-        return {"image": item["image"], "id": image_id, "orig_size": tuple(int(s) for s in item["orig_size"]),
+        return {"image": item["image"], "id": image_id, "index": i, "orig_size": tuple(int(s) for s in item["orig_size"]),
                 "keys": np.asarray(cam["keys"], dtype=np.int64),
                 "cam": torch.from_numpy(np.asarray(cam["cam"], dtype=np.float32))}
 
@@ -121,8 +124,14 @@ def _edges(model: EdgeDisplacement, x: torch.Tensor, scales: list[float]) -> tor
 
 
 @torch.no_grad()
-def _process_batch(model: EdgeDisplacement, items: list[dict], cfg: dict, paths: RunPaths,
-                   device: torch.device) -> None:
+def _walk_soft(model: EdgeDisplacement, items: list[dict], cfg: dict, device: torch.device,
+               steps: list[int]) -> dict[int, list[torch.Tensor]]:
+    """Normalized walk maps of a batch for each number of steps (one boundary map for all).
+
+    Returns:
+        ``{steps: [fp16 CPU [K_b, H, W] per item]}``: the walked CAMs at the working
+        resolution, divided by their maximum (the stored ``rw/<id>.npy``).
+    """
     x = torch.stack([it["image"] for it in items]).to(device)
     H, W = x.shape[-2:]
     xe, up = walk_image(cfg, x)
@@ -130,7 +139,7 @@ def _process_batch(model: EdgeDisplacement, items: list[dict], cfg: dict, paths:
     h, w = edge.shape[-2:]
     h0, w0 = _stride4(H), _stride4(W)
     kmax = max(int(it["cam"].shape[0]) for it in items)
-    rw_up = None
+    cams = None
     if kmax > 0:
         cams = torch.zeros((len(items), kmax, h, w), device=device)
         for b, it in enumerate(items):
@@ -143,17 +152,31 @@ def _process_batch(model: EdgeDisplacement, items: list[dict], cfg: dict, paths:
             if up > 1:
                 c = F.interpolate(c[None], size=(h, w), mode="bilinear", align_corners=False)[0]
             cams[b, : c.shape[0]] = c
-        rw = ops.random_walk(cams, edge, radius=int(get(cfg, "sem_seg.radius")),
-                             beta=float(get(cfg, "sem_seg.beta")), steps=int(get(cfg, "sem_seg.steps")))
-        rw_up = F.interpolate(rw.float(), size=(4 * h // up, 4 * w // up), mode="bilinear",
-                              align_corners=False)[..., :H, :W]
+    out: dict[int, list[torch.Tensor]] = {}
+    for n in steps:
+        rw_up = None
+        if cams is not None:
+            rw = ops.random_walk(cams, edge, radius=int(get(cfg, "sem_seg.radius")),
+                                 beta=float(get(cfg, "sem_seg.beta")), steps=int(n))
+            rw_up = F.interpolate(rw.float(), size=(4 * h // up, 4 * w // up), mode="bilinear",
+                                  align_corners=False)[..., :H, :W]
+        softs = []
+        for b, it in enumerate(items):
+            k = int(it["cam"].shape[0])
+            soft = rw_up[b, :k] if k else torch.zeros((0, H, W), device=device)
+            if k:
+                soft = soft / soft.max().clamp_min(1e-5)
+            softs.append(soft.half().cpu())  # labels come from the stored fp16 maps: sweeps reproduce them
+        out[int(n)] = softs
+    return out
+
+
+@torch.no_grad()
+def _process_batch(model: EdgeDisplacement, items: list[dict], cfg: dict, paths: RunPaths,
+                   device: torch.device) -> None:
+    steps = int(get(cfg, "sem_seg.steps"))
     bg_thres = float(get(cfg, "sem_seg.bg_thres"))
-    for b, it in enumerate(items):
-        k = int(it["cam"].shape[0])
-        soft = rw_up[b, :k] if k else torch.zeros((0, H, W), device=device)
-        if k:
-            soft = soft / soft.max().clamp_min(1e-5)
-        soft = soft.half().cpu()  # the labels come from the stored fp16 maps: sweeps reproduce them
+    for it, soft in zip(items, _walk_soft(model, items, cfg, device, [steps])[steps]):
         png, npy = _outputs(paths, it["id"])
         write_npy(soft.numpy(), npy)
         write_png(labels_from_soft(soft.float(), it["keys"], bg_thres, it["orig_size"]), png)
@@ -209,6 +232,98 @@ def _plan(cfg: dict) -> list[str]:
     return ["cpu"] * max(1, int(n or 1))
 
 
+def _candidates(cfg: dict) -> tuple[list[int], list[float]]:
+    """The (steps, bg_thres) values make-sem-seg chooses from: a number is the only one."""
+    steps, thres = get(cfg, "sem_seg.steps"), get(cfg, "sem_seg.bg_thres")
+    steps = [int(s) for s in get(cfg, "sem_seg.val_steps")] if steps == "val" else [int(steps)]
+    thres = [float(t) for t in get(cfg, "sem_seg.eval_thresholds")] if thres == "val" else [float(thres)]
+    return steps, thres
+
+
+def tune_walk(cfg: dict, paths: RunPaths, device: str) -> dict:
+    """Choose the walk's steps and background threshold on val (``sem_seg.steps`` / ``bg_thres: val``).
+
+    One boundary map per val image, the walk for every candidate number of steps
+    (``sem_seg.val_steps``), every threshold of ``sem_seg.eval_thresholds``, scored with the
+    ground truth by ``sem_seg.eval_metric`` (the first best in the order of the lists).
+
+    Returns:
+        ``{"steps", "bg_thres", "metric", "score", "grid": {steps: {thres: {miou_all, miou_pos, dice}}}}``.
+    """
+    from ..metrics import SegEvaluator
+
+    steps_list, thres_list = _candidates(cfg)
+    metric = str(get(cfg, "sem_seg.eval_metric"))
+    if metric not in ("miou_all", "miou_pos", "dice"):
+        raise ValueError(f"sem_seg.eval_metric must be miou_all | miou_pos | dice, got {metric!r}")
+    base = common.build_split(cfg, "val", paths, train=False)
+    missing = [i for i in base.image_ids if not paths.cam_file(str(i)).exists()]
+    if missing:
+        raise FileNotFoundError(f"make-sem-seg: choosing sem_seg.steps / bg_thres on val needs the val CAMs; "
+                                f"{paths.cam_file(str(missing[0]))} is missing (add val to cam.splits or give numbers)")
+    n_cls = int(base.num_classes) + 1
+    evals = {(n, t): SegEvaluator(n_cls) for n in steps_list for t in thres_list}
+    dev = torch.device(device)
+    model = EdgeDisplacement(load_irnet(paths.irn / "final.pt", map_location="cpu").to(dev).eval())
+    loader = DataLoader(_InferDataset(base, paths, list(range(len(base.image_ids)))),
+                        batch_size=max(1, int(get(cfg, "sem_seg.batch_size"))), shuffle=False,
+                        num_workers=0, collate_fn=_collate)
+    for items in tqdm(loader, desc="sem-seg: choose steps / bg_thres on val", unit="batch"):
+        for group in {tuple(it["image"].shape[-2:]): None for it in items}:
+            same = [it for it in items if tuple(it["image"].shape[-2:]) == group]
+            softs = _walk_soft(model, same, cfg, dev, steps_list)
+            for j, it in enumerate(same):
+                gt = base.load_mask(it["index"])
+                if gt is None:
+                    raise ValueError(f"make-sem-seg: val image {it['id']} has no mask; give sem_seg.steps "
+                                     "and bg_thres as numbers")
+                positive = bool(np.asarray(base.labels[it["index"]]).any())
+                for n in steps_list:
+                    soft = softs[n][j].float()
+                    for t in thres_list:
+                        evals[(n, t)].add(labels_from_soft(soft, it["keys"], t, tuple(gt.shape)), gt, positive)
+    grid: dict = {}
+    best = None
+    for (n, t), ev in evals.items():
+        r = {k: v for k, v in ev.result().items() if k in ("miou_all", "miou_pos", "dice")}
+        grid.setdefault(str(n), {})[f"{t:g}"] = r
+        score = float(np.nan_to_num(r[metric], nan=-1.0))
+        if best is None or score > best[0]:
+            best = (score, n, t)
+    return {"steps": best[1], "bg_thres": best[2], "metric": metric, "score": best[0], "grid": grid}
+
+
+def walk_settings(cfg: dict, paths: RunPaths, device: str | None = None) -> dict:
+    """``sem_seg.steps`` and ``bg_thres`` as numbers, chosen on val when the config says ``val``.
+
+    The choice is stored in ``paths.sem_seg/tune.json`` and reused while the candidates are
+    the same. ``device``: where to tune (default: the first of the run's devices).
+
+    Returns:
+        ``{"steps": int, "bg_thres": float, "source": str, ...}``.
+    """
+    steps, thres = get(cfg, "sem_seg.steps"), get(cfg, "sem_seg.bg_thres")
+    if "val" not in (steps, thres):
+        return {"steps": int(steps), "bg_thres": float(thres), "source": "sem_seg.steps, sem_seg.bg_thres"}
+    cand = dict(zip(("steps", "bg_thres"), _candidates(cfg)), metric=str(get(cfg, "sem_seg.eval_metric")))
+    f = paths.sem_seg / "tune.json"
+    if f.exists():
+        try:
+            old = json.loads(f.read_text())
+            if old.get("candidates") == cand:
+                return old
+        except (OSError, json.JSONDecodeError):
+            pass
+    res = tune_walk(cfg, paths, device or _plan(cfg)[0])
+    res = {**res, "candidates": cand,
+           "source": f"best of the candidates on val by sem_seg.eval_metric ({res['metric']})"}
+    paths.sem_seg.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes((json.dumps(res, indent=2) + "\n").encode(), f)
+    print(f"make-sem-seg: walk of {res['steps']} steps, bg_thres {res['bg_thres']:g} (val {res['metric']} "
+          f"{res['score']:.4f})")
+    return res
+
+
 def make_sem_seg(cfg: dict, paths: RunPaths, splits: list[str] | None = None) -> None:
     """Step ``make-sem-seg``: pseudo labels for every image of ``sem_seg.splits``.
 
@@ -218,8 +333,8 @@ def make_sem_seg(cfg: dict, paths: RunPaths, splits: list[str] | None = None) ->
     config names a GPU), as make-cam does, and the last one to finish marks the step done.
 
     Args:
-        cfg: run configuration (``sem_seg`` section: radius, beta, steps, bg_thres,
-            batch_size, scales, splits, processes).
+        cfg: run configuration (``sem_seg`` section: radius, beta, steps, bg_thres (numbers,
+            or ``val``: chosen on val, :func:`walk_settings`), batch_size, scales, splits, processes).
         paths: reads ``paths.cam`` and ``paths.irn/final.pt``; writes ``paths.sem_seg``,
             ``paths.rw`` and marks ``paths.sem_seg`` done.
         splits: overrides ``sem_seg.splits``.
@@ -233,6 +348,8 @@ def make_sem_seg(cfg: dict, paths: RunPaths, splits: list[str] | None = None) ->
     paths.rw.mkdir(parents=True, exist_ok=True)
     devices = _plan(cfg)
     rank, world, _ = env_rank_world()
+    chosen = walk_settings(cfg, paths, str(rank_device(cfg)) if world > 1 else devices[0])
+    cfg = {**cfg, "sem_seg": {**get(cfg, "sem_seg"), "steps": chosen["steps"], "bg_thres": chosen["bg_thres"]}}
     all_done = True
     for split in as_list(splits if splits is not None else get(cfg, "sem_seg.splits")):
         base = common.build_split(cfg, split, paths, train=False)
@@ -283,6 +400,10 @@ def eval_sem_seg(cfg: dict, paths: RunPaths, splits: list[str] | None = None) ->
     from ..metrics import SegEvaluator
 
     thresholds = [float(t) for t in get(cfg, "sem_seg.eval_thresholds")]
+    bg_thres = get(cfg, "sem_seg.bg_thres")
+    if bg_thres == "val":  # the PNGs' threshold, as make-sem-seg chose it
+        f = paths.sem_seg / "tune.json"
+        bg_thres = json.loads(f.read_text())["bg_thres"] if f.exists() else None
     report: dict = {}
     for split in as_list(splits if splits is not None else get(cfg, "sem_seg.splits")):
         base = common.build_split(cfg, split, paths, train=False)
@@ -322,7 +443,7 @@ def eval_sem_seg(cfg: dict, paths: RunPaths, splits: list[str] | None = None) ->
                for t, e in sweep.items()}
         best_t = max(res, key=lambda t: (np.nan_to_num(res[t]["miou_all"], nan=-1.0)))
         report[split] = {"labels": ev.result(), "sweep": {f"{t:g}": r for t, r in res.items()},
-                         "best_bg_thres": best_t, "bg_thres": float(get(cfg, "sem_seg.bg_thres"))}
+                         "best_bg_thres": best_t, "bg_thres": bg_thres}
     paths.sem_seg.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(json.dumps(report, indent=2).encode(), paths.sem_seg / "eval.json")
     for split, r in report.items():

@@ -1,6 +1,7 @@
 """wsss_fast.metrics: segmentation and classification metrics (Viniavskyi et al., AIME 2020)."""
 
 from .classification import multilabel_f1
+from .lesions import lesion_stats
 from .segmentation import SegEvaluator, confusion_matrix, dice_per_image, miou
 
-__all__ = ["confusion_matrix", "miou", "dice_per_image", "SegEvaluator", "multilabel_f1"]
+__all__ = ["confusion_matrix", "miou", "dice_per_image", "SegEvaluator", "multilabel_f1", "lesion_stats"]

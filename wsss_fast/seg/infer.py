@@ -4,7 +4,9 @@ Viniavskyi et al., AIME 2020: the trained U-Net / DeepLabV3+ predicts masks for 
 validation and test images; logits are computed at the training resolution, turned
 into probabilities (sigmoid for the binary task, softmax otherwise), optionally
 averaged with the horizontally flipped input (flip TTA), upsampled bilinearly to the
-original image size and thresholded (binary) or arg-maxed (multi-class).
+original image size and thresholded (binary) or arg-maxed (multi-class). With
+``seg.threshold: val`` the binary threshold is chosen on the val split first (the best of
+``seg.eval_thresholds`` by ``seg.eval_metric``), written to ``seg_pred/threshold.json``.
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+import json
+
+import numpy as np
+
 from ..config import get
 from ..engine.paths import RunPaths
 from ..engine.dist import resolve_device
-from ..engine.files import write_png
+from ..engine.files import atomic_write_bytes, write_png
 from .data import ImageDataset, eval_transform, seg_image_size
 from .model import model_from_cfg
 
@@ -69,42 +75,104 @@ def probs_to_label(probs: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     return probs.argmax(0).to(torch.uint8)
 
 
+def _loader(cfg: dict, base, todo: list[int]) -> DataLoader:
+    ds = torch.utils.data.Subset(ImageDataset(base, eval_transform(cfg)), todo)
+    bs = int(get(cfg, "seg.eval_batch_size")) if seg_image_size(cfg) else 1
+    return DataLoader(ds, batch_size=bs, num_workers=int(get(cfg, "num_workers")))
+
+
+def _predictions(model: torch.nn.Module, loader: DataLoader, device: torch.device, flip: bool, amp: bool):
+    """Yield ``(dataset index, probabilities [C, H0, W0] at the original size)``."""
+    for batch in loader:
+        probs = predict_probs(model, batch["image"].to(device), flip=flip, amp=amp)
+        for j, idx in enumerate(batch["index"].tolist()):
+            h0, w0 = batch["orig_size"][j].tolist()
+            p = probs[j:j + 1]
+            if p.shape[-2:] != (h0, w0):
+                p = F.interpolate(p, size=(h0, w0), mode="bilinear", align_corners=False)
+            yield idx, p[0]
+
+
+def seg_threshold(cfg: dict, paths: RunPaths, model: torch.nn.Module | None = None,
+                  device: torch.device | None = None) -> dict:
+    """``seg.threshold`` as a number: as configured, or chosen on val (``val``).
+
+    With ``val``, the model predicts the val split once and every threshold of
+    ``seg.eval_thresholds`` is scored against the masks by ``seg.eval_metric`` (the first
+    best in list order). The choice is stored in ``seg_pred/threshold.json`` and reused.
+
+    Returns:
+        ``{"threshold": float, "source": str, ...}`` (with the sweep when chosen on val).
+    """
+    from ..data import build_dataset
+    from ..metrics import SegEvaluator
+
+    thr = get(cfg, "seg.threshold")
+    if thr != "val":
+        return {"threshold": float(thr), "source": "seg.threshold"}
+    f = paths.seg_pred / "threshold.json"
+    if f.exists():
+        return json.loads(f.read_text())
+    metric = str(get(cfg, "seg.eval_metric"))
+    if metric not in ("miou_all", "miou_pos", "dice"):
+        raise ValueError(f"seg.eval_metric must be miou_all | miou_pos | dice, got {metric!r}")
+    thresholds = [float(t) for t in get(cfg, "seg.eval_thresholds")]
+    device = device or resolve_device(cfg)
+    model = model or load_seg_model(cfg, paths, device)
+    base = build_dataset(cfg, "val", paths, train=False)
+    evals = [SegEvaluator(2) for _ in thresholds]
+    flip, amp = bool(get(cfg, "seg.tta_flip")), bool(get(cfg, "seg.amp")) and device.type == "cuda"
+    loader = _loader(cfg, base, list(range(len(base.image_ids))))
+    for idx, p in tqdm(_predictions(model, loader, device, flip, amp), total=len(base.image_ids),
+                       desc="predict-seg: choose the threshold on val", leave=False):
+        if p.shape[0] != 1:
+            return {"threshold": None, "source": "multi-class: argmax, no threshold"}
+        gt = base.load_mask(idx)
+        if gt is None:
+            raise ValueError(f"predict-seg: seg.threshold 'val' needs val masks; {base.image_ids[idx]} has none")
+        positive = bool(np.asarray(base.labels[idx]).any())
+        for t, ev in zip(thresholds, evals):
+            ev.add(probs_to_label(p, t).cpu().numpy(), gt, positive)
+    sweep = {f"{t:g}": {k: v for k, v in ev.result().items() if k in ("miou_all", "miou_pos", "dice")}
+             for t, ev in zip(thresholds, evals)}
+    best = max(thresholds, key=lambda t: np.nan_to_num(sweep[f"{t:g}"][metric], nan=-1.0))
+    res = {"threshold": best, "source": f"best of seg.eval_thresholds on val by seg.eval_metric ({metric})",
+           "metric": metric, "sweep": sweep}
+    paths.seg_pred.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes((json.dumps(res, indent=2) + "\n").encode(), f)
+    print(f"predict-seg: threshold {best:g} (val {metric} {sweep[f'{best:g}'][metric]:.4f})")
+    return res
+
+
 def predict_seg(cfg: dict, paths: RunPaths) -> None:
     """Write ``seg_pred/<id>.png`` for every image of the ``evaluate.splits``.
 
     Existing predictions are kept (resume); ``seg_pred/.done`` marks the end. With
     ``seg.save_probs`` the foreground probability (binary) is also stored as
-    ``seg_pred/<id>_prob.png`` (uint8, p * 255) at the original resolution.
+    ``seg_pred/<id>_prob.png`` (uint8, p * 255) at the original resolution. The binary
+    threshold is :func:`seg_threshold`'s.
     """
     from ..data import build_dataset
 
     device = resolve_device(cfg)
     model = load_seg_model(cfg, paths, device)
     flip = bool(get(cfg, "seg.tta_flip"))
-    thr = float(get(cfg, "seg.threshold"))
     amp = bool(get(cfg, "seg.amp")) and device.type == "cuda"
     save_probs = bool(get(cfg, "seg.save_probs"))
-    size = seg_image_size(cfg)
     out = paths.seg_pred
     out.mkdir(parents=True, exist_ok=True)
+    thr = seg_threshold(cfg, paths, model, device)["threshold"]
+    thr = 0.5 if thr is None else float(thr)  # multi-class: unused
     for split in get(cfg, "evaluate.splits"):
         base = build_dataset(cfg, split, paths, train=False)
         todo = [i for i, name in enumerate(base.image_ids) if not (out / f"{name}.png").exists()]
         if not todo:
             continue
-        ds = torch.utils.data.Subset(ImageDataset(base, eval_transform(cfg)), todo)
-        bs = int(get(cfg, "seg.eval_batch_size")) if size else 1
-        loader = DataLoader(ds, batch_size=bs, num_workers=int(get(cfg, "num_workers")))
-        for batch in tqdm(loader, desc=f"predict-seg {split}", leave=False):
-            probs = predict_probs(model, batch["image"].to(device), flip=flip, amp=amp)
-            for j, idx in enumerate(batch["index"].tolist()):
-                h0, w0 = batch["orig_size"][j].tolist()
-                p = probs[j:j + 1]
-                if p.shape[-2:] != (h0, w0):
-                    p = F.interpolate(p, size=(h0, w0), mode="bilinear", align_corners=False)
-                name = base.image_ids[idx]
-                write_png(probs_to_label(p[0], thr).cpu().numpy(), out / f"{name}.png")
-                if save_probs and p.shape[1] == 1:
-                    write_png((p[0, 0].clamp(0, 1) * 255).round().byte().cpu().numpy(),
-                                    out / f"{name}_prob.png")
+        loader = _loader(cfg, base, todo)
+        for idx, p in tqdm(_predictions(model, loader, device, flip, amp), total=len(todo),
+                           desc=f"predict-seg {split}", leave=False):
+            name = base.image_ids[idx]
+            write_png(probs_to_label(p, thr).cpu().numpy(), out / f"{name}.png")
+            if save_probs and p.shape[0] == 1:
+                write_png((p[0].clamp(0, 1) * 255).round().byte().cpu().numpy(), out / f"{name}_prob.png")
     paths.mark_done(out)
