@@ -16,7 +16,7 @@ from wsss_fast.cls.train import _collate
 SIZES = [(375, 500), (500, 375), (200, 230)]
 
 
-@pytest.mark.parametrize("name", [None, "demo", "siim", "voc"])
+@pytest.mark.parametrize("name", [None, "demo", "demo_voc", "siim", "voc"])
 def test_shipped_config_builds_training_batches(name):
     torch.manual_seed(0)
     cfg = load_config(name)
@@ -102,3 +102,19 @@ def test_cli_rejects_a_typo_before_running(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown config key 'cls.epoch'" in err and "did you mean 'cls.epochs'" in err
     assert not (tmp_path / "run" / "cls").exists()
+
+
+def test_a_key_twice_in_a_file_is_an_error(tmp_path):
+    """YAML keeps the last of two equal keys and drops the first without a word; a config
+    file with a section (or key) written twice is refused, naming the key and the line."""
+    from wsss_fast.config import ConfigError
+
+    f = tmp_path / "twice.yaml"
+    f.write_text("seg:\n  epochs: 3\nsem_seg:\n  steps: 4\nseg:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match="'seg' appears twice.*line 5"):
+        load_config(f)
+    f.write_text("seg:\n  epochs: 3\n  epochs: 4\n")
+    with pytest.raises(ConfigError, match="'epochs' appears twice"):
+        load_config(f)
+    f.write_text("seg:\n  epochs: 3\nsem_seg:\n  steps: 4\n")
+    assert load_config(f)["seg"]["epochs"] == 3

@@ -117,9 +117,32 @@ def parse_overrides(items: Iterable[str]) -> dict:
     return out
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key repeated in one mapping is an error (YAML keeps
+    the last one and silently drops the other)."""
+
+
+def _no_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"config key '{key}' appears twice in one mapping{key_node.start_mark}")
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
+def read_yaml(path: Path) -> dict:
+    """A YAML config file as a dict (empty file: {}); a key repeated in a mapping raises ConfigError."""
+    return yaml.load(Path(path).read_text(), Loader=_StrictLoader) or {}
+
+
 def load_defaults() -> dict:
     """``configs/default.yaml``: every key the pipeline reads, with its one default."""
-    return yaml.safe_load((CONFIG_DIR / "default.yaml").read_text()) or {}
+    return read_yaml(CONFIG_DIR / "default.yaml")
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] | dict | None = None) -> dict:
@@ -141,7 +164,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] | dict 
     known = _dotted_keys(cfg)
     if path is not None:
         file = find_config(path)
-        user = yaml.safe_load(file.read_text()) or {}
+        user = read_yaml(file)
         check_keys(cfg, user, str(file), known=known)
         cfg = _merge(cfg, user)
     if overrides:

@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from wsss_fast.cam.make import eval_cam
 from wsss_fast.irn.ir_label import cam_to_ir_label, ir_thresholds, make_ir_label
@@ -32,39 +33,54 @@ def _sweep(paths, best=0.6, rows=ROWS):
         {"metric": "miou_all", "splits": {"val": {"thresholds": rows, "best": {"threshold": best}}}}))
 
 
-def test_ir_thresholds_from_the_cam_sweep(tmp_path):
+def test_ir_bg_threshold_from_the_cam_sweep(tmp_path):
     paths = RunPaths(tmp_path)
     _sweep(paths)
-    cfg = tiny_cfg(ir_label={"conf_fg_thres": "val", "conf_bg_thres": "val", "fg_margin": 0.25,
-                             "bg_recall": 0.95})
+    cfg = tiny_cfg(ir_label={"conf_fg_thres": 0.62, "conf_bg_thres": "val", "bg_recall": 0.95})
     got = ir_thresholds(cfg, paths)
-    assert got["conf_fg_thres"]["value"] == pytest.approx(0.6 + 0.25 * 0.4)
+    assert got["conf_fg_thres"] == {"value": 0.62, "source": "ir_label.conf_fg_thres"}
     assert got["conf_bg_thres"]["value"] == 0.5  # 0.5 keeps 0.96 >= 0.95 of val's fg; 0.6 only 0.90
     cfg["ir_label"]["bg_recall"] = 0.98
     assert ir_thresholds(cfg, paths)["conf_bg_thres"]["value"] == 0.1
     cfg["ir_label"]["bg_recall"] = 0.995  # no threshold keeps that much: the smallest
     assert ir_thresholds(cfg, paths)["conf_bg_thres"]["value"] == 0.1
-    # numbers pass through; one number and one val mix
     cfg = tiny_cfg(ir_label={"conf_fg_thres": 0.42, "conf_bg_thres": "val", "bg_recall": 0.95})
-    got = ir_thresholds(cfg, paths)
-    assert got["conf_fg_thres"] == {"value": 0.42, "source": "ir_label.conf_fg_thres"}
-    assert got["conf_bg_thres"]["value"] == 0.3  # below 0.42 only
+    assert ir_thresholds(cfg, paths)["conf_bg_thres"]["value"] == 0.3  # below conf_fg_thres only
+    cfg = tiny_cfg(ir_label={"conf_fg_thres": 0.42, "conf_bg_thres": 0.1})  # numbers pass through
+    assert {k: v["value"] for k, v in ir_thresholds(cfg, paths).items()} == {"conf_fg_thres": 0.42,
+                                                                            "conf_bg_thres": 0.1}
     # no sweep on val: a clear error
     (paths.cam / "eval.json").unlink()
     with pytest.raises(ValueError, match="sweep on val"):
-        ir_thresholds(tiny_cfg(ir_label={"conf_fg_thres": "val"}), paths)
+        ir_thresholds(tiny_cfg(ir_label={"conf_bg_thres": "val"}), paths)
     with pytest.raises(ValueError, match="numeric"):
         cam_to_ir_label(np.zeros((8, 8), np.uint8), {"keys": np.array([0]), "high_res": np.zeros((1, 8, 8))},
                         tiny_cfg(ir_label={"conf_fg_thres": "val"}))
 
 
+def _fg_iou(ds, paths, cfg) -> float:
+    """IoU with the masks of the confident fg that make-ir-label's labelling gives (after the CRF)."""
+    tp = fp = fn = 0
+    for i, name in enumerate(ds.image_ids):
+        cam = load_cam_file(paths.cam / f"{name}.npy")
+        size = tuple(np.asarray(cam["high_res"]).shape[1:])
+        lab = cam_to_ir_label(resize_image_uint8(np.asarray(ds.load_image(i)), size), cam, cfg)
+        gt = np.asarray(Image.fromarray(ds.load_mask(i)).resize(size[::-1], Image.NEAREST))
+        tp += int(((lab == 1) & (gt == 1)).sum())
+        fp += int(((lab == 1) & (gt != 1)).sum())
+        fn += int(((lab != 1) & (gt == 1)).sum())
+    return tp / (tp + fp + fn)
+
+
 def test_make_ir_label_with_val_thresholds(fake_data, monkeypatch):
-    """eval-cam's fg_recall is the share of val's lesion pixels above each threshold, and
-    make-ir-label labels with the chosen numbers (written to ir_label/thresholds.json)."""
+    """eval-cam's fg_recall is the share of val's lesion pixels above each threshold; the fg
+    threshold is the one whose CRF-refined confident fg has the best IoU on val; make-ir-label
+    labels with the chosen numbers (written to ir_label/thresholds.json)."""
     paths, datasets = fake_data
     monkeypatch.setattr("wsss_fast.data.build_dataset", lambda cfg, split, paths, train=False: datasets[split])
-    cfg = tiny_cfg(cam={"eval_thresholds": [0.2, 0.5, 0.8], "eval_splits": ["val"]},
-                   ir_label={"conf_fg_thres": "val", "conf_bg_thres": "val", "fg_margin": 0.5, "bg_recall": 0.9})
+    grid = [0.05, 0.2, 0.5, 0.8, 0.97]
+    cfg = tiny_cfg(cam={"eval_thresholds": grid, "eval_splits": ["val"]},
+                   ir_label={"conf_fg_thres": "val", "conf_bg_thres": "val", "bg_recall": 0.9})
     sweep = eval_cam(cfg, paths)["splits"]["val"]
     val = datasets["val"]
     for row in sweep["thresholds"]:
@@ -81,9 +97,11 @@ def test_make_ir_label_with_val_thresholds(fake_data, monkeypatch):
         assert row["fg_recall"] == pytest.approx(above / total)
     make_ir_label(cfg, paths)
     chosen = json.loads((paths.ir_label / "thresholds.json").read_text())
-    t = sweep["best"]["threshold"]
     fg = chosen["conf_fg_thres"]["value"]
-    assert fg == pytest.approx(t + 0.5 * (1 - t))
+    ious = {t: _fg_iou(val, paths, tiny_cfg(ir_label={"conf_fg_thres": t, "conf_bg_thres": 0.0})) for t in grid}
+    assert len({round(v, 6) for v in ious.values()}) == len(grid)  # the thresholds differ ...
+    assert fg == max(grid, key=ious.get) and fg != grid[0]  # ... and the best one is taken
+    assert {r["threshold"]: r["iou"] for r in chosen["conf_fg_thres"]["sweep"]} == pytest.approx(ious)
     ok = [r["threshold"] for r in sweep["thresholds"] if r["threshold"] < fg and r["fg_recall"] >= 0.9]
     assert chosen["conf_bg_thres"]["value"] == (max(ok) if ok else 0.2)
     num = tiny_cfg(ir_label={"conf_fg_thres": fg, "conf_bg_thres": chosen["conf_bg_thres"]["value"]})

@@ -1,8 +1,9 @@
 """wsss_fast.data: data sets, transforms and samplers of the pipeline.
 
 ``build_dataset(cfg, split, paths, train)`` returns the configured data set (SIIM-ACR,
-PASCAL VOC 2012, generic CSV, or the built-in synthetic radiographs written in the SIIM
-layout) with the train or eval transform. See :mod:`wsss_fast.data.base` for the item format.
+PASCAL VOC 2012, generic CSV, the built-in synthetic radiographs written in the SIIM
+layout, or the built-in synthetic multi-class scenes written in the VOC layout) with the
+train or eval transform. See :mod:`wsss_fast.data.base` for the item format.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from .rle import RLEError, rle_decode, rle_decode_union, rle_encode, rle_encode_
 from .sampler import BalancedBatchSampler
 from .siim import PAPER_SPLIT_COUNTS, SIIMPneumothorax, stratified_split
 from .synthetic import generate_image, write_synthetic_siim
+from .synthetic_voc import generate_scene, synthetic_voc_class_names, write_synthetic_voc
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, eval_transform, train_transform
 
 __all__ = [
     "build_dataset", "synthetic_root", "write_synthetic_from_config", "WSSSDataset", "BadFileError", "wsss_collate",
     "SIIMPneumothorax", "VOC2012", "GenericCSV", "stratified_split", "PAPER_SPLIT_COUNTS",
     "BalancedBatchSampler", "train_transform", "eval_transform", "denormalize",
-    "IMAGENET_MEAN", "IMAGENET_STD", "write_synthetic_siim", "generate_image",
+    "IMAGENET_MEAN", "IMAGENET_STD", "write_synthetic_siim", "generate_image", "write_synthetic_voc",
+    "generate_scene", "synthetic_voc_class_names",
     "read_dicom", "DicomReadError", "RLEError", "rle_encode", "rle_decode", "rle_decode_union",
     "rle_encode_regions",
 ]
@@ -45,11 +48,22 @@ def write_synthetic_from_config(cfg: dict, root: str | Path) -> Path:
     """Write (once) under ``root`` the synthetic set that ``dataset.synthetic`` describes
     (``num_images``, ``image_size``, ``positive_fraction``, ``seed``: null = the run's seed).
 
+    ``dataset.name: synthetic_voc`` writes multi-class scenes in the VOC layout
+    (``dataset.num_classes`` classes, split shares from ``dataset.split_counts``; every scene
+    has an object, so ``positive_fraction`` is not used); any other name writes radiographs
+    in the SIIM layout.
+
     Returns:
         ``root`` as a Path.
     """
     seed = get(cfg, "dataset.synthetic.seed")
     seed = int(get(cfg, "seed")) if seed is None else int(seed)
+    if str(get(cfg, "dataset.name")).lower() == "synthetic_voc":
+        write_synthetic_voc(Path(root), num_images=int(get(cfg, "dataset.synthetic.num_images")),
+                            image_size=int(get(cfg, "dataset.synthetic.image_size")), seed=seed,
+                            num_classes=int(get(cfg, "dataset.num_classes")),
+                            split_counts=get(cfg, "dataset.split_counts"))
+        return Path(root)
     write_synthetic_siim(Path(root), num_images=int(get(cfg, "dataset.synthetic.num_images")),
                          image_size=int(get(cfg, "dataset.synthetic.image_size")), seed=seed,
                          positive_fraction=float(get(cfg, "dataset.synthetic.positive_fraction")))
@@ -81,9 +95,10 @@ def build_dataset(cfg: dict, split: str | None, paths: Any, train: bool) -> WSSS
 
     Args:
         cfg: the run configuration (``dataset``, ``augment`` and ``seed`` are read).
-        split: ``"train"``, ``"val"``, ``"test"`` (``"train_aug"`` for VOC), or None for all.
+        split: ``"train"``, ``"val"``, ``"test"`` (``"train_aug"`` for VOC), or None for all
+            (VOC: ``"train"``).
         paths: the run's :class:`~wsss_fast.engine.paths.RunPaths` (SIIM splits go to ``paths.split``;
-            the synthetic set is written under ``paths.root/data/synthetic`` unless
+            the synthetic sets are written under ``paths.root/data/synthetic`` unless
             ``dataset.root`` is set).
         train: use the training transform (augmentation) instead of the eval transform.
 
@@ -110,13 +125,17 @@ def build_dataset(cfg: dict, split: str | None, paths: Any, train: bool) -> WSSS
                                 image_format=get(cfg, "dataset.image_format"),
                                 csv_file=get(cfg, "dataset.csv"), on_bad_file=on_bad,
                                 **_cache_args(cfg, paths, root))
-    if name == "voc":
+    if name in ("voc", "synthetic_voc"):
         from .voc import VOC2012
 
-        if not root:
+        num_classes, names = int(get(cfg, "dataset.num_classes")), get(cfg, "dataset.class_names")
+        if name == "synthetic_voc":
+            root = write_synthetic_from_config(cfg, synthetic_root(cfg, paths))
+            names = names or synthetic_voc_class_names(num_classes)
+        elif not root:
             raise ValueError("dataset.root must name the folder holding VOCdevkit/VOC2012")
-        return VOC2012(root, split=split or "train", transform=transform,
-                       cls_labels=get(cfg, "dataset.cls_labels"), on_bad_file=on_bad)
+        return VOC2012(root, split=split or "train", transform=transform, cls_labels=get(cfg, "dataset.cls_labels"),
+                       on_bad_file=on_bad, num_classes=num_classes, class_names=names)
     if name == "generic":
         from .generic import GenericCSV
 
@@ -126,4 +145,4 @@ def build_dataset(cfg: dict, split: str | None, paths: Any, train: bool) -> WSSS
         csv_path = Path(csv_path) if Path(csv_path).is_absolute() or not root else Path(root) / csv_path
         return GenericCSV(csv_path, split=split, transform=transform, class_names=get(cfg, "dataset.class_names"),
                           root=root, on_bad_file=on_bad)
-    raise ValueError(f"unknown dataset.name {name!r}; expected siim | synthetic | voc | generic")
+    raise ValueError(f"unknown dataset.name {name!r}; expected siim | synthetic | voc | synthetic_voc | generic")

@@ -5,20 +5,21 @@
     root/VOCdevkit/VOC2012/JPEGImages/<id>.jpg
     root/VOCdevkit/VOC2012/SegmentationClassAug/<id>.png     (SBD + VOC masks, 0..20, 255)
     root/VOCdevkit/VOC2012/SegmentationClass/<id>.png        (official masks; used when Aug lacks one)
-    root/VOCdevkit/VOC2012/ImageSets/Segmentation/{train_aug,train,val}.txt
+    root/VOCdevkit/VOC2012/ImageSets/Segmentation/{train_aug,train,val,test}.txt
 
 ``root`` may also be ``VOCdevkit`` or ``VOC2012`` itself. List files hold one id per line;
 IRNet's ``JPEGImages/<id>.jpg SegmentationClassAug/<id>.png`` lines are accepted too.
-The 20 image-level labels come from a ``cls_labels.npy`` (IRNet's format: a dict keyed by
-the id, as a string or as IRNet's integer encoding ``2007000032``), or from the masks as
-IRNet's ``make_cls_labels`` computes them (every class present in the mask, 255 excluded).
-Masks keep 255 (object boundaries) as the ignore label for evaluation.
+The image-level labels (VOC's 20 classes, or ``num_classes`` of a set in the same layout
+such as :mod:`wsss_fast.data.synthetic_voc`) come from a ``cls_labels.npy`` (IRNet's format:
+a dict keyed by the id, as a string or as IRNet's integer encoding ``2007000032``), or from
+the masks as IRNet's ``make_cls_labels`` computes them (every class present in the mask, 255
+excluded). Masks keep 255 (object boundaries) as the ignore label for evaluation.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -49,7 +50,15 @@ def _read_list(path: Path) -> list[str]:
 
 
 def _labels_from_mask(mask: np.ndarray, n: int = 20) -> np.ndarray:
+    """float32 [n] multi-hot of the classes in ``mask`` (uint8 [H, W]; 0 = bg, 255 = ignore).
+
+    Raises:
+        BadFileError: the mask holds a class id above ``n`` (other than 255).
+    """
     vals = np.unique(mask)
+    if ((vals > n) & (vals != 255)).any():
+        raise BadFileError(f"mask holds class ids {vals[(vals > n) & (vals != 255)].tolist()} above "
+                           f"num_classes={n}")
     vals = vals[(vals >= 1) & (vals <= n)]
     lab = np.zeros(n, np.float32)
     lab[vals.astype(int) - 1] = 1.0
@@ -73,6 +82,9 @@ class VOC2012(WSSSDataset):
         list_file: override the split's list file.
         on_bad_file: ``"raise"`` or ``"skip"`` (see :class:`~wsss_fast.data.base.BadFilePolicy`).
         progress: progress bar while labels are derived from masks / files are checked.
+        num_classes: N, the foreground classes (VOC: 20); mask values above N (other than
+            255) are bad files.
+        class_names: N names; None: VOC's 20 names when N = 20, else ``class1`` .. ``classN``.
     """
 
     num_classes = 20
@@ -80,10 +92,19 @@ class VOC2012(WSSSDataset):
 
     def __init__(self, root: str | Path, split: str = "train_aug", transform: Callable | None = None, *,
                  cls_labels: str | Path | None = None, list_file: str | Path | None = None,
-                 on_bad_file: str = "raise", progress: bool = True) -> None:
+                 on_bad_file: str = "raise", progress: bool = True, num_classes: int = 20,
+                 class_names: Sequence[str] | None = None) -> None:
         super().__init__(transform)
         from tqdm import tqdm
 
+        n_cls = int(num_classes)
+        if n_cls < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if class_names is None:
+            class_names = VOC_CLASSES if n_cls == len(VOC_CLASSES) else [f"class{k}" for k in range(1, n_cls + 1)]
+        if len(class_names) != n_cls:
+            raise ValueError(f"{len(class_names)} class_names for num_classes={n_cls}")
+        self.num_classes, self.class_names = n_cls, list(class_names)
         self.root = _resolve_root(Path(root))
         self.split = split
         policy = BadFilePolicy(on_bad_file, "VOC2012")
@@ -108,10 +129,10 @@ class VOC2012(WSSSDataset):
                     if key not in cls_dict:
                         raise BadFileError(f"no entry for {image_id} in {cls_labels}")
                     lab = np.asarray(cls_dict[key], np.float32).reshape(-1)
-                    if lab.size != 20:
-                        raise BadFileError(f"{cls_labels}[{image_id}] has {lab.size} labels, expected 20")
+                    if lab.size != n_cls:
+                        raise BadFileError(f"{cls_labels}[{image_id}] has {lab.size} labels, expected {n_cls}")
                 elif mask is not None:
-                    lab = _labels_from_mask(self._read_mask(mask, image_id))
+                    lab = _labels_from_mask(self._read_mask(mask, image_id), n_cls)
                 else:
                     raise BadFileError(f"no mask for {image_id} in SegmentationClassAug/ or SegmentationClass/ "
                                        f"and no cls_labels file to take its labels from")
@@ -124,7 +145,7 @@ class VOC2012(WSSSDataset):
             labels.append(lab)
             keep.append(image_id)
         self.image_ids = keep
-        self.labels = np.stack(labels).astype(np.float32) if labels else np.zeros((0, 20), np.float32)
+        self.labels = np.stack(labels).astype(np.float32) if labels else np.zeros((0, n_cls), np.float32)
         self.has_masks = any(m is not None for m in self._mask.values())
         self.list_file = lst
         self.skipped = policy.skipped
@@ -195,14 +216,14 @@ class VOC2012(WSSSDataset):
         return m
 
 
-def make_cls_labels(root: str | Path, out: str | Path, splits=("train_aug", "val")) -> Path:
-    """Write IRNet's ``cls_labels.npy`` (dict: id -> float32 [20]) from the masks of ``splits``."""
+def make_cls_labels(root: str | Path, out: str | Path, splits=("train_aug", "val"), num_classes: int = 20) -> Path:
+    """Write IRNet's ``cls_labels.npy`` (dict: id -> float32 [num_classes]) from the masks of ``splits``."""
     from ..engine.files import atomic_write_bytes
     import io
 
     d = {}
     for split in splits:
-        ds = VOC2012(root, split)
+        ds = VOC2012(root, split, num_classes=num_classes)
         for image_id, lab in zip(ds.image_ids, ds.labels):
             d[image_id] = lab
     buf = io.BytesIO()

@@ -7,12 +7,14 @@ image, and they are combined into: class where fg is confident, 0 where bg is co
 255 (ignore) elsewhere. As in Viniavskyi et al. (AIME 2020), small connected fg regions
 with low mean confidence are then removed as noise (set to 255).
 
-Either threshold may be ``val``: chosen inside the run from the CAM's own threshold sweep on
-val (``eval-cam``), since IRNet's constants (0.30 / 0.05) fit its ImageNet-pretrained VOC CAMs
-only. With t* the CAM background threshold chosen on val, confident fg starts at
-``t* + fg_margin * (1 - t*)`` and confident bg ends at the largest swept threshold below it
-that keeps at least ``bg_recall`` of val's foreground pixels above it. The values and their
-source go to ``paths.ir_label/thresholds.json`` (and into the report).
+Either threshold may be ``val``: chosen inside the run on the val split, since IRNet's
+constants (0.30 / 0.05) fit its ImageNet-pretrained VOC CAMs only. Confident fg starts at the
+threshold of ``cam.eval_thresholds`` whose CRF-refined fg map has the highest IoU with val's
+masks: the CRF erases confident regions much smaller than its bilateral kernel (small
+lesions), so the choice is made after it. Confident bg ends at the largest threshold of the
+CAM sweep on val (``eval-cam``) below the fg threshold that keeps at least ``bg_recall`` of
+val's foreground pixels above it. The values, the fg sweep and their source go to
+``paths.ir_label/thresholds.json`` (and into the report).
 
 Output: ``paths.ir_label/<id>.png``, uint8, at the working resolution of the CAMs.
 """
@@ -170,6 +172,55 @@ def _run_split(cfg: dict, paths: RunPaths, split: str, workers: int) -> int:
     return len(todo)
 
 
+def fg_threshold_on_val(cfg: dict, paths: RunPaths) -> tuple[float, list[dict]]:
+    """The confident-fg threshold with the best IoU on val, after the CRF.
+
+    For every val image with CAM classes, the fg map of each threshold of
+    ``cam.eval_thresholds`` (argmax of the CAMs padded with the threshold) is refined by the
+    CRF (all thresholds in one call) and compared with the mask at the CAM's resolution.
+
+    Returns:
+        ``(threshold, rows)``: rows ``{"threshold", "iou", "precision", "recall", "images"}``
+        (``images``: how many kept some confident fg); ties go to the higher threshold.
+    """
+    from PIL import Image
+
+    thresholds = sorted(float(t) for t in get(cfg, "cam.eval_thresholds"))
+    crf = CRFParams.from_cfg(get(cfg, "ir_label.crf")) if get(cfg, "ir_label.crf.enabled") else None
+    backend, device = _crf_backend(cfg) if crf is not None else ("", torch.device("cpu"))
+    ds = common.build_split(cfg, "val", paths, train=False)
+    tp, fp, fn, kept = (np.zeros(len(thresholds), np.int64) for _ in range(4))
+    for i, image_id in enumerate(tqdm(ds.image_ids, desc="ir-label: conf_fg_thres on val", unit="img")):
+        f = paths.cam_file(image_id)
+        if not f.exists():
+            raise FileNotFoundError(f"make-ir-label: conf_fg_thres 'val' needs the val CAMs; {f} is missing")
+        cam = load_cam_file(f)
+        cams = np.asarray(cam["high_res"], dtype=np.float32)
+        if cams.shape[0] == 0:
+            continue
+        keys = np.pad(np.asarray(cam["keys"], dtype=np.int64) + 1, (1, 0))
+        size = tuple(cams.shape[1:])
+        gt = ds.load_mask(i)
+        if gt is None:
+            raise ValueError(f"make-ir-label: conf_fg_thres 'val' needs val masks; {image_id} has none")
+        gt = np.asarray(Image.fromarray(np.asarray(gt, np.uint8)).resize(size[::-1], Image.NEAREST))
+        preds = np.stack([_padded_argmax(cams, t) for t in thresholds])
+        if crf is not None:
+            img = to_rgb_uint8(resize_image_uint8(np.asarray(ds.load_image(i)), size))
+            preds = crf_inference_labels(img, preds, keys.shape[0], crf, backend, device)
+        lab, valid = keys[preds], gt != 255
+        hit = (lab == gt) & valid
+        tp += ((lab > 0) & hit).sum((1, 2))
+        fp += ((lab > 0) & ~hit & valid).sum((1, 2))
+        fn += ((gt > 0) & ~hit & valid).sum((1, 2))
+        kept += (lab > 0).any((1, 2))
+    rows = [{"threshold": t, "iou": float(tp[k] / max(1, tp[k] + fp[k] + fn[k])),
+             "precision": float(tp[k] / max(1, tp[k] + fp[k])), "recall": float(tp[k] / max(1, tp[k] + fn[k])),
+             "images": int(kept[k])} for k, t in enumerate(thresholds)]
+    best = max(reversed(rows), key=lambda r: r["iou"])  # ties: the higher threshold
+    return float(best["threshold"]), rows
+
+
 def ir_thresholds(cfg: dict, paths: RunPaths) -> dict:
     """``ir_label.conf_fg_thres`` / ``conf_bg_thres`` as numbers, each ``val`` one chosen here.
 
@@ -190,10 +241,9 @@ def ir_thresholds(cfg: dict, paths: RunPaths) -> dict:
         raise ValueError("ir_label thresholds 'val' need the CAM threshold sweep on val (cam/eval.json): "
                          "make CAMs for val (cam.splits) with ground-truth masks, or give numbers")
     if fg == "val":
-        margin = float(get(cfg, "ir_label.fg_margin"))
-        out["conf_fg_thres"] = {"value": round(t + margin * (1.0 - t), 6),
-                                "source": f"CAM threshold {t:g} ({source}) + ir_label.fg_margin {margin:g} "
-                                          "of the rest"}
+        best, rows = fg_threshold_on_val(cfg, paths)
+        out["conf_fg_thres"] = {"value": best, "sweep": rows,
+                                "source": "best IoU on val of the CRF-refined confident fg over cam.eval_thresholds"}
     if bg == "val":
         top = float(out["conf_fg_thres"]["value"])
         need = float(get(cfg, "ir_label.bg_recall"))
