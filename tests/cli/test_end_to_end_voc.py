@@ -92,7 +92,7 @@ def test_tiny_end_to_end_multiclass(tmp_path):
     th = report["thresholds"]
     assert set(th) >= {"cam.bg_thres", "ir_label.conf_fg_thres", "ir_label.conf_bg_thres", "sem_seg.steps",
                        "sem_seg.bg_thres"}
-    assert th.get("seg.threshold", {"value": None})["value"] is None
+    assert th["seg.threshold"] == {"value": None, "source": "multi-class: argmax, no threshold"}
     assert all("val" in v["source"] for k, v in th.items() if k != "seg.threshold")
     # the IRNet rows are eval-sem-seg's; the segmentation rows those of the PNGs, evaluated here
     pseudo = eval_sem_seg(cfg, paths, ["val", "test"])

@@ -137,6 +137,14 @@ def test_cli_parses_run_and_demo(tmp_path, monkeypatch):
     assert cli.main(["demo", "--out", str(tmp_path / "d"), "--device", "cpu", "cls.epochs=1"]) == 0
     assert seen["cfg"]["device"] == "cpu" and seen["cfg"]["cls"]["epochs"] == 1
     assert seen["cfg"]["dataset"]["image_size"] <= 256  # the small demo config
+    assert cli.main(["demo", "--dataset", "voc", "--out", str(tmp_path / "v")]) == 0
+    assert seen["cfg"]["dataset"]["name"] == "synthetic_voc"  # configs/demo_voc.yaml
+    sweeps = []
+    monkeypatch.setattr("wsss_fast.cli.pipeline.run_seeds",
+                        lambda cfg, out, seeds, vary, start=None: sweeps.append((cfg["dataset"]["name"], seeds, vary)))
+    assert cli.main(["demo", "--dataset", "voc", "--seeds", "3", "--vary", "data", "--out", str(tmp_path / "s"),
+                     "seed=4"]) == 0
+    assert sweeps == [("synthetic_voc", [4, 5, 6], "data")]
 
 
 # the config section each step is configured by (its --help must list that section's keys)

@@ -84,12 +84,12 @@ def write_npy(arr: np.ndarray, path: str | Path) -> None:
 
 
 def read_png(path: str | Path) -> np.ndarray:
-    """Read a label PNG as uint8 ``[H, W]``; a missing file is a clear error."""
+    """Read a label PNG as a writable uint8 ``[H, W]``; a missing file is a clear error."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"label file not found: {path}")
     with Image.open(path) as im:
-        return np.asarray(im, dtype=np.uint8)
+        return np.array(im, dtype=np.uint8)
 
 
 def load_cam_file(path: str | Path) -> dict:

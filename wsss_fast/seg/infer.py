@@ -121,12 +121,15 @@ def seg_threshold(cfg: dict, paths: RunPaths, model: torch.nn.Module | None = No
     model = model or load_seg_model(cfg, paths, device)
     base = build_dataset(cfg, "val", paths, train=False)
     evals = [SegEvaluator(2) for _ in thresholds]
+    paths.seg_pred.mkdir(parents=True, exist_ok=True)
     flip, amp = bool(get(cfg, "seg.tta_flip")), bool(get(cfg, "seg.amp")) and device.type == "cuda"
     loader = _loader(cfg, base, list(range(len(base.image_ids))))
     for idx, p in tqdm(_predictions(model, loader, device, flip, amp), total=len(base.image_ids),
                        desc="predict-seg: choose the threshold on val", leave=False):
-        if p.shape[0] != 1:
-            return {"threshold": None, "source": "multi-class: argmax, no threshold"}
+        if p.shape[0] != 1:  # multi-class: no threshold to choose
+            res = {"threshold": None, "source": "multi-class: argmax, no threshold"}
+            atomic_write_bytes((json.dumps(res, indent=2) + "\n").encode(), f)
+            return res
         gt = base.load_mask(idx)
         if gt is None:
             raise ValueError(f"predict-seg: seg.threshold 'val' needs val masks; {base.image_ids[idx]} has none")
