@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from .cam.make import cam_threshold
 from .config import get
 from .engine.paths import RunPaths
-from .engine.files import atomic_write_bytes, load_cam_file, read_png
+from .engine.files import atomic_write_bytes, load_cam_file, read_json, read_png
 from .metrics.segmentation import SegEvaluator
 
 STEPS = ("cam", "irnet", "seg")
@@ -174,24 +174,11 @@ def format_table(report: dict) -> str:
 
 
 def read_timings(paths: RunPaths) -> dict:
-    f = paths.root / "timings.json"
-    if not f.exists():
-        return {}
-    try:
-        return json.loads(f.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+    return read_json(paths.root / "timings.json") or {}
 
 
 def write_report(report: dict, paths: RunPaths) -> None:
     atomic_write_bytes((json.dumps(report, indent=2) + "\n").encode(), paths.report)
-
-
-def _read_json(f: Path) -> dict | None:
-    try:
-        return json.loads(f.read_text()) if f.exists() else None
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def run_thresholds(cfg: dict, paths: RunPaths, cam_thres: tuple[float, str]) -> dict:
@@ -203,17 +190,17 @@ def run_thresholds(cfg: dict, paths: RunPaths, cam_thres: tuple[float, str]) -> 
     left out.
     """
     out = {"cam.bg_thres": {"value": cam_thres[0], "source": cam_thres[1]}}
-    ir = _read_json(paths.ir_label / "thresholds.json") or {}
+    ir = read_json(paths.ir_label / "thresholds.json") or {}
     for k in ("conf_fg_thres", "conf_bg_thres"):
         if k in ir:
             out[f"ir_label.{k}"] = {"value": ir[k]["value"], "source": ir[k]["source"]}
-    walk = _read_json(paths.sem_seg / "tune.json")
+    walk = read_json(paths.sem_seg / "tune.json")
     for k in ("steps", "bg_thres"):
         if get(cfg, f"sem_seg.{k}") != "val":
             out[f"sem_seg.{k}"] = {"value": get(cfg, f"sem_seg.{k}"), "source": f"sem_seg.{k}"}
         elif walk is not None:
             out[f"sem_seg.{k}"] = {"value": walk[k], "source": walk["source"]}
-    seg = _read_json(paths.seg_pred / "threshold.json")
+    seg = read_json(paths.seg_pred / "threshold.json")
     if get(cfg, "seg.threshold") != "val":
         out["seg.threshold"] = {"value": float(get(cfg, "seg.threshold")), "source": "seg.threshold"}
     elif seg is not None:

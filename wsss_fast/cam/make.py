@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from ..config import get
 from ..engine.paths import RunPaths
-from ..engine.files import atomic_write_bytes, load_cam_file, save_cam_file
+from ..engine.files import atomic_write_bytes, load_cam_file, read_json, save_cam_file
 
 __all__ = ["make_cam", "eval_cam", "shard_of", "predict_from_cam", "checkpoint_path", "cam_threshold",
            "val_sweep"]
@@ -246,15 +246,8 @@ def val_sweep(cfg: dict, paths: RunPaths, run_sweep: bool = True) -> dict | None
     The sweep is run here (on val only) when the file lacks val, CAM files exist and
     ``run_sweep``. None when there is no sweep (no CAMs, or val has no masks).
     """
-    f = paths.cam / "eval.json"
-
     def read() -> dict | None:
-        if not f.exists():
-            return None
-        try:
-            data = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
+        data = read_json(paths.cam / "eval.json") or {}
         val = (data.get("splits") or {}).get("val")
         return {**val, "metric": data.get("metric", "?")} if isinstance(val, dict) else None
 

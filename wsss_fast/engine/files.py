@@ -7,6 +7,8 @@ crash leaves either the whole file or none under its name.
 
 from __future__ import annotations
 
+import json
+
 import io
 import os
 import tempfile
@@ -90,6 +92,17 @@ def read_png(path: str | Path) -> np.ndarray:
         raise FileNotFoundError(f"label file not found: {path}")
     with Image.open(path) as im:
         return np.array(im, dtype=np.uint8)
+
+
+def read_json(path: str | Path) -> dict | None:
+    """A JSON file's content, or None when the file is missing, unreadable or not JSON."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def load_cam_file(path: str | Path) -> dict:

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from .. import ops
 from ..config import get
 from ..engine.paths import RunPaths
-from ..engine.files import atomic_write_bytes, load_cam_file
+from ..engine.files import atomic_write_bytes, load_cam_file, read_json
 from ..engine.dist import resolve_device
 from . import common
 from ..engine.files import read_png, write_npy, write_png
@@ -307,13 +307,9 @@ def walk_settings(cfg: dict, paths: RunPaths, device: str | None = None) -> dict
         return {"steps": int(steps), "bg_thres": float(thres), "source": "sem_seg.steps, sem_seg.bg_thres"}
     cand = dict(zip(("steps", "bg_thres"), _candidates(cfg)), metric=str(get(cfg, "sem_seg.eval_metric")))
     f = paths.sem_seg / "tune.json"
-    if f.exists():
-        try:
-            old = json.loads(f.read_text())
-            if old.get("candidates") == cand:
-                return old
-        except (OSError, json.JSONDecodeError):
-            pass
+    old = read_json(f)
+    if old is not None and old.get("candidates") == cand:
+        return old
     res = tune_walk(cfg, paths, device or _plan(cfg)[0])
     res = {**res, "candidates": cand,
            "source": f"best of the candidates on val by sem_seg.eval_metric ({res['metric']})"}
