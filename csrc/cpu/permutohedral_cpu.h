@@ -3,8 +3,8 @@
 // build(): every pixel is located in its simplex (common/permutohedral.h, in parallel), its
 // d + 1 vertices are inserted into an open-addressing hash table in pixel order (the vertex
 // ids are pydensecrf's), the blur neighbours of every vertex are looked up (in parallel), and
-// the points of every vertex are listed in point order (CSR), so that the splat is a gather
-// whose sums run in pydensecrf's order.
+// the points of every vertex are listed in point order (CSR), so that a parallel splat is a
+// gather whose sums run in pydensecrf's order (one thread scatters in pixel order instead).
 // filter(): splat (gather) -> blur along the d + 1 axes (0..d, or d..0 for the transpose)
 // -> slice times alpha, every step parallel over vertices or pixels.
 #pragma once
@@ -185,28 +185,46 @@ void lattice_filter_impl(const CpuLattice& L, int64_t Cr, bool transpose, std::v
   const int64_t C = CC > 0 ? CC : Cr;
   const int d = L.d, dp1 = d + 1;
   const int64_t M = L.M, N = L.N;
-  a.assign((M + 1) * C, T(0));
-  b.assign((M + 1) * C, T(0));
+  // Row 0 is the absent neighbour (zero); every other row is written before it is read, so
+  // buffers reused across calls on the same lattice are not cleared.
+  a.resize((M + 1) * C);
+  b.resize((M + 1) * C);
+  std::fill(a.begin(), a.begin() + C, T(0));
+  std::fill(b.begin(), b.begin() + C, T(0));
   const int64_t* seg = L.seg.data();
   const int32_t* seg_pix = L.seg_pix.data();
   const float* seg_w = L.seg_w.data();
   T* const lat_a = a.data();
-  at::parallel_for(0, M, 64, [&](int64_t vb, int64_t ve) {
-    for (int64_t v = vb; v < ve; ++v) {
-      T* __restrict__ acc = lat_a + (v + 1) * C;
-      for (int64_t k = seg[v]; k < seg[v + 1]; ++k) {
-        const T wk = static_cast<T>(seg_w[k]);
-        const int64_t p = seg_pix[k];
-        const T* __restrict__ src = in + p * C;
-        if (in_scale != nullptr) {
-          const T s = static_cast<T>(in_scale[p]);
-          for (int64_t ch = 0; ch < C; ++ch) acc[ch] += wk * (src[ch] * s);
-        } else {
-          for (int64_t ch = 0; ch < C; ++ch) acc[ch] += wk * src[ch];
-        }
-      }
+  // acc[ch] += w * (v[ch] * scale) or w * v[ch]
+  auto splat_point = [&](T* __restrict__ acc, int64_t p, T wk) {
+    const T* __restrict__ src = in + p * C;
+    if (in_scale != nullptr) {
+      const T s = static_cast<T>(in_scale[p]);
+      for (int64_t ch = 0; ch < C; ++ch) acc[ch] += wk * (src[ch] * s);
+    } else {
+      for (int64_t ch = 0; ch < C; ++ch) acc[ch] += wk * src[ch];
     }
-  });
+  };
+  if (at::get_num_threads() == 1 || at::in_parallel_region()) {
+    // One thread: scatter in pixel order, as pydensecrf (the input is read in order; the
+    // vertices of neighbouring pixels mostly coincide). Each vertex sums its points in the
+    // same order as the gather below, so both give the same floats.
+    std::fill(a.begin() + C, a.end(), T(0));
+    const int32_t* vid = L.vid.data();
+    const float* bary = L.bary.data();
+    for (int64_t p = 0; p < N; ++p)
+      for (int r = 0; r < dp1; ++r)
+        splat_point(lat_a + static_cast<int64_t>(vid[p * dp1 + r]) * C, p, static_cast<T>(bary[p * dp1 + r]));
+  } else {
+    // Several threads: gather, every vertex summing its points (listed in point order).
+    at::parallel_for(0, M, 64, [&](int64_t vb, int64_t ve) {
+      for (int64_t v = vb; v < ve; ++v) {
+        T* __restrict__ acc = lat_a + (v + 1) * C;
+        for (int64_t ch = 0; ch < C; ++ch) acc[ch] = T(0);
+        for (int64_t k = seg[v]; k < seg[v + 1]; ++k) splat_point(acc, seg_pix[k], static_cast<T>(seg_w[k]));
+      }
+    });
+  }
   T* src = a.data();
   T* dst = b.data();
   for (int s = 0; s <= d; ++s) {
@@ -229,8 +247,9 @@ void lattice_filter_impl(const CpuLattice& L, int64_t Cr, bool transpose, std::v
   const int32_t* vid = L.vid.data();
   const float* bary = L.bary.data();
   at::parallel_for(0, N, 512, [&](int64_t pb, int64_t pe) {
-    std::vector<T> buf(C);
-    T* __restrict__ acc = buf.data();
+    T fixed[CC > 0 ? CC : 1];
+    std::vector<T> buf(CC > 0 ? 0 : C);
+    T* __restrict__ acc = CC > 0 ? fixed : buf.data();
     for (int64_t p = pb; p < pe; ++p) {
       for (int64_t ch = 0; ch < C; ++ch) acc[ch] = T(0);
       for (int r = 0; r < dp1; ++r) {
@@ -264,6 +283,7 @@ void lattice_filter(const CpuLattice& L, int64_t C, bool transpose, std::vector<
     case 2: return lattice_filter_impl<T, 2>(L, C, transpose, a, b, in, in_scale, out, out_scale, w, mode);
     case 3: return lattice_filter_impl<T, 3>(L, C, transpose, a, b, in, in_scale, out, out_scale, w, mode);
     case 4: return lattice_filter_impl<T, 4>(L, C, transpose, a, b, in, in_scale, out, out_scale, w, mode);
+    case 21: return lattice_filter_impl<T, 21>(L, C, transpose, a, b, in, in_scale, out, out_scale, w, mode);  // VOC
     default: return lattice_filter_impl<T, 0>(L, C, transpose, a, b, in, in_scale, out, out_scale, w, mode);
   }
 }

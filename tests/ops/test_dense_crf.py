@@ -141,6 +141,21 @@ def test_grey_equals_three_channels_and_batch_equals_single(device, compiled_ops
                                                          iterations=3))
 
 
+def test_one_thread_equals_several(compiled_ops):
+    """One thread scatters the splat in pixel order, several gather per vertex: same sums, same bits."""
+    unary, _, image, _ = _case("natural", 21, "soft", h=40, w=56)
+    u = torch.from_numpy(unary)[None]
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = dense_crf_unary(u, image, iterations=3, **IRNET)
+        torch.set_num_threads(2)
+        several = dense_crf_unary(u, image, iterations=3, **IRNET)
+    finally:
+        torch.set_num_threads(n)
+    assert torch.equal(one, several)
+
+
 def test_zero_iterations_is_the_softmax(device, compiled_ops):
     u = torch.rand(2, 3, 9, 11, device=device) * 4
     image = torch.randint(0, 256, (2, 3, 9, 11), dtype=torch.uint8, device=device)
