@@ -48,10 +48,12 @@ demo: build
 gpu-check:
 	bash benchmarks/gpu_check.sh
 
-# Pure-Python wheels the GPU machine lacks (it has no network): carried in .whl/.
+# Wheels the GPU machine lacks (it has no network), carried in .whl/: pure-Python ones, and
+# pydensecrf2 (the CRF oracle) built here for this Python in .whl/native/.
 gpu-wheels: venv
-	mkdir -p .whl
+	mkdir -p .whl/native
 	$(PIP) wheel -q --no-deps -w .whl grad-cam==1.5.7 ttach==0.0.3 segmentation-models-pytorch==0.6.0 pydicom==3.0.2 expecttest==0.3.0
+	$(PIP) wheel -q --no-deps -w .whl/native pydensecrf2==1.1
 
 clean:
 	rm -rf build wsss_fast/_C*.so wsss_fast/.build-stamp
