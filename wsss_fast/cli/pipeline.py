@@ -43,16 +43,6 @@ def clear_outputs(paths: RunPaths, steps: list[Step], log: Callable[[str], None]
                 t.unlink()
 
 
-def _read_timings(paths: RunPaths) -> dict:
-    f = paths.root / "timings.json"
-    if f.exists():
-        try:
-            return json.loads(f.read_text())
-        except json.JSONDecodeError:
-            pass
-    return {}
-
-
 def _write_timings(paths: RunPaths, timings: dict) -> None:
     timings = {k: v for k, v in timings.items() if k != "total"}
     timings["total"] = round(sum(v for v in timings.values() if isinstance(v, (int, float))), 2)
@@ -91,7 +81,9 @@ def run_pipeline(cfg: dict, paths: RunPaths, start: str | None = None,
                 "finished steps are kept (use --from STEP to redo them)")
     else:
         save_config(cfg, paths.config)
-    timings = _read_timings(paths)
+    from ..report import read_timings
+
+    timings = read_timings(paths)
     for k, step in enumerate(order):
         if paths.is_done(step.folder(paths)):
             log(f"[run] {step.name}: done, skipped")
