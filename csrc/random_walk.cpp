@@ -3,5 +3,5 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(wsss_fast, m) {
-  m.def("random_walk(Tensor x, Tensor edge, int radius, float beta, int steps) -> Tensor");
+  m.def("random_walk(Tensor x, Tensor edge, int radius, float beta, int steps, bool mask_edge=True) -> Tensor");
 }

@@ -163,8 +163,9 @@ def format_table(report: dict) -> str:
     th = report.get("thresholds") or {}
     if th:
         lines.append("")
-        lines.append("thresholds: " + ", ".join(f"{k} {v['value']:g}" for k, v in th.items()
-                                                if isinstance(v.get("value"), (int, float))))
+        lines.append("thresholds: " + ", ".join(
+            f"{k} {str(v['value']).lower()}" if isinstance(v.get("value"), bool) else f"{k} {v['value']:g}"
+            for k, v in th.items() if isinstance(v.get("value"), (int, float))))
     t = report.get("timings_s") or {}
     if t:
         lines.append("")
@@ -195,10 +196,10 @@ def run_thresholds(cfg: dict, paths: RunPaths, cam_thres: tuple[float, str]) -> 
         if k in ir:
             out[f"ir_label.{k}"] = {"value": ir[k]["value"], "source": ir[k]["source"]}
     walk = read_json(paths.sem_seg / "tune.json")
-    for k in ("steps", "bg_thres"):
+    for k in ("steps", "bg_thres", "edge_mask"):
         if get(cfg, f"sem_seg.{k}") != "val":
             out[f"sem_seg.{k}"] = {"value": get(cfg, f"sem_seg.{k}"), "source": f"sem_seg.{k}"}
-        elif walk is not None:
+        elif walk is not None and k in walk:
             out[f"sem_seg.{k}"] = {"value": walk[k], "source": walk["source"]}
     seg = read_json(paths.seg_pred / "threshold.json")
     if get(cfg, "seg.threshold") != "val":

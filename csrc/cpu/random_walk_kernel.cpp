@@ -336,14 +336,15 @@ void random_walk_impl(const at::Tensor& x0, const at::Tensor& e, at::Tensor& out
 }
 
 at::Tensor random_walk_cpu(const at::Tensor& x, const at::Tensor& edge, int64_t radius, double beta,
-                           int64_t steps) {
+                           int64_t steps, bool mask_edge) {
   check_random_walk_args(x, radius, beta, steps);
   WSSS_CHECK_SAME_DEVICE("random_walk", "x", x, "edge", edge);
   WSSS_CHECK_CPU("random_walk", "x", x);
   const at::Tensor e3 = random_walk_edge(x, edge);
   WSSS_CHECK_CPU_FLOAT("random_walk", "x", x);
   const at::Tensor e = e3.to(x.scalar_type()).contiguous();
-  const at::Tensor x0 = (x * (1 - e.unsqueeze(1))).contiguous();
+  // IRNet starts from x * (1 - edge); mask_edge false starts from x (a copy: the output never aliases x)
+  const at::Tensor x0 = mask_edge ? (x * (1 - e.unsqueeze(1))).contiguous() : x.clone(at::MemoryFormat::Contiguous);
   if (steps == 0 || x0.numel() == 0) return x0;
   at::Tensor out = at::empty_like(x0);
   const IrnetPaths P = make_irnet_paths(radius);

@@ -68,10 +68,11 @@ __global__ void rw_weights_kernel(const float* __restrict__ e, float* __restrict
   }
 }
 
-// x0 = x * (1 - e) into the interior of the zero-padded buffer [B, Cp, Hp, Wp].
+// x0 = x * (1 - e) (or x when mask is false) into the interior of the zero-padded buffer
+// [B, Cp, Hp, Wp].
 template <typename scalar_t>
 __global__ void rw_init_kernel(const scalar_t* __restrict__ x, const float* __restrict__ e,
-                               float* __restrict__ buf, RwGeom g) {
+                               float* __restrict__ buf, RwGeom g, bool mask) {
   const int64_t total = static_cast<int64_t>(g.B) * g.C * g.HW;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -80,7 +81,7 @@ __global__ void rw_init_kernel(const scalar_t* __restrict__ x, const float* __re
     const int64_t b = bc / g.C, c = bc % g.C;
     const int y = j / g.W, xx = j % g.W;
     buf[(b * g.Cp + c) * g.plane + static_cast<int64_t>(y + g.R) * g.Wp + xx + g.R] =
-        static_cast<float>(x[i]) * (1.0f - e[b * g.HW + j]);
+        mask ? static_cast<float>(x[i]) * (1.0f - e[b * g.HW + j]) : static_cast<float>(x[i]);
   }
 }
 
@@ -232,7 +233,7 @@ void launch_steps(const at::Tensor& wts, at::Tensor& buf0, at::Tensor& buf1, con
 }
 
 at::Tensor random_walk_cuda(const at::Tensor& x, const at::Tensor& edge, int64_t radius, double beta,
-                            int64_t steps) {
+                            int64_t steps, bool mask_edge) {
   const char* op = "random_walk";
   check_random_walk_args(x, radius, beta, steps);
   WSSS_CHECK_CUDA("random_walk", "x", x);
@@ -241,7 +242,9 @@ at::Tensor random_walk_cuda(const at::Tensor& x, const at::Tensor& edge, int64_t
   const at::Tensor e3 = random_walk_edge(x, edge);
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16,
               op, ": x must be float32, float16 or bfloat16 on CUDA, got ", x.scalar_type());
-  if (steps == 0 || x.numel() == 0) return (x * (1 - e3.to(x.scalar_type()).unsqueeze(1))).contiguous();
+  if (steps == 0 || x.numel() == 0)
+    return mask_edge ? (x * (1 - e3.to(x.scalar_type()).unsqueeze(1))).contiguous()
+                     : x.clone(at::MemoryFormat::Contiguous);
 
   const IrnetPaths P = make_irnet_paths(radius);
   RwGeom g{};
@@ -291,7 +294,8 @@ at::Tensor random_walk_cuda(const at::Tensor& x, const at::Tensor& edge, int64_t
   const int64_t n_x = xc.numel();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "random_walk_cuda_init", [&] {
     rw_init_kernel<scalar_t><<<blocks_for(n_x), kThreads, 0, stream>>>(xc.data_ptr<scalar_t>(),
-                                                                       e.data_ptr<float>(), buf0.data_ptr<float>(), g);
+                                                                       e.data_ptr<float>(), buf0.data_ptr<float>(), g,
+                                                                       mask_edge);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   if (CB == 4) {

@@ -18,6 +18,7 @@ from wsss_fast.irn.train import train_irn
 from wsss_fast.engine.files import load_cam_file, read_png, save_cam_file
 from wsss_fast.engine.paths import RunPaths
 from wsss_fast.irn.common import resize_image_uint8
+from wsss_fast.report import run_thresholds
 
 from .conftest import tiny_cfg
 
@@ -153,3 +154,35 @@ def test_walk_steps_and_bg_thres_chosen_on_val(fake_data, metric):
         np.testing.assert_array_equal(read_png(paths.sem_seg / f"{name}.png"), read_png(other.sem_seg / f"{name}.png"))
     assert all((paths.sem_seg / f"{name}.png").exists() for name in datasets["train"].image_ids)
     assert eval_sem_seg(cfg, paths, ["val"])["val"]["bg_thres"] == t
+
+
+def test_edge_mask_chosen_on_val(fake_data):
+    """``sem_seg.edge_mask: val`` walks from cam * (1 - boundary) and from the CAM; the choice is
+    the best cell over both grids, the labels are those of the choice, and the report lists it."""
+    paths, datasets = fake_data
+    cfg = tiny_cfg(irn={"epochs": 2}, sem_seg={"steps": "val", "bg_thres": "val", "edge_mask": "val",
+                                               "val_steps": [0, 4], "eval_thresholds": [0.3, 0.7],
+                                               "splits": ["val"]})
+    make_ir_label(tiny_cfg(), paths)
+    train_irn(cfg, paths)
+    make_sem_seg(cfg, paths)
+    tune = json.loads((paths.sem_seg / "tune.json").read_text())
+    cells = {(m, int(n), float(t)): r["miou_all"] for m, grid in tune["grids"].items()
+             for n, row in grid.items() for t, r in row.items()}
+    assert len(cells) == 8
+    assert any(cells[("true", n, t)] != cells[("false", n, t)] for n in (0, 4) for t in (0.3, 0.7))
+    best = max(cells, key=cells.get)
+    assert (str(tune["edge_mask"]).lower(), tune["steps"], tune["bg_thres"]) == best
+    assert tune["grid"] == tune["grids"][best[0]]
+    other = RunPaths(paths.root.parent / "check_mask")
+    shutil.copytree(paths.cam, other.cam)
+    shutil.copytree(paths.irn, other.irn)
+    num = tiny_cfg(sem_seg={"steps": best[1], "bg_thres": best[2], "edge_mask": best[0] == "true",
+                            "splits": ["val"]})
+    make_sem_seg(num, other)
+    for name in datasets["val"].image_ids:
+        np.testing.assert_array_equal(read_png(paths.sem_seg / f"{name}.png"), read_png(other.sem_seg / f"{name}.png"))
+    listed = run_thresholds(cfg, paths, (0.5, "test"))["sem_seg.edge_mask"]
+    assert listed["value"] is tune["edge_mask"] and listed["source"] == tune["source"]
+    assert run_thresholds(num, other, (0.5, "test"))["sem_seg.edge_mask"] == {"value": best[0] == "true",
+                                                                              "source": "sem_seg.edge_mask"}

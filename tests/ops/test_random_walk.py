@@ -32,6 +32,23 @@ def test_matches_dense_reference(device, compiled_ops, steps, beta):
     assert _rel_err(out, _dense64(x, edge, radius=5, beta=beta, steps=steps)) < 1e-4
 
 
+@pytest.mark.parametrize("steps", [0, 7])
+def test_without_the_edge_mask(device, compiled_ops, steps):
+    """mask_edge=False starts from x itself: the same transition, and 0 steps return a copy of x."""
+    torch.manual_seed(11 + steps)
+    x = torch.rand(2, 3, 10, 13, device=device)
+    edge = torch.rand(2, 10, 13, device=device) * 0.9
+    out = random_walk(x, edge, radius=5, beta=10.0, steps=steps, mask_edge=False)
+    expected = _dense64(x, edge, radius=5, beta=10.0, steps=steps, mask_edge=False)
+    assert _rel_err(out, expected) < 1e-4
+    # linear in x: the unmasked walk of x is the masked walk of x / (1 - edge)
+    masked = _dense64(x / (1 - edge[:, None]), edge, radius=5, beta=10.0, steps=steps)
+    assert _rel_err(out, masked) < 1e-4
+    assert _rel_err(out, _dense64(x, edge, radius=5, beta=10.0, steps=steps)) > 1e-2
+    if steps == 0:
+        assert torch.equal(out, x) and out.data_ptr() != x.data_ptr()
+
+
 @pytest.mark.parametrize("radius", [1, 2, 3, 10])
 def test_radii(device, compiled_ops, radius):
     torch.manual_seed(radius)
@@ -146,9 +163,10 @@ def test_cpu_vs_cuda(compiled_ops, shape):
     x = torch.rand(*shape)
     edge = torch.rand(shape[0], shape[2], shape[3])
     for steps in (1, 256):
-        cpu = random_walk(x, edge, steps=steps)
-        gpu = random_walk(x.cuda(), edge.cuda(), steps=steps).cpu()
-        assert _rel_err(gpu, cpu.double()) < 5e-5
+        for mask in (True, False):
+            cpu = random_walk(x, edge, steps=steps, mask_edge=mask)
+            gpu = random_walk(x.cuda(), edge.cuda(), steps=steps, mask_edge=mask).cpu()
+            assert _rel_err(gpu, cpu.double()) < 5e-5
 
 
 def test_opcheck(device, compiled_ops):
@@ -156,6 +174,8 @@ def test_opcheck(device, compiled_ops):
     edge = torch.rand(2, 6, 7, device=device)
     torch.library.opcheck(torch.ops.wsss_fast.random_walk, (x, edge, 3, 10.0, 4))
     torch.library.opcheck(torch.ops.wsss_fast.random_walk, (x, edge.unsqueeze(1), 5, 1.0, 0))
+    torch.library.opcheck(torch.ops.wsss_fast.random_walk, (x, edge, 3, 10.0, 4, False))
+    torch.library.opcheck(torch.ops.wsss_fast.random_walk, (x, edge, 3, 10.0, 0, False))
 
 
 def test_torch_compile(device, compiled_ops):
@@ -175,6 +195,8 @@ def test_errors(device):
         random_walk(x, edge, steps=-1)
     with pytest.raises(ValueError, match="beta"):
         random_walk(x, edge, beta=0.0)
+    with pytest.raises(ValueError, match="mask_edge"):
+        random_walk(x, edge, mask_edge=1)
     with pytest.raises(ValueError, match="edge must have shape"):
         random_walk(x, edge[:, :4])
     with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):

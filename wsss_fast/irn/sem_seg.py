@@ -8,6 +8,9 @@ by their maximum, and thresholded against a constant background score (0.25). Wi
 ``sem_seg.steps`` / ``bg_thres`` set to ``val`` the run chooses both on val first
 (:func:`walk_settings`: one boundary map per image, the walk for every candidate number of
 steps, every threshold scored with the masks), since IRNet's constants fit its VOC CAMs.
+``sem_seg.edge_mask``: the walk starts from ``cam * (1 - boundary)`` as IRNet's (``true``),
+from the CAM (``false``: thin objects whose whole width the boundary map covers keep their
+maps), or the better of the two on val (``val``).
 
 Batched: several images (of equal working size) per forward pass and ONE random-walk call
 per batch, each image with its own boundary map; CAMs with fewer classes are zero-padded
@@ -125,12 +128,12 @@ def _edges(model: EdgeDisplacement, x: torch.Tensor, scales: list[float]) -> tor
 
 @torch.no_grad()
 def _walk_soft(model: EdgeDisplacement, items: list[dict], cfg: dict, device: torch.device,
-               steps: list[int]) -> dict[int, list[torch.Tensor]]:
-    """Normalized walk maps of a batch for each number of steps (one boundary map for all).
+               steps: list[int], masks: tuple[bool, ...] = (True,)) -> dict[tuple[bool, int], list[torch.Tensor]]:
+    """Normalized walk maps of a batch for each edge mask and number of steps (one boundary map for all).
 
     Returns:
-        ``{steps: [fp16 CPU [K_b, H, W] per item]}``: the walked CAMs at the working
-        resolution, divided by their maximum (the stored ``rw/<id>.npy``).
+        ``{(mask_edge, steps): [fp16 CPU [K_b, H, W] per item]}``: the walked CAMs at the
+        working resolution, divided by their maximum (the stored ``rw/<id>.npy``).
     """
     x = torch.stack([it["image"] for it in items]).to(device)
     H, W = x.shape[-2:]
@@ -152,22 +155,23 @@ def _walk_soft(model: EdgeDisplacement, items: list[dict], cfg: dict, device: to
             if up > 1:
                 c = F.interpolate(c[None], size=(h, w), mode="bilinear", align_corners=False)[0]
             cams[b, : c.shape[0]] = c
-    out: dict[int, list[torch.Tensor]] = {}
-    for n in steps:
-        rw_up = None
-        if cams is not None:
-            rw = ops.random_walk(cams, edge, radius=int(get(cfg, "sem_seg.radius")),
-                                 beta=float(get(cfg, "sem_seg.beta")), steps=int(n))
-            rw_up = F.interpolate(rw.float(), size=(4 * h // up, 4 * w // up), mode="bilinear",
-                                  align_corners=False)[..., :H, :W]
-        softs = []
-        for b, it in enumerate(items):
-            k = int(it["cam"].shape[0])
-            soft = rw_up[b, :k] if k else torch.zeros((0, H, W), device=device)
-            if k:
-                soft = soft / soft.max().clamp_min(1e-5)
-            softs.append(soft.half().cpu())  # labels come from the stored fp16 maps: sweeps reproduce them
-        out[int(n)] = softs
+    out: dict[tuple[bool, int], list[torch.Tensor]] = {}
+    for mask in masks:
+        for n in steps:
+            rw_up = None
+            if cams is not None:
+                rw = ops.random_walk(cams, edge, radius=int(get(cfg, "sem_seg.radius")),
+                                     beta=float(get(cfg, "sem_seg.beta")), steps=int(n), mask_edge=bool(mask))
+                rw_up = F.interpolate(rw.float(), size=(4 * h // up, 4 * w // up), mode="bilinear",
+                                      align_corners=False)[..., :H, :W]
+            softs = []
+            for b, it in enumerate(items):
+                k = int(it["cam"].shape[0])
+                soft = rw_up[b, :k] if k else torch.zeros((0, H, W), device=device)
+                if k:
+                    soft = soft / soft.max().clamp_min(1e-5)
+                softs.append(soft.half().cpu())  # labels come from the stored fp16 maps: sweeps reproduce them
+            out[(bool(mask), int(n))] = softs
     return out
 
 
@@ -176,7 +180,8 @@ def _process_batch(model: EdgeDisplacement, items: list[dict], cfg: dict, paths:
                    device: torch.device) -> None:
     steps = int(get(cfg, "sem_seg.steps"))
     bg_thres = float(get(cfg, "sem_seg.bg_thres"))
-    for it, soft in zip(items, _walk_soft(model, items, cfg, device, [steps])[steps]):
+    mask = _edge_mask(get(cfg, "sem_seg.edge_mask"))
+    for it, soft in zip(items, _walk_soft(model, items, cfg, device, [steps], (mask,))[(mask, steps)]):
         png, npy = _outputs(paths, it["id"])
         write_npy(soft.numpy(), npy)
         write_png(labels_from_soft(soft.float(), it["keys"], bg_thres, it["orig_size"]), png)
@@ -232,27 +237,38 @@ def _plan(cfg: dict) -> list[str]:
     return ["cpu"] * max(1, int(n or 1))
 
 
-def _candidates(cfg: dict) -> tuple[list[int], list[float]]:
-    """The (steps, bg_thres) values make-sem-seg chooses from: a number is the only one."""
-    steps, thres = get(cfg, "sem_seg.steps"), get(cfg, "sem_seg.bg_thres")
+def _edge_mask(value) -> bool:
+    """``sem_seg.edge_mask`` as a bool (``val`` is resolved by :func:`walk_settings` first)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"sem_seg.edge_mask must be true, false or val, got {value!r}")
+    return value
+
+
+def _candidates(cfg: dict) -> tuple[list[int], list[float], list[bool]]:
+    """The (steps, bg_thres, edge_mask) values make-sem-seg chooses from: a set value is the only one."""
+    steps, thres, mask = get(cfg, "sem_seg.steps"), get(cfg, "sem_seg.bg_thres"), get(cfg, "sem_seg.edge_mask")
     steps = [int(s) for s in get(cfg, "sem_seg.val_steps")] if steps == "val" else [int(steps)]
     thres = [float(t) for t in get(cfg, "sem_seg.eval_thresholds")] if thres == "val" else [float(thres)]
-    return steps, thres
+    masks = [True, False] if mask == "val" else [_edge_mask(mask)]
+    return steps, thres, masks
 
 
 def tune_walk(cfg: dict, paths: RunPaths, device: str) -> dict:
-    """Choose the walk's steps and background threshold on val (``sem_seg.steps`` / ``bg_thres: val``).
+    """Choose the walk's settings on val (``sem_seg.steps`` / ``bg_thres`` / ``edge_mask: val``).
 
-    One boundary map per val image, the walk for every candidate number of steps
-    (``sem_seg.val_steps``), every threshold of ``sem_seg.eval_thresholds``, scored with the
-    ground truth by ``sem_seg.eval_metric`` (the first best in the order of the lists).
+    One boundary map per val image, the walk for every candidate edge mask and number of
+    steps (``sem_seg.val_steps``), every threshold of ``sem_seg.eval_thresholds``, scored with
+    the ground truth by ``sem_seg.eval_metric`` (the first best in the order of the lists,
+    the mask ``true`` first).
 
     Returns:
-        ``{"steps", "bg_thres", "metric", "score", "grid": {steps: {thres: {miou_all, miou_pos, dice}}}}``.
+        ``{"steps", "bg_thres", "edge_mask", "metric", "score", "grid": {steps: {thres:
+        {miou_all, miou_pos, dice}}}}``: ``grid`` for the chosen mask; with both masks tried,
+        ``"grids": {"true": grid, "false": grid}`` as well.
     """
     from ..metrics import SegEvaluator
 
-    steps_list, thres_list = _candidates(cfg)
+    steps_list, thres_list, masks = _candidates(cfg)
     metric = str(get(cfg, "sem_seg.eval_metric"))
     if metric not in ("miou_all", "miou_pos", "dice"):
         raise ValueError(f"sem_seg.eval_metric must be miou_all | miou_pos | dice, got {metric!r}")
@@ -262,50 +278,57 @@ def tune_walk(cfg: dict, paths: RunPaths, device: str) -> dict:
         raise FileNotFoundError(f"make-sem-seg: choosing sem_seg.steps / bg_thres on val needs the val CAMs; "
                                 f"{paths.cam_file(str(missing[0]))} is missing (add val to cam.splits or give numbers)")
     n_cls = int(base.num_classes) + 1
-    evals = {(n, t): SegEvaluator(n_cls) for n in steps_list for t in thres_list}
+    evals = {(m, n, t): SegEvaluator(n_cls) for m in masks for n in steps_list for t in thres_list}
     dev = torch.device(device)
     model = EdgeDisplacement(load_irnet(paths.irn / "final.pt", map_location="cpu").to(dev).eval())
     loader = DataLoader(_InferDataset(base, paths, list(range(len(base.image_ids)))),
                         batch_size=max(1, int(get(cfg, "sem_seg.batch_size"))), shuffle=False,
                         num_workers=0, collate_fn=_collate)
-    for items in tqdm(loader, desc="sem-seg: choose steps / bg_thres on val", unit="batch"):
+    for items in tqdm(loader, desc="sem-seg: choose the walk on val", unit="batch"):
         for group in {tuple(it["image"].shape[-2:]): None for it in items}:
             same = [it for it in items if tuple(it["image"].shape[-2:]) == group]
-            softs = _walk_soft(model, same, cfg, dev, steps_list)
+            softs = _walk_soft(model, same, cfg, dev, steps_list, tuple(masks))
             for j, it in enumerate(same):
                 gt = base.load_mask(it["index"])
                 if gt is None:
-                    raise ValueError(f"make-sem-seg: val image {it['id']} has no mask; give sem_seg.steps "
-                                     "and bg_thres as numbers")
+                    raise ValueError(f"make-sem-seg: val image {it['id']} has no mask; give sem_seg.steps, "
+                                     "bg_thres and edge_mask as values")
                 positive = bool(np.asarray(base.labels[it["index"]]).any())
-                for n in steps_list:
-                    soft = softs[n][j].float()
-                    for t in thres_list:
-                        evals[(n, t)].add(labels_from_soft(soft, it["keys"], t, tuple(gt.shape)), gt, positive)
-    grid: dict = {}
+                for m in masks:
+                    for n in steps_list:
+                        soft = softs[(m, n)][j].float()
+                        for t in thres_list:
+                            evals[(m, n, t)].add(labels_from_soft(soft, it["keys"], t, tuple(gt.shape)), gt,
+                                                 positive)
+    grids: dict = {}
     best = None
-    for (n, t), ev in evals.items():
+    for (m, n, t), ev in evals.items():
         r = {k: v for k, v in ev.result().items() if k in ("miou_all", "miou_pos", "dice")}
-        grid.setdefault(str(n), {})[f"{t:g}"] = r
+        grids.setdefault(str(m).lower(), {}).setdefault(str(n), {})[f"{t:g}"] = r
         score = float(np.nan_to_num(r[metric], nan=-1.0))
         if best is None or score > best[0]:
-            best = (score, n, t)
-    return {"steps": best[1], "bg_thres": best[2], "metric": metric, "score": best[0], "grid": grid}
+            best = (score, m, n, t)
+    res = {"steps": best[2], "bg_thres": best[3], "edge_mask": best[1], "metric": metric, "score": best[0],
+           "grid": grids[str(best[1]).lower()]}
+    if len(masks) > 1:
+        res["grids"] = grids
+    return res
 
 
 def walk_settings(cfg: dict, paths: RunPaths, device: str | None = None) -> dict:
-    """``sem_seg.steps`` and ``bg_thres`` as numbers, chosen on val when the config says ``val``.
+    """``sem_seg.steps``, ``bg_thres`` and ``edge_mask`` as values, chosen on val where the config says ``val``.
 
     The choice is stored in ``paths.sem_seg/tune.json`` and reused while the candidates are
     the same. ``device``: where to tune (default: the first of the run's devices).
 
     Returns:
-        ``{"steps": int, "bg_thres": float, "source": str, ...}``.
+        ``{"steps": int, "bg_thres": float, "edge_mask": bool, "source": str, ...}``.
     """
-    steps, thres = get(cfg, "sem_seg.steps"), get(cfg, "sem_seg.bg_thres")
-    if "val" not in (steps, thres):
-        return {"steps": int(steps), "bg_thres": float(thres), "source": "sem_seg.steps, sem_seg.bg_thres"}
-    cand = dict(zip(("steps", "bg_thres"), _candidates(cfg)), metric=str(get(cfg, "sem_seg.eval_metric")))
+    steps, thres, mask = get(cfg, "sem_seg.steps"), get(cfg, "sem_seg.bg_thres"), get(cfg, "sem_seg.edge_mask")
+    if "val" not in (steps, thres, mask):
+        return {"steps": int(steps), "bg_thres": float(thres), "edge_mask": _edge_mask(mask),
+                "source": "sem_seg.steps, sem_seg.bg_thres, sem_seg.edge_mask"}
+    cand = dict(zip(("steps", "bg_thres", "edge_mask"), _candidates(cfg)), metric=str(get(cfg, "sem_seg.eval_metric")))
     f = paths.sem_seg / "tune.json"
     old = read_json(f)
     if old is not None and old.get("candidates") == cand:
@@ -315,8 +338,8 @@ def walk_settings(cfg: dict, paths: RunPaths, device: str | None = None) -> dict
            "source": f"best of the candidates on val by sem_seg.eval_metric ({res['metric']})"}
     paths.sem_seg.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes((json.dumps(res, indent=2) + "\n").encode(), f)
-    print(f"make-sem-seg: walk of {res['steps']} steps, bg_thres {res['bg_thres']:g} (val {res['metric']} "
-          f"{res['score']:.4f})")
+    print(f"make-sem-seg: walk of {res['steps']} steps, bg_thres {res['bg_thres']:g}, edge mask "
+          f"{str(res['edge_mask']).lower()} (val {res['metric']} {res['score']:.4f})")
     return res
 
 
@@ -345,7 +368,8 @@ def make_sem_seg(cfg: dict, paths: RunPaths, splits: list[str] | None = None) ->
     devices = _plan(cfg)
     rank, world, _ = env_rank_world()
     chosen = walk_settings(cfg, paths, str(rank_device(cfg)) if world > 1 else devices[0])
-    cfg = {**cfg, "sem_seg": {**get(cfg, "sem_seg"), "steps": chosen["steps"], "bg_thres": chosen["bg_thres"]}}
+    cfg = {**cfg, "sem_seg": {**get(cfg, "sem_seg"), "steps": chosen["steps"], "bg_thres": chosen["bg_thres"],
+                              "edge_mask": chosen["edge_mask"]}}
     all_done = True
     for split in as_list(splits if splits is not None else get(cfg, "sem_seg.splits")):
         base = common.build_split(cfg, split, paths, train=False)

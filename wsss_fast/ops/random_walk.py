@@ -45,7 +45,8 @@ def _check(x: torch.Tensor, edge: torch.Tensor, radius: int, beta: float, steps:
 
 
 def random_walk(
-    x: torch.Tensor, edge: torch.Tensor, *, radius: int = 5, beta: float = 10.0, steps: int = 256
+    x: torch.Tensor, edge: torch.Tensor, *, radius: int = 5, beta: float = 10.0, steps: int = 256,
+    mask_edge: bool = True,
 ) -> torch.Tensor:
     """Propagate maps with IRNet's boundary-aware random walk.
 
@@ -62,21 +63,26 @@ def random_walk(
         radius: search radius r >= 1 (IRNet: 5).
         beta: exponent of the affinities, > 0 (IRNet: 10).
         steps: number of walk steps t >= 0 (IRNet: 2^8 = 256); 0 returns x * (1 - edge).
+        mask_edge: start from ``x * (1 - edge)`` (IRNet) or, when False, from ``x``: the same
+            transition, without removing the maps from the boundary pixels first (thin
+            objects whose whole width the boundary map covers keep their maps).
 
     Returns:
         Tensor with x's shape and dtype.
 
     Raises:
         TypeError: x or edge is not a floating-point tensor.
-        ValueError: bad radius, beta or steps, mismatched shapes or devices.
+        ValueError: bad radius, beta, steps or mask_edge, mismatched shapes or devices.
     """
     radius = _check(x, edge, radius, beta, steps)
+    if not isinstance(mask_edge, bool):
+        raise ValueError(f"random_walk: mask_edge must be a bool, got {mask_edge!r}")
     if not _utils.use_kernel("random_walk", _HAS_OP):
-        return _ref.random_walk_sparse(x, edge, radius=radius, beta=beta, steps=steps)
-    return torch.ops.wsss_fast.random_walk(x, edge, radius, float(beta), steps)
+        return _ref.random_walk_sparse(x, edge, radius=radius, beta=beta, steps=steps, mask_edge=mask_edge)
+    return torch.ops.wsss_fast.random_walk(x, edge, radius, float(beta), steps, mask_edge)
 
 
-def _fake(x, edge, radius, beta, steps):
+def _fake(x, edge, radius, beta, steps, mask_edge=True):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 

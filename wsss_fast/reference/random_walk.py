@@ -62,7 +62,8 @@ def _dense_transition(edge_hw: torch.Tensor, radius: int, beta: float) -> torch.
 
 
 def random_walk(
-    x: torch.Tensor, edge: torch.Tensor, *, radius: int = 5, beta: float = 10.0, steps: int = 256
+    x: torch.Tensor, edge: torch.Tensor, *, radius: int = 5, beta: float = 10.0, steps: int = 256,
+    mask_edge: bool = True,
 ) -> torch.Tensor:
     """Dense IRNet-literal random walk: ``x_t = (x * (1 - edge)) @ T^t`` per image.
 
@@ -76,13 +77,14 @@ def random_walk(
         radius: search radius r >= 1.
         beta: exponent of the affinities (> 0).
         steps: number of walk steps t >= 0.
+        mask_edge: start from ``x * (1 - edge)`` (IRNet) or, when False, from ``x``.
 
     Returns:
         Tensor with x's shape and dtype.
     """
     e = as_bhw(edge)
     b, c, h, w = x.shape
-    x0 = x * (1 - e[:, None].to(x.dtype))
+    x0 = x * (1 - e[:, None].to(x.dtype)) if mask_edge else x.clone()
     if steps == 0 or x.numel() == 0:
         return x0
     out = []
@@ -124,7 +126,8 @@ def _stencil_weights(e: torch.Tensor, radius: int, beta: float) -> tuple[torch.T
 
 
 def random_walk_sparse(
-    x: torch.Tensor, edge: torch.Tensor, *, radius: int = 5, beta: float = 10.0, steps: int = 256
+    x: torch.Tensor, edge: torch.Tensor, *, radius: int = 5, beta: float = 10.0, steps: int = 256,
+    mask_edge: bool = True,
 ) -> torch.Tensor:
     """The same walk as :func:`random_walk`, as a pure-PyTorch sparse stencil.
 
@@ -135,7 +138,7 @@ def random_walk_sparse(
     """
     e = as_bhw(edge)
     b, c, h, w = x.shape
-    x0 = x * (1 - e[:, None].to(x.dtype))
+    x0 = x * (1 - e[:, None].to(x.dtype)) if mask_edge else x.clone()
     if steps == 0 or x.numel() == 0:
         return x0
     weights, stencil = _stencil_weights(e.to(x.dtype), radius, float(beta))
