@@ -50,6 +50,10 @@ def test_ir_bg_threshold_from_the_cam_sweep(tmp_path):
     cfg = tiny_cfg(ir_label={"conf_fg_thres": 0.42, "conf_bg_thres": 0.1})  # numbers pass through
     assert {k: v["value"] for k, v in ir_thresholds(cfg, paths).items()} == {"conf_fg_thres": 0.42,
                                                                             "conf_bg_thres": 0.1}
+    # the report's CAM threshold given as a number does not stop the choice (it uses val's sweep)
+    forced = tiny_cfg(evaluate={"cam_bg_thres": 0.3},
+                      ir_label={"conf_fg_thres": 0.62, "conf_bg_thres": "val", "bg_recall": 0.95})
+    assert ir_thresholds(forced, paths)["conf_bg_thres"]["value"] == 0.5
     # no sweep on val: a clear error
     (paths.cam / "eval.json").unlink()
     with pytest.raises(ValueError, match="sweep on val"):

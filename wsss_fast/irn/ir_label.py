@@ -30,7 +30,7 @@ import torch
 from scipy import ndimage
 from tqdm import tqdm
 
-from ..cam.make import cam_threshold, val_sweep
+from ..cam.make import val_sweep
 from ..config import get
 from ..engine.files import atomic_write_bytes
 from ..engine.dist import resolve_device
@@ -235,9 +235,8 @@ def ir_thresholds(cfg: dict, paths: RunPaths) -> dict:
            "conf_bg_thres": {"value": bg, "source": "ir_label.conf_bg_thres"}}
     if "val" not in (fg, bg):
         return {k: {**v, "value": float(v["value"])} for k, v in out.items()}
-    sweep = val_sweep(cfg, paths)
-    t, source = cam_threshold(cfg, paths, run_sweep=False)
-    if sweep is None or not source.startswith("eval-cam"):
+    sweep = val_sweep(cfg, paths)  # the choice needs val's sweep, not the report's CAM threshold
+    if sweep is None:
         raise ValueError("ir_label thresholds 'val' need the CAM threshold sweep on val (cam/eval.json): "
                          "make CAMs for val (cam.splits) with ground-truth masks, or give numbers")
     if fg == "val":
