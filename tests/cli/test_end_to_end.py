@@ -79,7 +79,8 @@ def test_tiny_end_to_end(tmp_path):
     # every threshold was chosen on val inside the run, and the report says so
     th = report["thresholds"]
     assert set(th) == {"cam.bg_thres", "ir_label.conf_fg_thres", "ir_label.conf_bg_thres", "sem_seg.steps",
-                       "sem_seg.bg_thres", "seg.threshold"}
+                       "sem_seg.bg_thres", "sem_seg.edge_mask", "seg.threshold"}
+    assert th.pop("sem_seg.edge_mask") == {"value": True, "source": "sem_seg.edge_mask"}  # IRNet's, configured
     assert th["cam.bg_thres"]["value"] == best["threshold"]
     assert th["ir_label.conf_bg_thres"]["value"] < th["ir_label.conf_fg_thres"]["value"]
     ir = json.loads((paths.ir_label / "thresholds.json").read_text())["conf_fg_thres"]
