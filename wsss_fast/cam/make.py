@@ -114,9 +114,10 @@ def make_cam(cfg: dict, paths: RunPaths) -> None:
     workers = int(get(cfg, "num_workers"))
     paths.cam.mkdir(parents=True, exist_ok=True)
 
-    all_done = True
+    every_id: list[str] = []
     for split in list(get(cfg, "cam.splits")):
         ds = _eval_copy(build_dataset(cfg, split, paths, train=False))
+        every_id += [str(k) for k in ds.image_ids]
         mine = [i for i in range(len(ds)) if i % num_shards == shard]
         todo = [i for i in mine if not paths.cam_file(ds.image_ids[i]).exists()]
         desc = f"make-cam {split}" + (f" [shard {shard}/{num_shards}]" if num_shards > 1 else "")
@@ -134,8 +135,10 @@ def make_cam(cfg: dict, paths: RunPaths) -> None:
                     save_cam_file(paths.cam_file(it["image_id"]), d["keys"], d["cam"], d["high_res"], **extra)
             bar.update(len(items))
         bar.close()
-        all_done &= all(paths.cam_file(k).exists() for k in ds.image_ids)
-    if all_done:
+    # checked once this process's share of every split is written: of several torchrun ranks, the
+    # last to get here sees every file (a check per split could miss, for each rank, a split
+    # another rank had not finished, and then no rank would mark the step done)
+    if all(paths.cam_file(k).exists() for k in every_id):
         paths.mark_done(paths.cam)
 
 

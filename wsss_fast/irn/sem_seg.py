@@ -370,10 +370,11 @@ def make_sem_seg(cfg: dict, paths: RunPaths, splits: list[str] | None = None) ->
     chosen = walk_settings(cfg, paths, str(rank_device(cfg)) if world > 1 else devices[0])
     cfg = {**cfg, "sem_seg": {**get(cfg, "sem_seg"), "steps": chosen["steps"], "bg_thres": chosen["bg_thres"],
                               "edge_mask": chosen["edge_mask"]}}
-    all_done = True
+    every_id: list[str] = []
     for split in as_list(splits if splits is not None else get(cfg, "sem_seg.splits")):
         base = common.build_split(cfg, split, paths, train=False)
         ids = [str(i) for i in base.image_ids]
+        every_id += ids
         missing = [i for i in ids if not paths.cam_file(i).exists()]
         if missing:
             raise FileNotFoundError(
@@ -384,7 +385,6 @@ def make_sem_seg(cfg: dict, paths: RunPaths, splits: list[str] | None = None) ->
             mine = [i for i in todo if i % world == rank]  # by image index: stable across restarts
             if mine:
                 run_shard(cfg, str(paths.root), split, mine, str(rank_device(cfg)), show_progress=rank == 0)
-            all_done &= all(_done(paths, image_id) for image_id in ids)
             continue
         if not todo:
             continue
@@ -397,7 +397,9 @@ def make_sem_seg(cfg: dict, paths: RunPaths, splits: list[str] | None = None) ->
         torch.multiprocessing.start_processes(_shard_main, args=(cfg, str(paths.root), split, shards, devices[:n],
                                                                  threads), nprocs=n, join=True,
                                               start_method="spawn")
-    if all_done:
+    # checked once this process's share of every split is written (as make-cam: under torchrun the
+    # last rank to get here sees every file)
+    if all(_done(paths, image_id) for image_id in every_id):
         paths.mark_done(paths.sem_seg)
 
 
