@@ -5,7 +5,7 @@
 // ids are pydensecrf's), the blur neighbours of every vertex are looked up (in parallel), and
 // the points of every vertex are listed in point order (CSR), so that a parallel splat is a
 // gather whose sums run in pydensecrf's order (one thread scatters in pixel order instead).
-// filter(): splat (gather) -> blur along the d + 1 axes (0..d, or d..0 for the transpose)
+// filter(): splat (gather, or scatter on one thread) -> blur along the d + 1 axes (0..d, or d..0 for the transpose)
 // -> slice times alpha, every step parallel over vertices or pixels.
 #pragma once
 

@@ -7,9 +7,8 @@ crash leaves either the whole file or none under its name.
 
 from __future__ import annotations
 
-import json
-
 import io
+import json
 import os
 import tempfile
 from pathlib import Path
