@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from wsss_fast.irn.sem_seg import eval_sem_seg
 from wsss_fast.metrics import SegEvaluator
 from wsss_fast.steps import PIPELINE
 
+ROOT = Path(__file__).resolve().parents[2]
 NAMES = ["background", "disc", "box", "star", "ring"]
 TINY = {
     "device": "cpu",
@@ -109,3 +112,13 @@ def test_tiny_end_to_end_multiclass(tmp_path):
             ours, theirs = report["splits"][split]["seg"]["iou_all"][c], result["iou_all"][c]
             assert (ours is None and np.isnan(theirs)) or ours == pytest.approx(theirs, rel=1e-12), c
     assert len(list(paths.figures.glob("test_*.png"))) == 2
+
+    # benchmarks/seg_with_labels.py: its plain argmax is the report's segmentation row
+    spec = importlib.util.spec_from_file_location("seg_with_labels", ROOT / "benchmarks" / "seg_with_labels.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    scored = script.score(out)
+    for split in ("val", "test"):
+        for key, row in (("seg", "seg"), ("irnet", "irnet")):
+            assert scored[split][key] == round(report["splits"][split][row]["miou_all"] * 100, 2), (split, key)
+        assert 0.0 <= scored[split]["seg_given_labels"] <= 100.0
