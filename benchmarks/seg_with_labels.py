@@ -29,7 +29,7 @@ from wsss_fast.config import get, load_config  # noqa: E402
 from wsss_fast.data import build_dataset  # noqa: E402
 from wsss_fast.engine.paths import RunPaths  # noqa: E402
 from wsss_fast.metrics import SegEvaluator  # noqa: E402
-from wsss_fast.seg.infer import _loader, _predictions, load_seg_model  # noqa: E402
+from wsss_fast.seg.infer import _loader, _predictions, load_seg_model, probs_to_label  # noqa: E402
 
 
 @torch.no_grad()
@@ -49,10 +49,11 @@ def score(run: str | Path, splits: tuple[str, ...] = ("val", "test")) -> dict:
         loader = _loader(cfg, base, list(range(len(base.image_ids))))
         for idx, probs in _predictions(model, loader, device, bool(get(cfg, "seg.tta_flip")), False):
             gt = base.load_mask(idx)
-            positive = bool(np.asarray(base.labels[idx]).any())
-            plain.add(probs.argmax(0).numpy().astype(np.uint8), gt, positive)
-            keep = torch.tensor([True] + np.asarray(base.labels[idx]).astype(bool).tolist())
-            given.add(probs.masked_fill(~keep[:, None, None], -1.0).argmax(0).numpy().astype(np.uint8), gt, positive)
+            labels = np.asarray(base.labels[idx]).astype(bool)
+            positive = bool(labels.any())
+            plain.add(probs_to_label(probs).numpy(), gt, positive)
+            keep = torch.tensor([True] + labels.tolist())  # background and the labelled classes
+            given.add(probs_to_label(probs.masked_fill(~keep[:, None, None], -1.0)).numpy(), gt, positive)
         out[split] = {"seg": round(plain.result()["miou_all"] * 100, 2),
                       "seg_given_labels": round(given.result()["miou_all"] * 100, 2),
                       "irnet": round(report[split]["irnet"]["miou_all"] * 100, 2)}
@@ -63,7 +64,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", help="finished multi-class run directories (report.json, seg/final.pt)")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     print("| run | split | segmentation | segmentation given the labels | IRNet |")
     print("|---|---|---|---|---|")
     for run in args.runs:
