@@ -25,17 +25,7 @@ elapsed() { echo $(( $(date +%s) - start )); }
 stamp() { echo "=== [$(elapsed)s] $*"; }
 export PYTHONUNBUFFERED=1
 
-if ls .whl/*.whl >/dev/null 2>&1; then
-  stamp "installing carried wheels"
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-# pydensecrf2 is compiled: its wheel fits only the Python it was built for (the oracle tests skip
-# without it)
-if ls .whl/native/*.whl >/dev/null 2>&1; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/native/*.whl \
-    || echo "the carried pydensecrf2 wheel does not fit $("$PY" -V): pydensecrf comparisons skip"
-fi
+. benchmarks/carried_wheels.sh  # .whl/ (make gpu-wheels) -> /tmp/site
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader || true
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
 
