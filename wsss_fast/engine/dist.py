@@ -9,6 +9,8 @@ normally, everything degrades to one process and the collective helpers are no-o
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,3 +114,30 @@ def init_distributed(cfg: dict) -> DistContext:
             dist.init_process_group(backend=backend, rank=rank, world_size=world)
             ctx.owns_group = True
     return ctx
+
+
+@contextmanager
+def object_group() -> Iterator[DistContext | None]:
+    """Under ``torchrun`` (``WORLD_SIZE > 1`` and ``MASTER_ADDR`` set), a gloo process group
+    for exchanging Python objects between the ranks of a step that otherwise works without one
+    (make-sem-seg); ``None`` elsewhere. Joined and left here unless a group already exists
+    (which is then used as it is).
+
+    Example:
+        >>> with object_group() as ctx:
+        ...     parts = ctx.all_gather_object(part) if ctx else [part]
+    """
+    rank, world, local = env_rank_world()
+    if world <= 1 or "MASTER_ADDR" not in os.environ:
+        yield None
+        return
+    ctx = DistContext(rank=rank, world_size=world, local_rank=local)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo", rank=rank, world_size=world)
+        ctx.owns_group = True
+    else:
+        ctx.rank, ctx.world_size = dist.get_rank(), dist.get_world_size()
+    try:
+        yield ctx
+    finally:
+        ctx.close()

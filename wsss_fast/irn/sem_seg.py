@@ -39,7 +39,7 @@ from .. import ops
 from ..config import get
 from ..engine.paths import RunPaths
 from ..engine.files import atomic_write_bytes, load_cam_file, read_json
-from ..engine.dist import resolve_device
+from ..engine.dist import env_rank_world, resolve_device
 from . import common
 from ..engine.files import read_png, write_npy, write_png
 from .common import as_list
@@ -259,14 +259,16 @@ def tune_walk(cfg: dict, paths: RunPaths, device: str) -> dict:
     One boundary map per val image, the walk for every candidate edge mask and number of
     steps (``sem_seg.val_steps``), every threshold of ``sem_seg.eval_thresholds``, scored with
     the ground truth by ``sem_seg.eval_metric`` (the first best in the order of the lists,
-    the mask ``true`` first).
+    the mask ``true`` first). Under ``torchrun`` each rank walks its share of the val images
+    (``i % WORLD_SIZE == RANK``) and the ranks pool their counts (:func:`object_group`), so
+    every rank makes the same choice.
 
     Returns:
         ``{"steps", "bg_thres", "edge_mask", "metric", "score", "grid": {steps: {thres:
         {miou_all, miou_pos, dice}}}}``: ``grid`` for the chosen mask; with both masks tried,
         ``"grids": {"true": grid, "false": grid}`` as well.
     """
-    from ..metrics import SegEvaluator
+    from ..engine.dist import object_group
 
     steps_list, thres_list, masks = _candidates(cfg)
     metric = str(get(cfg, "sem_seg.eval_metric"))
@@ -275,16 +277,49 @@ def tune_walk(cfg: dict, paths: RunPaths, device: str) -> dict:
     base = common.build_split(cfg, "val", paths, train=False)
     missing = [i for i in base.image_ids if not paths.cam_file(str(i)).exists()]
     if missing:
-        raise FileNotFoundError(f"make-sem-seg: choosing sem_seg.steps / bg_thres on val needs the val CAMs; "
-                                f"{paths.cam_file(str(missing[0]))} is missing (add val to cam.splits or give numbers)")
+        raise FileNotFoundError(f"make-sem-seg: choosing sem_seg.steps / bg_thres / edge_mask on val needs the "
+                                f"val CAMs; {paths.cam_file(str(missing[0]))} is missing (add val to cam.splits "
+                                "or give all three as values)")
+    with object_group() as ctx:
+        share = list(range(len(base.image_ids)))[ctx.rank::ctx.world_size] if ctx else None
+        evals = _val_counts(cfg, paths, device, base, share, steps_list, thres_list, masks,
+                            show_progress=ctx is None or ctx.is_main)
+        if ctx:  # pooled in rank order: every rank merges the same parts the same way
+            parts = ctx.all_gather_object(evals)
+            evals = {k: parts[0][k] for k in evals}
+            for part in parts[1:]:
+                for k in evals:
+                    evals[k].merge(part[k])
+    grids: dict = {}
+    best = None
+    for (m, n, t), ev in evals.items():
+        r = {k: v for k, v in ev.result().items() if k in ("miou_all", "miou_pos", "dice")}
+        grids.setdefault(str(m).lower(), {}).setdefault(str(n), {})[f"{t:g}"] = r
+        score = float(np.nan_to_num(r[metric], nan=-1.0))
+        if best is None or score > best[0]:
+            best = (score, m, n, t)
+    res = {"steps": best[2], "bg_thres": best[3], "edge_mask": best[1], "metric": metric, "score": best[0],
+           "grid": grids[str(best[1]).lower()]}
+    if len(masks) > 1:
+        res["grids"] = grids
+    return res
+
+
+def _val_counts(cfg: dict, paths: RunPaths, device: str, base, indices: list[int] | None,
+                steps_list: list[int], thres_list: list[float], masks: list[bool],
+                show_progress: bool = True) -> dict:
+    """``{(edge_mask, steps, bg_thres): SegEvaluator}`` over the val images ``indices`` (all: None)."""
+    from ..metrics import SegEvaluator
+
     n_cls = int(base.num_classes) + 1
     evals = {(m, n, t): SegEvaluator(n_cls) for m in masks for n in steps_list for t in thres_list}
     dev = torch.device(device)
     model = EdgeDisplacement(load_irnet(paths.irn / "final.pt", map_location="cpu").to(dev).eval())
-    loader = DataLoader(_InferDataset(base, paths, list(range(len(base.image_ids)))),
+    indices = list(range(len(base.image_ids))) if indices is None else indices
+    loader = DataLoader(_InferDataset(base, paths, indices),
                         batch_size=max(1, int(get(cfg, "sem_seg.batch_size"))), shuffle=False,
                         num_workers=0, collate_fn=_collate)
-    for items in tqdm(loader, desc="sem-seg: choose the walk on val", unit="batch"):
+    for items in tqdm(loader, desc="sem-seg: choose the walk on val", unit="batch", disable=not show_progress):
         for group in {tuple(it["image"].shape[-2:]): None for it in items}:
             same = [it for it in items if tuple(it["image"].shape[-2:]) == group]
             softs = _walk_soft(model, same, cfg, dev, steps_list, tuple(masks))
@@ -300,19 +335,7 @@ def tune_walk(cfg: dict, paths: RunPaths, device: str) -> dict:
                         for t in thres_list:
                             evals[(m, n, t)].add(labels_from_soft(soft, it["keys"], t, tuple(gt.shape)), gt,
                                                  positive)
-    grids: dict = {}
-    best = None
-    for (m, n, t), ev in evals.items():
-        r = {k: v for k, v in ev.result().items() if k in ("miou_all", "miou_pos", "dice")}
-        grids.setdefault(str(m).lower(), {}).setdefault(str(n), {})[f"{t:g}"] = r
-        score = float(np.nan_to_num(r[metric], nan=-1.0))
-        if best is None or score > best[0]:
-            best = (score, m, n, t)
-    res = {"steps": best[2], "bg_thres": best[3], "edge_mask": best[1], "metric": metric, "score": best[0],
-           "grid": grids[str(best[1]).lower()]}
-    if len(masks) > 1:
-        res["grids"] = grids
-    return res
+    return evals
 
 
 def walk_settings(cfg: dict, paths: RunPaths, device: str | None = None) -> dict:
@@ -337,9 +360,10 @@ def walk_settings(cfg: dict, paths: RunPaths, device: str | None = None) -> dict
     res = {**res, "candidates": cand,
            "source": f"best of the candidates on val by sem_seg.eval_metric ({res['metric']})"}
     paths.sem_seg.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes((json.dumps(res, indent=2) + "\n").encode(), f)
-    print(f"make-sem-seg: walk of {res['steps']} steps, bg_thres {res['bg_thres']:g}, edge mask "
-          f"{str(res['edge_mask']).lower()} (val {res['metric']} {res['score']:.4f})")
+    atomic_write_bytes((json.dumps(res, indent=2) + "\n").encode(), f)  # the same bytes from every rank
+    if env_rank_world()[0] == 0:
+        print(f"make-sem-seg: walk of {res['steps']} steps, bg_thres {res['bg_thres']:g}, edge mask "
+              f"{str(res['edge_mask']).lower()} (val {res['metric']} {res['score']:.4f})")
     return res
 
 
@@ -349,7 +373,8 @@ def make_sem_seg(cfg: dict, paths: RunPaths, splits: list[str] | None = None) ->
     One command uses every visible GPU by itself (one spawned process per device,
     ``sem_seg.processes``). Under torchrun (``WORLD_SIZE > 1``) each process instead labels
     its share of the images (``RANK``) on its ``rank_device`` (``cuda:LOCAL_RANK`` unless the
-    config names a GPU), as make-cam does, and the last one to finish marks the step done.
+    config names a GPU), as make-cam does, and the last one to finish marks the step done;
+    the walk's settings chosen on val are pooled over the ranks first (:func:`tune_walk`).
 
     Args:
         cfg: run configuration (``sem_seg`` section: radius, beta, steps, bg_thres (numbers,
@@ -358,7 +383,7 @@ def make_sem_seg(cfg: dict, paths: RunPaths, splits: list[str] | None = None) ->
             ``paths.rw`` and marks ``paths.sem_seg`` done.
         splits: overrides ``sem_seg.splits``.
     """
-    from ..engine.dist import env_rank_world, rank_device
+    from ..engine.dist import rank_device
 
     ckpt = paths.irn / "final.pt"
     if not ckpt.exists():

@@ -156,6 +156,22 @@ class SegEvaluator:
         self.n_images += 1
         self.dices.append(dice_per_image(_np(pred), g))
 
+    def merge(self, other: "SegEvaluator") -> "SegEvaluator":
+        """Add the images another evaluator (of the same classes) has counted, e.g. another rank's.
+
+        Returns:
+            ``self``.
+        """
+        if (other.num_classes, other.ignore_index) != (self.num_classes, self.ignore_index):
+            raise ValueError(f"cannot merge an evaluator of {other.num_classes} classes (ignore "
+                             f"{other.ignore_index}) into one of {self.num_classes} (ignore {self.ignore_index})")
+        self.conf_all += other.conf_all
+        self.conf_pos += other.conf_pos
+        self.dices += other.dices
+        self.n_images += other.n_images
+        self.n_pos += other.n_pos
+        return self
+
     def result(self) -> dict[str, Any]:
         """The metrics so far.
 
