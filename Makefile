@@ -49,11 +49,15 @@ gpu-check:
 	bash benchmarks/gpu_check.sh
 
 # Wheels the GPU machine lacks (it has no network), carried in .whl/: pure-Python ones, and
-# pydensecrf2 (the CRF oracle) built here for this Python in .whl/native/.
+# pydensecrf2 (the CRF oracle) built here for this Python in .whl/native/; for another Python
+# (the GPU image's 3.12) its sdist and the pure-Python Cython 0.29 it builds with, in .whl/src/.
 gpu-wheels: venv
-	mkdir -p .whl/native
+	mkdir -p .whl/native .whl/src
 	$(PIP) wheel -q --no-deps -w .whl grad-cam==1.5.7 ttach==0.0.3 segmentation-models-pytorch==0.6.0 pydicom==3.0.2 expecttest==0.3.0
 	$(PIP) wheel -q --no-deps -w .whl/native pydensecrf2==1.1
+	$(PIP) download -q --no-deps --no-binary=:all: -d .whl/src pydensecrf2==1.1
+	$(PIP) download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux2014_x86_64 -d .whl/src cython==0.29.36
 
 clean:
 	rm -rf build wsss_fast/_C*.so wsss_fast/.build-stamp

@@ -66,7 +66,11 @@ PRESETS = {  # images, DICOM px, working px, max training iterations
 }
 # what a preset must change besides sizes (IRNet's radius 10 needs a stride-4 crop wider than 18 cells)
 PRESET_SET = {"tiny": ["irn.radius=5", "cls.arch=resnet18", "irn.backbone=resnet18", "seg.encoder=resnet18",
-                       "cam.scales=[1.0]", "sem_seg.steps=8"]}
+                       "cam.scales=[1.0]"]}
+# The walk the paper runs (IRNet's constants), not one chosen on val: a randomly initialized IRNet
+# would choose any number of steps, and the time of make-sem-seg is that of the walk's length.
+# Choosing on val adds one walk per val image and candidate of sem_seg.val_steps (docs/pipeline_profile.md).
+PAPER_WALK = ["sem_seg.steps=256", "sem_seg.bg_thres=0.25", "sem_seg.edge_mask=true"]
 # The full SIIM-ACR set and the paper's split (Viniavskyi et al., AIME 2020)
 SIIM_IMAGES, SIIM_TRAIN, SIIM_EVAL = 12047, 10675, 686 + 686
 LOADER_MODULES = ("wsss_fast.cls.train", "wsss_fast.cam.make", "wsss_fast.irn.train", "wsss_fast.irn.sem_seg",
@@ -134,18 +138,36 @@ def _count(batch: Any) -> int:
 
 
 class GpuSampler:
-    """``nvidia-smi`` utilization.gpu (% of time a kernel ran) sampled every 100 ms in the background."""
+    """GPU utilization (% of time a kernel ran) sampled every 100 ms in the background: NVML
+    (``pynvml``, from nvidia-ml-py) polled by a thread, else ``nvidia-smi -lms 100``."""
 
-    def __init__(self, index: int = 0) -> None:
+    def __init__(self, index: int = 0, interval: float = 0.1) -> None:
         self.samples: list[tuple[float, float]] = []
         self.proc = None
-        exe = shutil.which("nvidia-smi")
-        if exe is None:
+        self.source = None
+        self._stop = threading.Event()
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            pynvml.nvmlDeviceGetUtilizationRates(handle)
+        except Exception:  # no NVML: nvidia-smi's own sampling
+            exe = shutil.which("nvidia-smi")
+            if exe is None:
+                return
+            self.source = "nvidia-smi"
+            self.proc = subprocess.Popen([exe, "-i", str(index), "--query-gpu=utilization.gpu",
+                                          "--format=csv,noheader,nounits", "-lms", str(int(interval * 1000))],
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            threading.Thread(target=self._read, daemon=True).start()
             return
-        self.proc = subprocess.Popen([exe, "-i", str(index), "--query-gpu=utilization.gpu",
-                                      "--format=csv,noheader,nounits", "-lms", "100"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        threading.Thread(target=self._read, daemon=True).start()
+        self.source = "nvml"
+        threading.Thread(target=self._poll, args=(pynvml, handle, interval), daemon=True).start()
+
+    def _poll(self, pynvml, handle, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.samples.append((time.perf_counter(), pynvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0))
 
     def _read(self) -> None:
         for line in self.proc.stdout:
@@ -160,6 +182,7 @@ class GpuSampler:
         return float(np.mean(v)) if v else None
 
     def close(self) -> None:
+        self._stop.set()
         if self.proc is not None:
             self.proc.terminate()
             self.proc.wait(timeout=5)
@@ -205,6 +228,7 @@ def profile_config(args: argparse.Namespace, out: Path, n_train: int) -> dict:
     base = load_config("siim", [f"dataset.root={out / 'data'}", f"dataset.image_size={args.image_size}",
                                 f"device={args.device}", *PRESET_SET.get(args.preset, []), *args.set])
     over = [f"dataset.root={out / 'data'}", f"dataset.image_size={args.image_size}", f"device={args.device}",
+            *PAPER_WALK,
             f"dataset.cache={'auto' if args.cache else 'null'}", "dataset.image_format=dicom",
             "cls.epochs=1", "irn.epochs=1", "seg.epochs=1", "sem_seg.processes=1", "seg.image_size=null",
             f"cls.batch_size={fit('cls.batch_size', base)}", f"irn.batch_size={fit('irn.batch_size', base)}",
@@ -328,6 +352,9 @@ def run_profile(args: argparse.Namespace) -> dict:
             steps.append(rec)
             print(f"[profile] {step.name}: {rec['wall_s']:.1f}s, {rec['images_per_s']:.2f} img/s, {rec['bound']}",
                   flush=True)
+            if args.json:  # the steps so far, should the run be stopped before the end
+                _write_json(args.json, {"partial": True, "machine": machine_info(device), "preset": args.preset,
+                                        "images": args.images, "steps": steps})
     finally:
         for name, dl in saved.items():
             importlib.import_module(name).DataLoader = dl
@@ -340,13 +367,17 @@ def run_profile(args: argparse.Namespace) -> dict:
     for rec in steps:
         measured = sum(p["seconds"] for p in rec["parts"].values())
         fixed = max(0.0, rec["wall_s"] - measured)
-        proj = fixed + sum(full[rec["step"]].get(k, 0) / max(p["images_per_s"], 1e-9) for k, p in rec["parts"].items())
+        counts = full[rec["step"]]
+        # "step": no loader was probed (or its only batch was the warm-up): the step's images at its rate
+        proj = fixed + sum((counts.get(k) or (sum(counts.values()) if k == "step" else 0)) / max(p["images_per_s"], 1e-9)
+                           for k, p in rec["parts"].items())
         rec["setup_s"], rec["projected_full_s"] = fixed, proj
         total += proj
     result = {"machine": machine_info(device), "preset": args.preset, "images": args.images,
               "dicom_size": args.dicom_size, "image_size": args.image_size, "max_iters": args.max_iters,
               "cache": args.cache, "synthetic_data_s": data_s, "config_overrides": _diff(cfg),
               "paper": paper, "steps": steps, "projected_full_run_s": total,
+              "gpu_busy_source": gpu.source if gpu else None,
               "decode": decode_benchmark(cfg, paths, min(args.images, 32))}
     if args.reference:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -357,7 +388,8 @@ def run_profile(args: argparse.Namespace) -> dict:
 
 
 def _step_images(name: str, cfg: dict, paths: RunPaths) -> int:
-    splits = {"make-ir-label": get(cfg, "ir_label.splits"), "evaluate": get(cfg, "evaluate.splits")}.get(name, [])
+    splits = {"make-ir-label": get(cfg, "ir_label.splits"), "predict-seg": get(cfg, "evaluate.splits"),
+              "evaluate": get(cfg, "evaluate.splits")}.get(name, [])
     return sum(len(build_dataset(cfg, s, paths, train=False)) for s in splits) or 1
 
 
@@ -471,9 +503,15 @@ def main(argv: list[str] | None = None) -> int:
     r = run_profile(args)
     print(format_table(r))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(r, indent=1, default=str) + "\n")
+        _write_json(args.json, r)
     return 0
+
+
+def _write_json(path: str, obj: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

@@ -27,8 +27,10 @@ def reference_timings(cfg: dict, device: str, n: int, walk_size: int | None) -> 
     ws = walk if walk_size is None else min(int(walk_size), walk)
     x = torch.rand(1, 2, ws, ws, device=dev)
     edge = torch.rand(1, ws, ws, device=dev)
-    kw = dict(radius=int(get(cfg, "sem_seg.radius")), beta=float(get(cfg, "sem_seg.beta")),
-              steps=int(get(cfg, "sem_seg.steps")))
+    steps = get(cfg, "sem_seg.steps")
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise ValueError(f"the reference walk is timed at a given length: sem_seg.steps must be a number, got {steps!r}")
+    kw = dict(radius=int(get(cfg, "sem_seg.radius")), beta=float(get(cfg, "sem_seg.beta")), steps=steps)
     ref.random_walk(x, edge, **kw)
     _sync(dev)
     t = time.perf_counter()

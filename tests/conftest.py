@@ -18,6 +18,14 @@ def device(request) -> str:
     return request.param
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Every test with ``cuda`` in its name or parameters carries the ``cuda`` mark, so that
+    ``-m cuda`` (the GPU machine's selection, benchmarks/gpu_check.sh) finds all of them."""
+    for item in items:
+        if "cuda" in item.name.lower() and item.get_closest_marker("cuda") is None:
+            item.add_marker(pytest.mark.cuda)
+
+
 @pytest.fixture
 def compiled_ops() -> None:
     """Skip-free guard: tests of the kernels must run on the compiled ops, never the fallback."""

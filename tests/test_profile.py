@@ -72,6 +72,24 @@ def test_gpu_busy_averages_the_samples_inside_the_windows():
     assert g.busy([(10.0, 11.0)]) is None
 
 
+def test_gpu_busy_from_nvml(monkeypatch):
+    """With pynvml (nvidia-ml-py) a thread polls the utilization; the samples carry their time."""
+    import sys
+    import types
+
+    fake = types.SimpleNamespace(nvmlInit=lambda: None, nvmlDeviceGetHandleByIndex=lambda i: ("gpu", i),
+                                 nvmlDeviceGetUtilizationRates=lambda h: types.SimpleNamespace(gpu=40))
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    t0 = time.perf_counter()
+    g = prof.GpuSampler(0, interval=0.01)
+    time.sleep(0.2)
+    g.close()
+    n = len(g.samples)
+    time.sleep(0.05)
+    assert g.source == "nvml" and n >= 3 and len(g.samples) <= n + 1  # stopped by close()
+    assert g.busy([(t0, time.perf_counter())]) == pytest.approx(0.4)
+
+
 def test_full_run_counts_follow_the_paper():
     paper = {"cls.epochs": 10, "cls.batch_size": 16, "irn.epochs": 3, "irn.batch_size": 32,
              "seg.epochs": 10, "seg.batch_size": 48}
@@ -82,6 +100,24 @@ def test_full_run_counts_follow_the_paper():
     assert full["make-ir-label"]["step"] == 10675 and full["train-irn"]["dp_mean"] == 10675
     assert full["train-irn"]["train"] == 3 * (10675 // 32) * 32
     assert full["train-seg"]["train"] == 10 * (10675 // 48) * 48 and full["predict-seg"]["eval"] == 1372
+
+
+@pytest.mark.parametrize("preset", sorted(prof.PRESETS))
+def test_every_preset_times_the_papers_walk(tmp_path, preset):
+    """The walk is IRNet's 256 steps whatever siim.yaml chooses on val (the reference walk is
+    timed at that length too), and an override still wins."""
+    import argparse
+
+    args = argparse.Namespace(preset=preset, set=[], device="cpu", cache=True, workers=-1,
+                              **{k: v for k, v in prof.PRESETS[preset].items() if k != "workers"})
+    cfg = prof.profile_config(args, tmp_path, n_train=8)
+    assert (cfg["sem_seg"]["steps"], cfg["sem_seg"]["bg_thres"], cfg["sem_seg"]["edge_mask"]) == (256, 0.25, True)
+    args.set = ["sem_seg.steps=val"]
+    spec = importlib.util.spec_from_file_location("pipeline_reference", ROOT / "benchmarks" / "pipeline_reference.py")
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
+    with pytest.raises(ValueError, match="sem_seg.steps must be a number, got 'val'"):
+        ref.reference_timings(prof.profile_config(args, tmp_path, n_train=8), "cpu", 1, 8)
 
 
 @pytest.mark.slow

@@ -257,7 +257,7 @@ def _fit(cfg: dict, paths: RunPaths, train_set: Dataset, val_set: Dataset | None
                "classes": model.num_classes, "train_images": len(train_set),
                "val_images": len(val_set) if val_set is not None else 0, "epochs": epochs,
                "iterations": len(sampler), "batch_size": batch_size, "processes": ctx.world_size,
-               "device": str(ctx.device), "amp": amp}, echo=False)
+               "ddp": ctx.backend, "device": str(ctx.device), "amp": amp}, echo=False)
 
     if ctx.is_main and start_epoch < epochs:
         (paths.cls / ".done").unlink(missing_ok=True)  # training again: not done until it ends

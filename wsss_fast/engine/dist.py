@@ -2,8 +2,10 @@
 
 A step started by ``torchrun --nproc_per_node=G wsss-fast train-cls ...`` sees ``RANK``,
 ``WORLD_SIZE`` and ``LOCAL_RANK`` in its environment; :func:`init_distributed` then joins
-the process group (NCCL on CUDA, gloo on the CPU) and picks ``cuda:LOCAL_RANK``. Started
-normally, everything degrades to one process and the collective helpers are no-ops.
+the process group (NCCL on CUDA, gloo on the CPU) and picks ``cuda:LOCAL_RANK``, also for
+``G = 1`` (as torchvision's reference scripts do: one process under torchrun runs the same
+DistributedDataParallel path as several). Started normally, everything degrades to one
+process and the collective helpers are no-ops.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    in_group: bool = False  # a process group joins the ranks (collectives, DDP)
     owns_group: bool = False  # this context created the process group (and destroys it)
 
     @property
@@ -46,7 +49,13 @@ class DistContext:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        """Whether the ranks work through a process group (DistributedDataParallel)."""
+        return self.in_group
+
+    @property
+    def backend(self) -> str | None:
+        """The process group's backend (``nccl`` / ``gloo``), None outside a group."""
+        return dist.get_backend() if self.in_group else None
 
     def barrier(self) -> None:
         if self.distributed:
@@ -95,18 +104,20 @@ def rank_device(cfg: dict) -> torch.device:
 
 
 def init_distributed(cfg: dict) -> DistContext:
-    """Join the ``torchrun`` process group when ``WORLD_SIZE > 1``.
+    """Join the process group when started by ``torchrun`` (any ``WORLD_SIZE``) or when
+    ``WORLD_SIZE > 1``.
 
     The device comes from ``cfg["device"]``; under torchrun with CUDA each process takes
     ``cuda:LOCAL_RANK``. The backend is NCCL for CUDA devices and gloo otherwise.
     """
     rank, world, local = env_rank_world()
     device = resolve_device(cfg)
-    if world > 1 and device.type == "cuda":
+    group = world > 1 or dist.is_torchelastic_launched()
+    if group and device.type == "cuda":
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
-    ctx = DistContext(rank=rank, world_size=world, local_rank=local, device=device)
-    if world > 1:
+    ctx = DistContext(rank=rank, world_size=world, local_rank=local, device=device, in_group=group)
+    if group:
         if dist.is_initialized():
             ctx.rank, ctx.world_size = dist.get_rank(), dist.get_world_size()
         else:
@@ -131,7 +142,7 @@ def object_group() -> Iterator[DistContext | None]:
     if world <= 1 or "MASTER_ADDR" not in os.environ:
         yield None
         return
-    ctx = DistContext(rank=rank, world_size=world, local_rank=local)
+    ctx = DistContext(rank=rank, world_size=world, local_rank=local, in_group=True)
     if not dist.is_initialized():
         dist.init_process_group(backend="gloo", rank=rank, world_size=world)
         ctx.owns_group = True

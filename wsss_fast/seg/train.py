@@ -108,7 +108,7 @@ def train_seg(cfg: dict, paths: RunPaths) -> None:
                         pin_memory=device.type == "cuda", persistent_workers=False)
 
     model = model_from_cfg(cfg, num_classes).to(device)
-    if dist.distributed and device.type == "cuda":
+    if dist.world_size > 1 and device.type == "cuda":  # one process: its own statistics are the batch's
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     net = model
     if dist.distributed:
