@@ -136,7 +136,10 @@ def test_tiny_profile_runs_every_step(tmp_path):
     assert by["train-cls"]["parts"]["train"]["batches"] == 1
     assert by["train-seg"]["parts"]["train"]["batches"] == 1
     assert by["make-cam"]["parts"]["eval"]["batches"] >= 1 and by["train-irn"]["parts"]["dp_mean"]["images"] > 0
-    assert abs(r["projected_full_run_s"] - sum(s["projected_full_s"] for s in r["steps"])) < 1e-6
+    # the walk's choice on val (siim.yaml: steps / bg_thres val), timed apart and in the total
+    w = r["walk_choice"]
+    assert w["images"] > 0 and w["seconds"] > 0 and w["projected_full_s"] == pytest.approx(w["per_image_s"] * 686)
+    assert abs(r["projected_full_run_s"] - sum(s["projected_full_s"] for s in r["steps"]) - w["projected_full_s"]) < 1e-6
     assert r["decode"]["images"] > 0 and r["decode"]["cache_hit_s"] > 0
     assert {"dense_walk", "pydensecrf_ir_label", "pytorch_grad_cam"} <= set(r["reference"])
     assert (out / "run" / "report.json").exists() and list((out / "run" / "cache").rglob("*.npz"))

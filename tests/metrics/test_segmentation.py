@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from wsss_fast.metrics import SegEvaluator, confusion_matrix, dice_per_image, miou, multilabel_f1
+from wsss_fast.metrics import (SegEvaluator, add_sweep, confusion_matrix, dice_per_image, miou, multilabel_f1,
+                               threshold_sweep)
 
 
 def test_confusion_matrix_by_hand():
@@ -89,3 +90,71 @@ def test_multilabel_f1():
     assert multilabel_f1(probs, labels) == pytest.approx(4 / 6)
     assert multilabel_f1(probs, labels, average="macro") == pytest.approx((2 / 3 + 2 / 3) / 2)
     assert multilabel_f1(torch.tensor(probs), torch.tensor(labels), 0.95) == 0.0
+
+
+THRESHOLDS = [0.5, 0.1, 0.9, 0.25, 0.5, 0.0, 1.0]  # unsorted, repeated, the ends
+
+
+def _sweep_case(rng, n_cls, case, h=23, w=31):
+    best = rng.random((h, w)).astype(np.float32)
+    best[rng.random((h, w)) < 0.15] = 0.25  # ties with a threshold: background
+    best[0, :3] = np.nan
+    label = rng.integers(1, n_cls, (h, w))
+    gt = rng.integers(0, n_cls, (h, w))
+    gt[rng.random((h, w)) < 0.1] = 255
+    if case == 1:
+        gt[gt != 255] = 0  # a negative image
+    if case == 2:
+        best[:] = -np.inf  # no class maps
+    if case == 3:
+        best[:] = 0.95  # foreground everywhere below 1.0
+    return best, label, gt
+
+
+@pytest.mark.parametrize("n_cls", [2, 4])
+def test_threshold_sweep_equals_one_prediction_per_threshold(device, n_cls):
+    rng = np.random.default_rng(n_cls)
+    for case in range(5):
+        best, label, gt = _sweep_case(rng, n_cls, case)
+        conf, dice = threshold_sweep(torch.from_numpy(best).to(device), torch.from_numpy(label).to(device),
+                                     torch.from_numpy(gt).to(device), THRESHOLDS, n_cls)
+        assert conf.shape == (len(THRESHOLDS), n_cls, n_cls) and dice.shape == (len(THRESHOLDS),)
+        for i, t in enumerate(THRESHOLDS):
+            pred = np.where(best > np.float32(t), label, 0)
+            np.testing.assert_array_equal(conf[i], confusion_matrix(pred, gt, n_cls), err_msg=f"case {case}, t {t}")
+            assert dice[i] == pytest.approx(dice_per_image(pred, gt), abs=1e-12), (case, t)
+
+
+def test_add_sweep_equals_add_per_threshold():
+    rng = np.random.default_rng(7)
+    one = [SegEvaluator(3) for _ in THRESHOLDS]
+    swept = [SegEvaluator(3) for _ in THRESHOLDS]
+    for case in range(5):
+        best, label, gt = _sweep_case(rng, 3, case)
+        positive = case != 1
+        for ev, t in zip(one, THRESHOLDS):
+            ev.add(np.where(best > np.float32(t), label, 0), gt, positive)
+        add_sweep(swept, best, label, gt, THRESHOLDS, positive)
+    for a, b in zip(one, swept):
+        np.testing.assert_array_equal(a.conf_all, b.conf_all)
+        np.testing.assert_array_equal(a.conf_pos, b.conf_pos)
+        assert (a.n_images, a.n_pos) == (b.n_images, b.n_pos) == (5, 4)
+        assert a.dices == pytest.approx(b.dices, abs=1e-12)
+    ev = SegEvaluator(3)
+    ev.add_counts(np.array([[4, 0, 0], [0, 0, 0], [0, 0, 0]]), 1.0)  # no truth foreground: negative
+    assert (ev.n_images, ev.n_pos) == (1, 0)
+
+
+def test_threshold_sweep_errors():
+    best, label, gt = np.zeros((2, 3), np.float32), np.ones((2, 3), np.int64), np.zeros((2, 3), np.int64)
+    with pytest.raises(ValueError, match="same shape"):
+        threshold_sweep(best[:, :2], label, gt, [0.5], 2)
+    with pytest.raises(ValueError, match="gt has values"):
+        threshold_sweep(best, label, gt + 2, [0.5], 2)
+    with pytest.raises(ValueError, match=r"label has values outside \[1, 2\)"):
+        threshold_sweep(best + 1, label * 0, gt, [0.5], 2)
+    threshold_sweep(best, label * 0, gt, [0.5], 2)  # labels are not read where nothing is foreground
+    with pytest.raises(ValueError, match="2 evaluators for 1 thresholds"):
+        add_sweep([SegEvaluator(2), SegEvaluator(2)], best, label, gt, [0.5])
+    with pytest.raises(ValueError, match=r"conf must be \[2, 2\]"):
+        SegEvaluator(2).add_counts(np.zeros((3, 3)), 1.0)

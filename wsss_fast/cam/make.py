@@ -196,7 +196,7 @@ def eval_cam(cfg: dict, paths: RunPaths) -> dict:
         ValueError: the split has no ground-truth masks, or a bad ``cam.eval_metric``.
     """
     from ..data import build_dataset
-    from ..metrics import SegEvaluator
+    from ..metrics import SegEvaluator, add_sweep
 
     thresholds = [float(t) for t in get(cfg, "cam.eval_thresholds")]
     metric = str(get(cfg, "cam.eval_metric"))
@@ -221,11 +221,14 @@ def eval_cam(cfg: dict, paths: RunPaths) -> dict:
             maps = torch.from_numpy(np.asarray(d["high_res"], dtype=np.float32))
             if maps.shape[0] and tuple(maps.shape[-2:]) != tuple(gt.shape):
                 maps = F.interpolate(maps[None], size=tuple(gt.shape), mode="bilinear", align_corners=False)[0]
-            elif not maps.shape[0]:
-                maps = maps.new_zeros((0, *gt.shape))
             positive = bool(np.asarray(ds.labels[i]).any())
-            for ev, pred in zip(evals, predict_from_cam(maps, d["keys"], thresholds)):
-                ev.add(pred.numpy(), gt, positive)
+            # every threshold in one pass: the labels predict_from_cam gives each of them
+            if maps.shape[0]:
+                best, arg = maps.max(dim=0)
+                label = torch.as_tensor(np.asarray(d["keys"]), dtype=torch.long)[arg] + 1
+            else:
+                best, label = torch.full(tuple(gt.shape), float("-inf")), torch.zeros(tuple(gt.shape), dtype=torch.long)
+            add_sweep(evals, best, label, gt, thresholds, positive)
         rows = []
         for t, ev in zip(thresholds, evals):
             r = ev.result()

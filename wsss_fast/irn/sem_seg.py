@@ -67,13 +67,30 @@ def labels_from_soft(rw: np.ndarray | torch.Tensor, keys: np.ndarray, bg_thres: 
     Returns:
         uint8 ``[H0, W0]``: 0 background, c + 1 class c.
     """
+    best, label = best_and_label(rw, keys, size)
+    return torch.where(best > float(bg_thres), label, 0).cpu().numpy().astype(np.uint8)
+
+
+def best_and_label(rw: np.ndarray | torch.Tensor, keys: np.ndarray,
+                   size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each pixel's best soft score and its class label, the input of a background threshold.
+
+    Args:
+        rw: ``[K, H, W]`` soft maps; keys: ``[K]`` 0-based classes; size: as :func:`labels_from_soft`.
+
+    Returns:
+        ``(best, label)``: float32 and int64 ``[H0, W0]``; ``label`` = key + 1 of the first best
+        channel; ``best`` is -inf without channels (never foreground).
+    """
     rw = torch.as_tensor(np.asarray(rw, dtype=np.float32) if not isinstance(rw, torch.Tensor) else rw).float()
     if size is not None and tuple(rw.shape[-2:]) != tuple(size):
         rw = F.interpolate(rw[None], size=tuple(size), mode="bilinear", align_corners=False)[0] \
             if rw.shape[0] else rw.new_zeros((0, *size))
-    padded = F.pad(rw, (0, 0, 0, 0, 1, 0), value=float(bg_thres))
-    lut = np.pad(np.asarray(keys, dtype=np.int64) + 1, (1, 0))
-    return lut[torch.argmax(padded, dim=0).numpy()].astype(np.uint8)
+    if rw.shape[0] == 0:
+        return rw.new_full(rw.shape[-2:], float("-inf")), torch.zeros(rw.shape[-2:], dtype=torch.long, device=rw.device)
+    arg = torch.argmax(rw, dim=0)  # the first best channel
+    lut = torch.as_tensor(np.asarray(keys, dtype=np.int64) + 1, device=rw.device)
+    return rw.gather(0, arg[None])[0], lut[arg]
 
 
 class _InferDataset(Dataset):
@@ -309,7 +326,7 @@ def _val_counts(cfg: dict, paths: RunPaths, device: str, base, indices: list[int
                 steps_list: list[int], thres_list: list[float], masks: list[bool],
                 show_progress: bool = True) -> dict:
     """``{(edge_mask, steps, bg_thres): SegEvaluator}`` over the val images ``indices`` (all: None)."""
-    from ..metrics import SegEvaluator
+    from ..metrics import SegEvaluator, add_sweep
 
     n_cls = int(base.num_classes) + 1
     evals = {(m, n, t): SegEvaluator(n_cls) for m in masks for n in steps_list for t in thres_list}
@@ -329,12 +346,11 @@ def _val_counts(cfg: dict, paths: RunPaths, device: str, base, indices: list[int
                     raise ValueError(f"make-sem-seg: val image {it['id']} has no mask; give sem_seg.steps, "
                                      "bg_thres and edge_mask as values")
                 positive = bool(np.asarray(base.labels[it["index"]]).any())
+                gt_dev = torch.as_tensor(np.asarray(gt)).to(dev)
                 for m in masks:
-                    for n in steps_list:
-                        soft = softs[(m, n)][j].float()
-                        for t in thres_list:
-                            evals[(m, n, t)].add(labels_from_soft(soft, it["keys"], t, tuple(gt.shape)), gt,
-                                                 positive)
+                    for n in steps_list:  # every threshold in one pass (labels_from_soft's labels), on dev
+                        best, label = best_and_label(softs[(m, n)][j].to(dev).float(), it["keys"], tuple(gt.shape))
+                        add_sweep([evals[(m, n, t)] for t in thres_list], best, label, gt_dev, thres_list, positive)
     return evals
 
 
@@ -444,7 +460,7 @@ def eval_sem_seg(cfg: dict, paths: RunPaths, splits: list[str] | None = None) ->
 
     Splits without ground truth masks are skipped.
     """
-    from ..metrics import SegEvaluator
+    from ..metrics import SegEvaluator, add_sweep
 
     thresholds = [float(t) for t in get(cfg, "sem_seg.eval_thresholds")]
     bg_thres = get(cfg, "sem_seg.bg_thres")
@@ -473,17 +489,9 @@ def eval_sem_seg(cfg: dict, paths: RunPaths, splits: list[str] | None = None) ->
             positive = bool(np.asarray(base.labels[i]).any())
             gt = np.asarray(gt, dtype=np.uint8)
             ev.add(read_png(png), gt, positive)
-            soft = torch.from_numpy(np.load(npy).astype(np.float32))
             keys = np.asarray(load_cam_file(paths.cam_file(image_id))["keys"], dtype=np.int64)
-            if soft.shape[0]:
-                soft = F.interpolate(soft[None], size=gt.shape, mode="bilinear", align_corners=False)[0]
-                best, arg = soft.max(dim=0)
-                cls = (keys + 1)[arg.numpy()]
-                best = best.numpy()
-            for t, e in sweep.items():
-                pred = np.where(best > t, cls, 0).astype(np.uint8) if soft.shape[0] else \
-                    np.zeros(gt.shape, np.uint8)
-                e.add(pred, gt, positive)
+            best, label = best_and_label(np.load(npy).astype(np.float32), keys, gt.shape)
+            add_sweep(list(sweep.values()), best, label, gt, list(sweep), positive)
         if n_gt == 0:
             continue
         res = {t: {k: v for k, v in e.result().items() if k in ("miou_all", "miou_pos", "dice")}

@@ -2,6 +2,7 @@
 
 from .classification import multilabel_f1
 from .lesions import lesion_stats
-from .segmentation import SegEvaluator, confusion_matrix, dice_per_image, miou
+from .segmentation import SegEvaluator, add_sweep, confusion_matrix, dice_per_image, miou, threshold_sweep
 
-__all__ = ["confusion_matrix", "miou", "dice_per_image", "SegEvaluator", "multilabel_f1", "lesion_stats"]
+__all__ = ["confusion_matrix", "miou", "dice_per_image", "threshold_sweep", "add_sweep", "SegEvaluator",
+           "multilabel_f1", "lesion_stats"]

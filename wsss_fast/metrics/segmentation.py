@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["confusion_matrix", "miou", "dice_per_image", "SegEvaluator"]
+__all__ = ["confusion_matrix", "miou", "dice_per_image", "threshold_sweep", "add_sweep", "SegEvaluator"]
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -106,6 +106,70 @@ def dice_per_image(pred_bin: ArrayLike, gt_bin: ArrayLike) -> float:
     return 2.0 * int((p & g).sum()) / denom
 
 
+def threshold_sweep(best: ArrayLike, label: ArrayLike, gt: ArrayLike, thresholds: list[float],
+                    num_classes: int, ignore_index: int | None = 255) -> tuple[np.ndarray, np.ndarray]:
+    """Confusion matrix and Dice of ``where(best > t, label, 0)`` for every threshold at once.
+
+    The prediction of a background threshold ``t``: a pixel takes ``label`` (its best class)
+    where its best score exceeds ``t``, else background (ties go to background, as an argmax
+    over ``[t, maps...]``). One pass over the pixels serves every threshold: each pixel counts
+    once in a histogram over (number of thresholds below its score, truth, label), whose
+    cumulative sums are the confusion matrices. Runs where the tensors are (CPU or CUDA).
+
+    Args:
+        best: ``[H, W]`` best class score per pixel (float; NaN and -inf never foreground).
+        label: ``[H, W]`` the best class's label (1..num_classes-1), read where foreground.
+        gt: ``[H, W]`` ground truth (``ignore_index`` pixels are skipped).
+        thresholds: ``T`` background scores (compared in float32, any order).
+        num_classes: classes INCLUDING background.
+        ignore_index: ground-truth value to exclude (None: none).
+
+    Returns:
+        ``(conf, dice)``: int64 ``[T, num_classes, num_classes]`` (rows = ground truth) and
+        float64 ``[T]`` per-image Dice of the binary maps (1 when both are empty), the same as
+        :func:`confusion_matrix` and :func:`dice_per_image` of each threshold's prediction.
+    """
+    if not (tuple(np.shape(best)) == tuple(np.shape(label)) == tuple(np.shape(gt))):
+        raise ValueError(f"best, label and gt must have the same shape, got {tuple(np.shape(best))}, "
+                         f"{tuple(np.shape(label))} and {tuple(np.shape(gt))}")
+    b = torch.as_tensor(best)
+    dev = b.device
+    b = torch.nan_to_num(b.float().reshape(-1), nan=float("-inf"))
+    lab = torch.as_tensor(label, device=dev).long().reshape(-1)
+    g = torch.as_tensor(np.asarray(gt) if not isinstance(gt, torch.Tensor) else gt, device=dev).long().reshape(-1)
+    c, n_t = int(num_classes), len(thresholds)
+    # ignored pixels go to an extra truth row, dropped at the end (no boolean indexing: one pass)
+    bad = (g < 0) | (g >= c)
+    if ignore_index is not None:
+        ignored = g == ignore_index
+        bad &= ~ignored
+        g = torch.where(ignored, torch.full_like(g, c), g)
+    if bool(bad.any()):
+        raise ValueError(f"gt has values outside [0, {c}) other than ignore_index={ignore_index}: "
+                         f"found {sorted(set(g[bad].unique().tolist()))[:10]}")
+    ts = torch.tensor([float(t) for t in thresholds], dtype=torch.float32, device=dev)
+    sorted_t, order = torch.sort(ts, stable=True)
+    below = torch.searchsorted(sorted_t, b, right=False)  # thresholds < score: foreground for those
+    lab = torch.where(below > 0, lab, torch.zeros_like(lab))  # read only where foreground somewhere
+    bad = (below > 0) & ((lab < 1) | (lab >= c))
+    if bool(bad.any()):
+        raise ValueError(f"label has values outside [1, {c}) where the score exceeds a threshold: "
+                         f"found {sorted(set(lab[bad].unique().tolist()))[:10]}")
+    rows = c + 1
+    hist = torch.bincount((below * rows + g) * c + lab, minlength=(n_t + 1) * rows * c).reshape(n_t + 1, rows, c)
+    hist = hist[:, :c]  # without the ignored pixels
+    fg = hist.flip(0).cumsum(0).flip(0)[1:]  # [T, C, C]: pixels with more than j thresholds below
+    conf = fg.clone()
+    conf[:, :, 0] += hist.sum((0, 2))[None] - fg.sum(2)  # the rest: background
+    pred_fg = fg.sum((1, 2)).double()
+    inter = fg[:, 1:].sum((1, 2)).double()
+    gt_fg = float(hist[:, 1:].sum())
+    dice = torch.where(pred_fg + gt_fg > 0, 2 * inter / (pred_fg + gt_fg).clamp_min(1), torch.ones_like(inter))
+    inv = torch.empty_like(order)
+    inv[order] = torch.arange(n_t, device=dev)
+    return conf[inv].cpu().numpy().astype(np.int64), dice[inv].cpu().numpy()
+
+
 class SegEvaluator:
     """Accumulates the paper's metrics over a split, one image at a time.
 
@@ -156,6 +220,26 @@ class SegEvaluator:
         self.n_images += 1
         self.dices.append(dice_per_image(_np(pred), g))
 
+    def add_counts(self, conf: np.ndarray, dice: float, positive: bool | None = None) -> None:
+        """Add one image from its confusion matrix and Dice (e.g. from :func:`threshold_sweep`).
+
+        Args:
+            conf: ``[C, C]`` confusion matrix of the image (rows = ground truth).
+            dice: the image's Dice.
+            positive: whether the image counts as positive; None: it has ground-truth foreground.
+        """
+        conf = np.asarray(conf, dtype=np.int64)
+        if conf.shape != (self.num_classes, self.num_classes):
+            raise ValueError(f"conf must be [{self.num_classes}, {self.num_classes}], got {list(conf.shape)}")
+        if positive is None:
+            positive = bool(conf[1:].sum() > 0)
+        self.conf_all += conf
+        if positive:
+            self.conf_pos += conf
+            self.n_pos += 1
+        self.n_images += 1
+        self.dices.append(float(dice))
+
     def merge(self, other: "SegEvaluator") -> "SegEvaluator":
         """Add the images another evaluator (of the same classes) has counted, e.g. another rank's.
 
@@ -191,3 +275,17 @@ class SegEvaluator:
             "n_images": self.n_images,
             "n_pos": self.n_pos,
         }
+
+
+def add_sweep(evaluators: list[SegEvaluator], best: ArrayLike, label: ArrayLike, gt: ArrayLike,
+              thresholds: list[float], positive: bool | None = None) -> None:
+    """Add one image to one evaluator per threshold: ``evaluators[i]`` gets the prediction
+    ``where(best > thresholds[i], label, 0)`` (:func:`threshold_sweep`, one pass for all)."""
+    if len(evaluators) != len(thresholds):
+        raise ValueError(f"{len(evaluators)} evaluators for {len(thresholds)} thresholds")
+    if not evaluators:
+        return
+    ev0 = evaluators[0]
+    conf, dice = threshold_sweep(best, label, gt, thresholds, ev0.num_classes, ev0.ignore_index)
+    for ev, c, d in zip(evaluators, conf, dice):
+        ev.add_counts(c, d, positive)

@@ -105,7 +105,7 @@ def seg_threshold(cfg: dict, paths: RunPaths, model: torch.nn.Module | None = No
         ``{"threshold": float, "source": str, ...}`` (with the sweep when chosen on val).
     """
     from ..data import build_dataset
-    from ..metrics import SegEvaluator
+    from ..metrics import SegEvaluator, add_sweep
 
     thr = get(cfg, "seg.threshold")
     if thr != "val":
@@ -134,8 +134,9 @@ def seg_threshold(cfg: dict, paths: RunPaths, model: torch.nn.Module | None = No
         if gt is None:
             raise ValueError(f"predict-seg: seg.threshold 'val' needs val masks; {base.image_ids[idx]} has none")
         positive = bool(np.asarray(base.labels[idx]).any())
-        for t, ev in zip(thresholds, evals):
-            ev.add(probs_to_label(p, t).cpu().numpy(), gt, positive)
+        # every threshold in one pass, where p is: probs_to_label(p, t) of each
+        add_sweep(evals, p[0], torch.ones_like(p[0], dtype=torch.long), torch.as_tensor(np.asarray(gt)).to(p.device),
+                  thresholds, positive)
     sweep = {f"{t:g}": {k: v for k, v in ev.result().items() if k in ("miou_all", "miou_pos", "dice")}
              for t, ev in zip(thresholds, evals)}
     best = max(thresholds, key=lambda t: np.nan_to_num(sweep[f"{t:g}"][metric], nan=-1.0))
