@@ -178,6 +178,45 @@ def test_ir_labels_on_cuda_agree_with_the_cpu_op(compiled_ops):
     assert min(agree) >= 0.995, agree
 
 
+def test_crf_inference_many_equals_one_image_at_a_time(device, compiled_ops):
+    """Several images' maps in one call of the compiled CRF: each image's maps as alone (CPU:
+    the same bits), also with an image of no maps in the batch."""
+    from wsss_fast.irn.crf import crf_inference_labels, crf_inference_many
+
+    imgs, labs = [], []
+    for seed, k in zip(range(3), (2, 0, 3)):
+        img, cam = _cam_case(seed, size=48)
+        imgs.append(to_rgb_uint8(img))
+        rng = np.random.default_rng(seed)
+        labs.append(rng.integers(0, 3, (k, 48, 48)))
+    many = crf_inference_many(imgs, labs, 3, CRFParams(), device)
+    assert [m.shape for m in many] == [(2, 48, 48), (0, 48, 48), (3, 48, 48)]
+    for img, lab, got in zip(imgs, labs, many):
+        want = crf_inference_labels(img, lab, 3, CRFParams(), "wsss_fast", device)
+        if device == "cpu":
+            np.testing.assert_array_equal(got, want)
+        else:
+            assert lab.shape[0] == 0 or (got == want).mean() >= 0.999
+    with pytest.raises(ValueError, match="one size"):
+        crf_inference_many([imgs[0], imgs[1][:40]], labs[:2], 3)
+
+
+def test_batched_step_equals_one_image_at_a_time(fake_data):
+    """make-ir-label with the compiled CRF in the main process (batches of 3 images, negatives
+    with no maps among them) writes what cam_to_ir_label gives each image alone."""
+    from wsss_fast.engine.files import load_cam_file
+    from wsss_fast.irn.common import resize_image_uint8
+
+    paths, datasets = fake_data
+    cfg = tiny_cfg(ir_label={"batch_size": 3, "workers": 0, "crf": {"backend": "wsss_fast"}})
+    make_ir_label(cfg, paths)
+    ds = datasets["train"]
+    for i, image_id in enumerate(ds.image_ids):
+        cam = load_cam_file(paths.cam_file(image_id))
+        img = resize_image_uint8(np.asarray(ds.load_image(i)), tuple(np.asarray(cam["high_res"]).shape[1:]))
+        np.testing.assert_array_equal(read_png(paths.ir_label / f"{image_id}.png"), cam_to_ir_label(img, cam, cfg))
+
+
 def test_crf_inference_labels_backends_and_batching():
     from wsss_fast.irn.crf import crf_inference_labels
 

@@ -38,7 +38,7 @@ from ..engine.files import load_cam_file, write_png
 from ..engine.paths import RunPaths
 from . import common
 from .common import as_list, resize_image_uint8
-from .crf import CRFParams, crf_inference_labels, resolve_backend, to_rgb_uint8
+from .crf import CRFParams, crf_inference_labels, crf_inference_many, resolve_backend, to_rgb_uint8
 
 
 def _padded_argmax(cams: np.ndarray, thres: float) -> np.ndarray:
@@ -95,6 +95,17 @@ def cam_to_ir_label(img: np.ndarray, cam: dict, cfg: dict) -> np.ndarray:
     Returns:
         uint8 ``[H, W]``: c + 1 for confident fg of class c, 0 confident bg, 255 elsewhere.
     """
+    img, cams, keys, preds = _ir_inputs(img, cam, cfg)
+    if get(cfg, "ir_label.crf.enabled"):  # both maps in one call (one batch of 2 for the compiled op)
+        backend, device = _crf_backend(cfg)
+        preds = crf_inference_labels(img, preds, keys.shape[0], CRFParams.from_cfg(get(cfg, "ir_label.crf")),
+                                     backend, device)
+    return _ir_combine(preds, cams, keys, cfg)
+
+
+def _ir_inputs(img: np.ndarray, cam: dict, cfg: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(RGB image, CAMs [K, H, W], label of each channel [K + 1] (0 = bg), the confident-fg and
+    confident-bg argmax maps [2, H, W] before the CRF)`` of one image."""
     cams = np.asarray(cam["high_res"], dtype=np.float32)
     keys = np.pad(np.asarray(cam["keys"], dtype=np.int64) + 1, (1, 0))
     if cams.ndim != 3 or cams.shape[0] != keys.shape[0] - 1:
@@ -103,15 +114,16 @@ def cam_to_ir_label(img: np.ndarray, cam: dict, cfg: dict) -> np.ndarray:
     img = to_rgb_uint8(img)
     if img.shape[:2] != cams.shape[1:]:
         raise ValueError(f"image {tuple(img.shape[:2])} and CAM {tuple(cams.shape[1:])} sizes differ")
-    crf = CRFParams.from_cfg(get(cfg, "ir_label.crf")) if get(cfg, "ir_label.crf.enabled") else None
     if "val" in (get(cfg, "ir_label.conf_fg_thres"), get(cfg, "ir_label.conf_bg_thres")):
         raise ValueError("cam_to_ir_label needs numeric ir_label.conf_fg_thres / conf_bg_thres; "
                          "make_ir_label resolves 'val' with ir_thresholds()")
     preds = np.stack([_padded_argmax(cams, float(get(cfg, "ir_label.conf_fg_thres"))),
                       _padded_argmax(cams, float(get(cfg, "ir_label.conf_bg_thres")))])
-    if crf is not None:  # both maps in one call (one batch of 2 for the compiled op)
-        backend, device = _crf_backend(cfg)
-        preds = crf_inference_labels(img, preds, keys.shape[0], crf, backend, device)
+    return img, cams, keys, preds
+
+
+def _ir_combine(preds: np.ndarray, cams: np.ndarray, keys: np.ndarray, cfg: dict) -> np.ndarray:
+    """The IR label from the (CRF-refined) confident-fg and confident-bg maps ``[2, H, W]``."""
     fg_conf, bg_conf = keys[preds[0]], keys[preds[1]]
     conf = fg_conf.copy()
     conf[fg_conf == 0] = 255
@@ -134,14 +146,64 @@ def _init_worker(cfg: dict, root: str, split: str, pool: bool = False) -> None:
     _WORKER.update(cfg=cfg, paths=paths, ds=common.build_split(cfg, split, paths, train=False))
 
 
-def _process(index: int) -> str:
-    cfg, paths, ds = _WORKER["cfg"], _WORKER["paths"], _WORKER["ds"]
+def _load(ds, paths: RunPaths, index: int) -> tuple[str, np.ndarray, dict]:
+    """``(image id, image at the CAM's resolution, CAM dict)``."""
     image_id = ds.image_ids[index]
     cam = load_cam_file(paths.cam_file(image_id))
     size = tuple(np.asarray(cam["high_res"]).shape[1:])
-    img = resize_image_uint8(np.asarray(ds.load_image(index)), size)
+    return image_id, resize_image_uint8(np.asarray(ds.load_image(index)), size), cam
+
+
+def _process(index: int) -> str:
+    cfg, paths, ds = _WORKER["cfg"], _WORKER["paths"], _WORKER["ds"]
+    image_id, img, cam = _load(ds, paths, index)
     write_png(cam_to_ir_label(img, cam, cfg), paths.ir_label / f"{image_id}.png")
     return image_id
+
+
+class _Inputs(torch.utils.data.Dataset):
+    """The CRF's inputs of each image (:func:`_ir_inputs`), prepared in loader workers."""
+
+    def __init__(self, cfg: dict, paths: RunPaths, ds, todo: list[int]) -> None:
+        self.cfg, self.paths, self.ds, self.todo = cfg, paths, ds, todo
+
+    def __len__(self) -> int:
+        return len(self.todo)
+
+    def __getitem__(self, j: int) -> tuple:
+        image_id, img, cam = _load(self.ds, self.paths, self.todo[j])
+        return (image_id, *_ir_inputs(img, cam, self.cfg))
+
+
+def _run_batched(cfg: dict, paths: RunPaths, ds, todo: list[int], bar: tqdm) -> None:
+    """The compiled CRF in the main process on ``ir_label.batch_size`` images per call (the maps
+    of the images of one size and label count in one batch), the inputs prepared by
+    ``num_workers`` loader processes and the PNGs written by a thread pool."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    params = CRFParams.from_cfg(get(cfg, "ir_label.crf"))
+    device = _crf_backend(cfg)[1]
+    loader = torch.utils.data.DataLoader(_Inputs(cfg, paths, ds, todo), batch_size=int(get(cfg, "ir_label.batch_size")),
+                                         num_workers=int(get(cfg, "num_workers")), collate_fn=list)
+
+    def finish(item: tuple, refined: np.ndarray) -> None:
+        image_id, _, cams, keys, _ = item
+        write_png(_ir_combine(refined, cams, keys, cfg), paths.ir_label / f"{image_id}.png")
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pending = []
+        for items in loader:
+            groups: dict = {}
+            for it in items:  # (size, labels): one CRF call each
+                groups.setdefault((it[1].shape[:2], it[3].shape[0]), []).append(it)
+            for (_, n_labels), group in groups.items():
+                refined = crf_inference_many([it[1] for it in group], [it[4] for it in group], n_labels, params,
+                                             device)
+                pending += [pool.submit(finish, it, r) for it, r in zip(group, refined)]
+            for f in pending:
+                f.result()
+            bar.update(len(items))
+            pending = []
 
 
 def _run_split(cfg: dict, paths: RunPaths, split: str, workers: int) -> int:
@@ -155,10 +217,11 @@ def _run_split(cfg: dict, paths: RunPaths, split: str, workers: int) -> int:
     todo = [i for i, image_id in enumerate(ids) if not (paths.ir_label / f"{image_id}.png").exists()]
     if not todo:
         return 0
-    if get(cfg, "ir_label.crf.enabled") and _crf_backend(cfg)[1].type == "cuda":
-        workers = 0  # the compiled CRF runs on the GPU from the main process
     bar = tqdm(total=len(todo), desc=f"ir-label {split}", unit="img")
-    if workers <= 1:
+    if get(cfg, "ir_label.crf.enabled") and _crf_backend(cfg)[0] == "wsss_fast" and \
+            (_crf_backend(cfg)[1].type == "cuda" or workers <= 1):
+        _run_batched(cfg, paths, ds, todo, bar)  # the compiled CRF on batches from the main process
+    elif workers <= 1:
         _init_worker(cfg, str(paths.root), split)
         for i in todo:
             _process(i)
