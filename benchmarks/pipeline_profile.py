@@ -35,22 +35,18 @@ import importlib
 import json
 import os
 import platform
-import resource
 import shutil
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, RandomSampler
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, Path(__file__).resolve().parent):  # the package; this folder's profile_probes, pipeline_reference
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 from wsss_fast.config import get, load_config, save_config  # noqa: E402
 from wsss_fast.data import build_dataset, write_synthetic_siim  # noqa: E402
@@ -58,6 +54,7 @@ from wsss_fast.engine.dist import resolve_device  # noqa: E402
 from wsss_fast.irn import train as irn_train  # noqa: E402
 from wsss_fast.engine.paths import RunPaths  # noqa: E402
 from wsss_fast.steps import PIPELINE  # noqa: E402
+from profile_probes import GpuSampler, ProbedLoader, _cpu_seconds  # noqa: E402,F401
 
 PRESETS = {  # images, DICOM px, working px, max training iterations
     "gpu": dict(images=256, dicom_size=1024, image_size=512, max_iters=20),
@@ -76,122 +73,6 @@ SIIM_IMAGES, SIIM_TRAIN, SIIM_VAL = 12047, 10675, 686
 SIIM_EVAL = 2 * SIIM_VAL  # val + test
 LOADER_MODULES = ("wsss_fast.cls.train", "wsss_fast.cam.make", "wsss_fast.irn.train", "wsss_fast.irn.sem_seg",
                   "wsss_fast.seg.train", "wsss_fast.seg.infer")
-
-
-# ----------------------------------------------------------------------------- timing probes
-class ProbedLoader(DataLoader):
-    """A DataLoader that records, per batch, how long the loop waited for it and how many images
-    it held; a training loader (shuffled or batch-sampled) stops after ``max_iters`` batches."""
-
-    registry: list["ProbedLoader"] = []
-    max_iters: int | None = None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.training = isinstance(self.sampler, RandomSampler) or kwargs.get("batch_sampler") is not None
-        self.limit = self.max_iters if self.training else None
-        self.batches: list[tuple[float, float, int]] = []  # (requested, received, images)
-        self.end: float | None = None
-        ProbedLoader.registry.append(self)
-
-    def __len__(self) -> int:
-        n = super().__len__()
-        return n if self.limit is None else min(n, self.limit)
-
-    def __iter__(self):
-        it = super().__iter__()
-        k = 0
-        try:
-            while self.limit is None or k < self.limit:
-                t0 = time.perf_counter()
-                try:
-                    batch = next(it)
-                except StopIteration:
-                    break
-                self.batches.append((t0, time.perf_counter(), _count(batch)))
-                k += 1
-                yield batch
-        finally:
-            self.end = time.perf_counter()
-
-    def stats(self) -> dict[str, Any] | None:
-        """Steady state (batches after the first): images, seconds, data-wait share."""
-        if not self.batches or self.end is None:
-            return None
-        b = self.batches[1:] if len(self.batches) > 1 else self.batches
-        span = max(self.end - b[0][0], 1e-9)
-        return {"training": self.training, "batches": len(self.batches), "images": sum(x[2] for x in b),
-                "seconds": span, "wait_s": sum(x[1] - x[0] for x in b), "window": (b[0][0], self.end),
-                "first_batch_s": self.batches[0][1] - self.batches[0][0]}
-
-
-def _count(batch: Any) -> int:
-    if isinstance(batch, dict):
-        for v in batch.values():
-            if torch.is_tensor(v) and v.ndim == 4:
-                return int(v.shape[0])
-        return 1
-    if isinstance(batch, (list, tuple)) and batch:
-        if torch.is_tensor(batch[0]):
-            return int(batch[0].shape[0])
-        return len(batch)
-    return 1
-
-
-class GpuSampler:
-    """GPU utilization (% of time a kernel ran) sampled every 100 ms in the background: NVML
-    (``pynvml``, from nvidia-ml-py) polled by a thread, else ``nvidia-smi -lms 100``."""
-
-    def __init__(self, index: int = 0, interval: float = 0.1) -> None:
-        self.samples: list[tuple[float, float]] = []
-        self.proc = None
-        self.source = None
-        self._stop = threading.Event()
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            pynvml.nvmlDeviceGetUtilizationRates(handle)
-        except Exception:  # no NVML: nvidia-smi's own sampling
-            exe = shutil.which("nvidia-smi")
-            if exe is None:
-                return
-            self.source = "nvidia-smi"
-            self.proc = subprocess.Popen([exe, "-i", str(index), "--query-gpu=utilization.gpu",
-                                          "--format=csv,noheader,nounits", "-lms", str(int(interval * 1000))],
-                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-            threading.Thread(target=self._read, daemon=True).start()
-            return
-        self.source = "nvml"
-        threading.Thread(target=self._poll, args=(pynvml, handle, interval), daemon=True).start()
-
-    def _poll(self, pynvml, handle, interval: float) -> None:
-        while not self._stop.wait(interval):
-            self.samples.append((time.perf_counter(), pynvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0))
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            try:
-                self.samples.append((time.perf_counter(), float(line.strip()) / 100.0))
-            except ValueError:
-                pass
-
-    def busy(self, windows: list[tuple[float, float]]) -> float | None:
-        """Mean utilization over the time windows [(t0, t1), ...] (None without samples)."""
-        v = [u for t, u in self.samples if any(t0 <= t <= t1 for t0, t1 in windows)]
-        return float(np.mean(v)) if v else None
-
-    def close(self) -> None:
-        self._stop.set()
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=5)
-
-
-def _cpu_seconds() -> float:
-    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
 
 
 # ----------------------------------------------------------------------------- the run
@@ -383,7 +264,6 @@ def run_profile(args: argparse.Namespace) -> dict:
               "gpu_busy_source": gpu.source if gpu else None,
               "decode": decode_benchmark(cfg, paths, min(args.images, 32))}
     if args.reference:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
         from pipeline_reference import reference_timings
 
         result["reference"] = reference_timings(cfg, device, args.ref_images, args.ref_walk_size)
