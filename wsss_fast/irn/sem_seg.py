@@ -173,12 +173,16 @@ def _walk_soft(model: EdgeDisplacement, items: list[dict], cfg: dict, device: to
                 c = F.interpolate(c[None], size=(h, w), mode="bilinear", align_corners=False)[0]
             cams[b, : c.shape[0]] = c
     out: dict[tuple[bool, int], list[torch.Tensor]] = {}
+    radius, beta = int(get(cfg, "sem_seg.radius")), float(get(cfg, "sem_seg.beta"))
     for mask in masks:
-        for n in steps:
+        rw, done = None, 0
+        for n in sorted({int(s) for s in steps}):
             rw_up = None
-            if cams is not None:
-                rw = ops.random_walk(cams, edge, radius=int(get(cfg, "sem_seg.radius")),
-                                     beta=float(get(cfg, "sem_seg.beta")), steps=int(n), mask_edge=bool(mask))
+            if cams is not None:  # the walk is linear: n steps = the last walk walked n - done more
+                rw = ops.random_walk(cams, edge, radius=radius, beta=beta, steps=n, mask_edge=bool(mask)) \
+                    if rw is None else ops.random_walk(rw, edge, radius=radius, beta=beta, steps=n - done,
+                                                       mask_edge=False)
+                done = n
                 rw_up = F.interpolate(rw.float(), size=(4 * h // up, 4 * w // up), mode="bilinear",
                                       align_corners=False)[..., :H, :W]
             softs = []
