@@ -43,7 +43,8 @@ __global__ void insert_kernel(Geom g, const int* __restrict__ rem0, const int8_t
       if (same_key(g, rem0, rank, e, key, img)) break;
       h = (h + 1) & g.mask;
     }
-    slot_of[q] = static_cast<int>(h);
+    // the table has up to 2^32 slots (P < 2^31, load <= 2/3): stored as int, read back unsigned
+    slot_of[q] = static_cast<int>(static_cast<uint32_t>(h));
   }
 }
 
@@ -52,7 +53,7 @@ __global__ void number_kernel(int64_t P, const int* __restrict__ table, const in
                               int* __restrict__ id_of, int* __restrict__ counter) {
   for (int64_t q = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; q < P;
        q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    if (table[slot_of[q]] == static_cast<int>(q)) id_of[q] = atomicAdd(counter, 1);
+    if (table[static_cast<uint32_t>(slot_of[q])] == static_cast<int>(q)) id_of[q] = atomicAdd(counter, 1);
   }
 }
 
@@ -62,7 +63,7 @@ __global__ void vid_kernel(int64_t P, const int* __restrict__ table, const int* 
                            int* __restrict__ rep) {
   for (int64_t q = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; q < P;
        q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int e = table[slot_of[q]];
+    const int e = table[static_cast<uint32_t>(slot_of[q])];
     const int id = id_of[e];
     if (e == static_cast<int>(q)) {
       rep[id] = e;
