@@ -71,7 +71,8 @@ PAPER_WALK = ["sem_seg.steps=256", "sem_seg.bg_thres=0.25", "sem_seg.edge_mask=t
 # The full SIIM-ACR set and the paper's split (Viniavskyi et al., AIME 2020)
 SIIM_IMAGES, SIIM_TRAIN, SIIM_VAL = 12047, 10675, 686
 SIIM_EVAL = 2 * SIIM_VAL  # val + test
-LOADER_MODULES = ("wsss_fast.cls.train", "wsss_fast.cam.make", "wsss_fast.irn.train", "wsss_fast.irn.sem_seg",
+LOADER_MODULES = ("wsss_fast.cls.train", "wsss_fast.cam.make", "wsss_fast.irn.ir_label", "wsss_fast.irn.train",
+                  "wsss_fast.irn.sem_seg",
                   "wsss_fast.seg.train", "wsss_fast.seg.infer")
 
 
@@ -128,7 +129,7 @@ def full_run_images(paper: dict) -> dict[str, dict[str, float]]:
     return {
         "train-cls": {"train": paper["cls.epochs"] * epoch(paper["cls.batch_size"]), "eval": paper["cls.epochs"] * 686},
         "make-cam": {"eval": SIIM_IMAGES},
-        "make-ir-label": {"step": SIIM_TRAIN},
+        "make-ir-label": {"eval": SIIM_TRAIN, "step": SIIM_TRAIN, "val_choice": SIIM_VAL},
         "train-irn": {"train": paper["irn.epochs"] * epoch(paper["irn.batch_size"]), "dp_mean": SIIM_TRAIN},
         "make-sem-seg": {"eval": SIIM_IMAGES},
         "train-seg": {"train": paper["seg.epochs"] * epoch(paper["seg.batch_size"])},
@@ -183,6 +184,19 @@ def run_profile(args: argparse.Namespace) -> dict:
         return r
 
     irn_train.estimate_displacement_mean = timed_dp
+    # make-ir-label's thresholds chosen on val: timed apart, projected to SIIM's val images
+    import wsss_fast.irn.ir_label as ir_label_mod
+
+    val_timer: dict[str, float] = {}
+    real_thr = ir_label_mod.ir_thresholds
+
+    def timed_thr(cfg_: dict, paths_: RunPaths) -> dict:
+        t = time.perf_counter()
+        r = real_thr(cfg_, paths_)
+        val_timer.update(seconds=time.perf_counter() - t, images=len(build_dataset(cfg_, "val", paths_, train=False)))
+        return r
+
+    ir_label_mod.ir_thresholds = timed_thr
     gpu = GpuSampler(torch.device(device).index or 0) if device.startswith("cuda") else None
     cuda = device.startswith("cuda")
     steps = []
@@ -190,6 +204,7 @@ def run_profile(args: argparse.Namespace) -> dict:
         for step in PIPELINE:
             ProbedLoader.registry = []
             dp_timer.clear()
+            val_timer.clear()
             if cuda:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
@@ -214,9 +229,12 @@ def run_profile(args: argparse.Namespace) -> dict:
                 p["windows"].append(st["window"])
             if dp_timer:
                 parts["dp_mean"] = {"images": dp_timer["images"], "seconds": dp_timer["seconds"], "wait_s": None}
-            if not parts:
+            if val_timer:
+                parts["val_choice"] = {"images": val_timer["images"], "seconds": val_timer["seconds"], "wait_s": None}
+            if not any(k in parts for k in ("train", "eval")):  # no loader probed: the rest of the step, whole
                 n = _step_images(step.name, cfg, paths)
-                parts["step"] = {"images": n, "seconds": s1 - s0, "wait_s": None}
+                rest = s1 - s0 - sum(p["seconds"] for p in parts.values())
+                parts["step"] = {"images": n, "seconds": max(rest, 1e-9), "wait_s": None}
             for p in parts.values():
                 p["images_per_s"] = p["images"] / max(p["seconds"], 1e-9)
             rec["parts"] = parts
@@ -241,6 +259,7 @@ def run_profile(args: argparse.Namespace) -> dict:
         for name, dl in saved.items():
             importlib.import_module(name).DataLoader = dl
         irn_train.estimate_displacement_mean = real_dp
+        ir_label_mod.ir_thresholds = real_thr
         if gpu:
             gpu.close()
 

@@ -97,7 +97,8 @@ def test_full_run_counts_follow_the_paper():
     assert set(full) == {s.name for s in PIPELINE}
     assert full["train-cls"]["train"] == 10 * (10675 // 16) * 16 and full["train-cls"]["eval"] == 10 * 686
     assert full["make-cam"]["eval"] == full["make-sem-seg"]["eval"] == 12047
-    assert full["make-ir-label"]["step"] == 10675 and full["train-irn"]["dp_mean"] == 10675
+    assert full["make-ir-label"]["step"] == full["make-ir-label"]["eval"] == 10675
+    assert full["make-ir-label"]["val_choice"] == 686 and full["train-irn"]["dp_mean"] == 10675
     assert full["train-irn"]["train"] == 3 * (10675 // 32) * 32
     assert full["train-seg"]["train"] == 10 * (10675 // 48) * 48 and full["predict-seg"]["eval"] == 1372
 
@@ -136,6 +137,9 @@ def test_tiny_profile_runs_every_step(tmp_path):
     assert by["train-cls"]["parts"]["train"]["batches"] == 1
     assert by["train-seg"]["parts"]["train"]["batches"] == 1
     assert by["make-cam"]["parts"]["eval"]["batches"] >= 1 and by["train-irn"]["parts"]["dp_mean"]["images"] > 0
+    # make-ir-label: its loader (the batched CRF) probed, its thresholds' choice on val timed apart
+    irl = by["make-ir-label"]["parts"]
+    assert irl["eval"]["images"] > 0 and irl["val_choice"]["images"] > 0 and irl["val_choice"]["seconds"] > 0
     # the walk's choice on val (siim.yaml: steps / bg_thres val), timed apart and in the total
     w = r["walk_choice"]
     assert w["images"] > 0 and w["seconds"] > 0 and w["projected_full_s"] == pytest.approx(w["per_image_s"] * 686)

@@ -28,6 +28,7 @@ from typing import Iterable
 import numpy as np
 import torch
 from scipy import ndimage
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..cam.make import val_sweep
@@ -161,7 +162,7 @@ def _process(index: int) -> str:
     return image_id
 
 
-class _Inputs(torch.utils.data.Dataset):
+class _Inputs(Dataset):
     """The CRF's inputs of each image (:func:`_ir_inputs`), prepared in loader workers."""
 
     def __init__(self, cfg: dict, paths: RunPaths, ds, todo: list[int]) -> None:
@@ -183,8 +184,8 @@ def _run_batched(cfg: dict, paths: RunPaths, ds, todo: list[int], bar: tqdm) -> 
 
     params = CRFParams.from_cfg(get(cfg, "ir_label.crf"))
     device = _crf_backend(cfg)[1]
-    loader = torch.utils.data.DataLoader(_Inputs(cfg, paths, ds, todo), batch_size=int(get(cfg, "ir_label.batch_size")),
-                                         num_workers=int(get(cfg, "num_workers")), collate_fn=list)
+    loader = DataLoader(_Inputs(cfg, paths, ds, todo), batch_size=int(get(cfg, "ir_label.batch_size")),
+                        num_workers=int(get(cfg, "num_workers")), collate_fn=list)
 
     def finish(item: tuple, refined: np.ndarray) -> None:
         image_id, _, cams, keys, _ = item
