@@ -29,34 +29,13 @@ exec > >(tee "$OUT/gpu_pipeline.log") 2>&1
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 stamp() { echo "=== [$(elapsed)s] $*"; }
-# budget N: N seconds, or fewer so that the script ends by DEADLINE seconds after its start (if set)
-budget() {
-  local t="$1" l
-  if [ -n "${DEADLINE:-}" ]; then l=$(( DEADLINE - $(elapsed) - 3 )); [ "$l" -lt "$t" ] && t="$l"; fi
-  [ "$t" -lt 1 ] && t=1
-  echo "$t"
-}
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=10
 
 . benchmarks/carried_wheels.sh  # .whl/ (make gpu-wheels) -> /tmp/site
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 nproc
 
-if [ "${SKIP_BUILD:-0}" != 1 ] || ! ls wsss_fast/_C*.so >/dev/null 2>&1; then
-  stamp "build (sm_90)"
-  export TORCH_CUDA_ARCH_LIST="9.0" CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" MAX_JOBS="${MAX_JOBS:-16}" FORCE_CUDA=1
-  # the image's /opt/gcc g++ builds an extension whose C++ errors crash the process (gpu_check.sh)
-  if [ -x /usr/bin/g++ ] && [ -x /usr/bin/gcc ]; then export CC=/usr/bin/gcc CXX=/usr/bin/g++; fi
-  rm -rf build wsss_fast/_C*.so
-  if ! timeout "$(budget "${BUILD_TIMEOUT:-240}")" "$PY" setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
-    grep -E "error|Error" "$OUT/build.log" | head -30; tail -20 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
-  fi
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-# the compiled CUDA kernels, or stop: without them every op would fall back to the references
-"$PY" -c "import json, sys, wsss_fast; i = wsss_fast.extension_info(); print(json.dumps(i)); \
-sys.exit(0 if i['compiled_ops_loaded'] and ('$DEVICE' == 'cpu' or i['cuda_kernels_compiled'] and i['cuda_available']) else 1)" \
-  || { echo "NO CUDA KERNELS"; exit 1; }
+. benchmarks/gpu_build.sh  # budget(); wsss_fast._C built for sm_90 (or kept) and checked
 WSSS=("$PY" -m wsss_fast.cli.main)
 
 stamp "torchrun --nproc_per_node 1: train-cls, make-cam (NCCL)"

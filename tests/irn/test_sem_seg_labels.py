@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wsss_fast.irn.sem_seg import best_and_label, labels_from_soft
+from wsss_fast.irn.sem_seg import labels_from_soft
+from wsss_fast.metrics import best_and_label
 
 
 def _by_definition(rw: torch.Tensor, keys: np.ndarray, t: float, size) -> np.ndarray:

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
@@ -155,13 +154,10 @@ def predict_from_cam(high_res: torch.Tensor, keys: np.ndarray | torch.Tensor,
         One uint8 ``[H, W]`` map per threshold: ``keys[argmax] + 1`` where the best map
         exceeds the threshold, else 0 (the argmax over ``[t, maps]``, ties to background).
     """
-    h, w = high_res.shape[-2:]
-    if high_res.shape[0] == 0:
-        return [torch.zeros((h, w), dtype=torch.uint8) for _ in thresholds]
-    keys_t = torch.as_tensor(np.asarray(keys), dtype=torch.long)
-    best, arg = high_res.float().max(dim=0)
-    cls = (keys_t[arg] + 1).to(torch.uint8)
-    return [torch.where(best > t, cls, torch.zeros_like(cls)) for t in thresholds]
+    from ..metrics import best_and_label
+
+    best, label = best_and_label(high_res, keys)
+    return [torch.where(best > t, label, 0).to(torch.uint8) for t in thresholds]
 
 
 def _nan_to_none(v: Any) -> Any:
@@ -196,7 +192,7 @@ def eval_cam(cfg: dict, paths: RunPaths) -> dict:
         ValueError: the split has no ground-truth masks, or a bad ``cam.eval_metric``.
     """
     from ..data import build_dataset
-    from ..metrics import SegEvaluator, add_sweep
+    from ..metrics import SegEvaluator, add_sweep, best_and_label
 
     thresholds = [float(t) for t in get(cfg, "cam.eval_thresholds")]
     metric = str(get(cfg, "cam.eval_metric"))
@@ -218,16 +214,9 @@ def eval_cam(cfg: dict, paths: RunPaths) -> dict:
             if gt is None:
                 raise ValueError(f"eval-cam: split '{split}' has no ground-truth mask for image {image_id}")
             d = load_cam_file(paths.cam_file(image_id))
-            maps = torch.from_numpy(np.asarray(d["high_res"], dtype=np.float32))
-            if maps.shape[0] and tuple(maps.shape[-2:]) != tuple(gt.shape):
-                maps = F.interpolate(maps[None], size=tuple(gt.shape), mode="bilinear", align_corners=False)[0]
             positive = bool(np.asarray(ds.labels[i]).any())
             # every threshold in one pass: the labels predict_from_cam gives each of them
-            if maps.shape[0]:
-                best, arg = maps.max(dim=0)
-                label = torch.as_tensor(np.asarray(d["keys"]), dtype=torch.long)[arg] + 1
-            else:
-                best, label = torch.full(tuple(gt.shape), float("-inf")), torch.zeros(tuple(gt.shape), dtype=torch.long)
+            best, label = best_and_label(np.asarray(d["high_res"], dtype=np.float32), d["keys"], tuple(gt.shape))
             add_sweep(evals, best, label, gt, thresholds, positive)
         rows = []
         for t, ev in zip(thresholds, evals):

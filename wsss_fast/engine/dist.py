@@ -118,13 +118,17 @@ def init_distributed(cfg: dict) -> DistContext:
         torch.cuda.set_device(device)
     ctx = DistContext(rank=rank, world_size=world, local_rank=local, device=device, in_group=group)
     if group:
-        if dist.is_initialized():
-            ctx.rank, ctx.world_size = dist.get_rank(), dist.get_world_size()
-        else:
-            backend = "nccl" if device.type == "cuda" else "gloo"
-            dist.init_process_group(backend=backend, rank=rank, world_size=world)
-            ctx.owns_group = True
+        _join(ctx, "nccl" if device.type == "cuda" else "gloo")
     return ctx
+
+
+def _join(ctx: DistContext, backend: str) -> None:
+    """Join the process group with ``backend`` (``ctx`` then owns it), or adopt the existing one."""
+    if dist.is_initialized():
+        ctx.rank, ctx.world_size = dist.get_rank(), dist.get_world_size()
+    else:
+        dist.init_process_group(backend=backend, rank=ctx.rank, world_size=ctx.world_size)
+        ctx.owns_group = True
 
 
 @contextmanager
@@ -143,11 +147,7 @@ def object_group() -> Iterator[DistContext | None]:
         yield None
         return
     ctx = DistContext(rank=rank, world_size=world, local_rank=local, in_group=True)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="gloo", rank=rank, world_size=world)
-        ctx.owns_group = True
-    else:
-        ctx.rank, ctx.world_size = dist.get_rank(), dist.get_world_size()
+    _join(ctx, "gloo")
     try:
         yield ctx
     finally:

@@ -176,14 +176,13 @@ class _Inputs(Dataset):
         return (image_id, *_ir_inputs(img, cam, self.cfg))
 
 
-def _run_batched(cfg: dict, paths: RunPaths, ds, todo: list[int], bar: tqdm) -> None:
+def _run_batched(cfg: dict, paths: RunPaths, ds, todo: list[int], bar: tqdm, device: torch.device) -> None:
     """The compiled CRF in the main process on ``ir_label.batch_size`` images per call (the maps
     of the images of one size and label count in one batch), the inputs prepared by
     ``num_workers`` loader processes and the PNGs written by a thread pool."""
     from concurrent.futures import ThreadPoolExecutor
 
     params = CRFParams.from_cfg(get(cfg, "ir_label.crf"))
-    device = _crf_backend(cfg)[1]
     loader = DataLoader(_Inputs(cfg, paths, ds, todo), batch_size=int(get(cfg, "ir_label.batch_size")),
                         num_workers=int(get(cfg, "num_workers")), collate_fn=list)
 
@@ -192,9 +191,8 @@ def _run_batched(cfg: dict, paths: RunPaths, ds, todo: list[int], bar: tqdm) -> 
         write_png(_ir_combine(refined, cams, keys, cfg), paths.ir_label / f"{image_id}.png")
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        pending = []
         for items in loader:
-            groups: dict = {}
+            pending, groups = [], {}
             for it in items:  # (size, labels): one CRF call each
                 groups.setdefault((it[1].shape[:2], it[3].shape[0]), []).append(it)
             for (_, n_labels), group in groups.items():
@@ -204,7 +202,6 @@ def _run_batched(cfg: dict, paths: RunPaths, ds, todo: list[int], bar: tqdm) -> 
             for f in pending:
                 f.result()
             bar.update(len(items))
-            pending = []
 
 
 def _run_split(cfg: dict, paths: RunPaths, split: str, workers: int) -> int:
@@ -219,9 +216,9 @@ def _run_split(cfg: dict, paths: RunPaths, split: str, workers: int) -> int:
     if not todo:
         return 0
     bar = tqdm(total=len(todo), desc=f"ir-label {split}", unit="img")
-    if get(cfg, "ir_label.crf.enabled") and _crf_backend(cfg)[0] == "wsss_fast" and \
-            (_crf_backend(cfg)[1].type == "cuda" or workers <= 1):
-        _run_batched(cfg, paths, ds, todo, bar)  # the compiled CRF on batches from the main process
+    backend, device = _crf_backend(cfg)
+    if get(cfg, "ir_label.crf.enabled") and backend == "wsss_fast" and (device.type == "cuda" or workers <= 1):
+        _run_batched(cfg, paths, ds, todo, bar, device)  # the compiled CRF on batches from the main process
     elif workers <= 1:
         _init_worker(cfg, str(paths.root), split)
         for i in todo:

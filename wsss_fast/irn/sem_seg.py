@@ -40,6 +40,7 @@ from ..config import get
 from ..engine.paths import RunPaths
 from ..engine.files import atomic_write_bytes, load_cam_file, read_json
 from ..engine.dist import env_rank_world, resolve_device
+from ..metrics.segmentation import best_and_label
 from . import common
 from ..engine.files import read_png, write_npy, write_png
 from .common import as_list
@@ -69,28 +70,6 @@ def labels_from_soft(rw: np.ndarray | torch.Tensor, keys: np.ndarray, bg_thres: 
     """
     best, label = best_and_label(rw, keys, size)
     return torch.where(best > float(bg_thres), label, 0).cpu().numpy().astype(np.uint8)
-
-
-def best_and_label(rw: np.ndarray | torch.Tensor, keys: np.ndarray,
-                   size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each pixel's best soft score and its class label, the input of a background threshold.
-
-    Args:
-        rw: ``[K, H, W]`` soft maps; keys: ``[K]`` 0-based classes; size: as :func:`labels_from_soft`.
-
-    Returns:
-        ``(best, label)``: float32 and int64 ``[H0, W0]``; ``label`` = key + 1 of the first best
-        channel; ``best`` is -inf without channels (never foreground).
-    """
-    rw = torch.as_tensor(np.asarray(rw, dtype=np.float32) if not isinstance(rw, torch.Tensor) else rw).float()
-    if size is not None and tuple(rw.shape[-2:]) != tuple(size):
-        rw = F.interpolate(rw[None], size=tuple(size), mode="bilinear", align_corners=False)[0] \
-            if rw.shape[0] else rw.new_zeros((0, *size))
-    if rw.shape[0] == 0:
-        return rw.new_full(rw.shape[-2:], float("-inf")), torch.zeros(rw.shape[-2:], dtype=torch.long, device=rw.device)
-    arg = torch.argmax(rw, dim=0)  # the first best channel
-    lut = torch.as_tensor(np.asarray(keys, dtype=np.int64) + 1, device=rw.device)
-    return rw.gather(0, arg[None])[0], lut[arg]
 
 
 class _InferDataset(Dataset):

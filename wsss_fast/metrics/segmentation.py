@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-__all__ = ["confusion_matrix", "miou", "dice_per_image", "threshold_sweep", "add_sweep", "SegEvaluator"]
+__all__ = ["confusion_matrix", "miou", "dice_per_image", "best_and_label", "threshold_sweep", "add_sweep",
+           "SegEvaluator"]
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -104,6 +106,31 @@ def dice_per_image(pred_bin: ArrayLike, gt_bin: ArrayLike) -> float:
     if denom == 0:
         return 1.0
     return 2.0 * int((p & g).sum()) / denom
+
+
+def best_and_label(maps: ArrayLike, keys: ArrayLike,
+                   size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each pixel's best score and its class label: what a background threshold acts on.
+
+    Args:
+        maps: ``[K, H, W]`` class maps (CAMs, walk maps), on any device.
+        keys: ``[K]`` 0-based classes of the channels.
+        size: ``(H0, W0)`` to resize the maps to first (bilinear); None: as they are.
+
+    Returns:
+        ``(best, label)``: float32 and int64 ``[H0, W0]`` on the maps' device; ``label`` =
+        key + 1 of the first best channel; ``best`` is -inf without channels (never
+        foreground). ``where(best > t, label, 0)`` is the label map of threshold ``t``.
+    """
+    rw = torch.as_tensor(np.asarray(maps, dtype=np.float32) if not isinstance(maps, torch.Tensor) else maps).float()
+    if size is not None and tuple(rw.shape[-2:]) != tuple(size):
+        rw = F.interpolate(rw[None], size=tuple(size), mode="bilinear", align_corners=False)[0] \
+            if rw.shape[0] else rw.new_zeros((0, *size))
+    if rw.shape[0] == 0:
+        return rw.new_full(rw.shape[-2:], float("-inf")), torch.zeros(rw.shape[-2:], dtype=torch.long, device=rw.device)
+    arg = torch.argmax(rw, dim=0)  # the first best channel
+    lut = torch.as_tensor(np.asarray(keys, dtype=np.int64) + 1, device=rw.device)
+    return rw.gather(0, arg[None])[0], lut[arg]
 
 
 def threshold_sweep(best: ArrayLike, label: ArrayLike, gt: ArrayLike, thresholds: list[float],
@@ -210,15 +237,8 @@ class SegEvaluator:
                 infers it from ``gt``.
         """
         g = _np(gt)
-        conf = confusion_matrix(pred, g, self.num_classes, self.ignore_index)
-        if positive is None:
-            positive = bool(((g != 0) & (g != self.ignore_index)).any())
-        self.conf_all += conf
-        if positive:
-            self.conf_pos += conf
-            self.n_pos += 1
-        self.n_images += 1
-        self.dices.append(dice_per_image(_np(pred), g))
+        self.add_counts(confusion_matrix(pred, g, self.num_classes, self.ignore_index), dice_per_image(_np(pred), g),
+                        positive)
 
     def add_counts(self, conf: np.ndarray, dice: float, positive: bool | None = None) -> None:
         """Add one image from its confusion matrix and Dice (e.g. from :func:`threshold_sweep`).
