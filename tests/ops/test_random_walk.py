@@ -159,14 +159,19 @@ def test_cuda_reduced_precision(compiled_ops, dtype):
 # (4, 8, 160, 160) has more tiles than fit on the GPU at once: the walk without cached weights.
 @pytest.mark.parametrize("shape", [(2, 3, 37, 45), (1, 2, 128, 128), (1, 21, 64, 48), (4, 8, 160, 160)])
 def test_cpu_vs_cuda(compiled_ops, shape):
+    """Both float32 walks against the CPU op in float64, with the dense oracle's bound (1e-4): 256
+    float32 steps summed in another order drift apart by more than either drifts from the truth
+    (5.5e-5 between them on an H200 for (4, 8, 160, 160); 1-2e-5 CPU against float64)."""
     torch.manual_seed(6)
     x = torch.rand(*shape)
     edge = torch.rand(shape[0], shape[2], shape[3])
     for steps in (1, 256):
         for mask in (True, False):
+            truth = random_walk(x.double(), edge.double(), steps=steps, mask_edge=mask)
             cpu = random_walk(x, edge, steps=steps, mask_edge=mask)
             gpu = random_walk(x.cuda(), edge.cuda(), steps=steps, mask_edge=mask).cpu()
-            assert _rel_err(gpu, cpu.double()) < 5e-5
+            assert _rel_err(cpu, truth) < 1e-4
+            assert _rel_err(gpu, truth) < 1e-4
 
 
 def test_opcheck(device, compiled_ops):
