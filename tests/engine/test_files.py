@@ -87,3 +87,20 @@ def test_write_png_checks_the_label_type(tmp_path):
     with pytest.raises(ValueError, match="uint8"):
         files.write_png(_label().astype(np.int32), tmp_path / "b.png")
     assert not (tmp_path / "b.png").exists()
+
+
+def test_background_writer_writes_everything_and_raises_the_first_error(tmp_path):
+    with files.BackgroundWriter(threads=3, max_pending=4) as w:
+        for k in range(20):
+            w.submit(files.write_png, np.full((5, 7), k, np.uint8), tmp_path / f"{k}.png")
+    assert sorted(int(p.stem) for p in tmp_path.glob("*.png")) == list(range(20))
+    assert all(files.read_png(tmp_path / f"{k}.png")[0, 0] == k for k in range(20))
+
+    def boom(*_):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        with files.BackgroundWriter(threads=2, max_pending=2) as w:
+            w.submit(boom)
+            for k in range(5):  # the failure surfaces here (a finished write is checked) or at the end
+                w.submit(files.write_png, np.zeros((3, 3), np.uint8), tmp_path / f"x{k}.png")

@@ -11,8 +11,10 @@ import io
 import json
 import os
 import tempfile
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -37,6 +39,45 @@ def atomic_write_bytes(data: bytes, path: str | Path) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+class BackgroundWriter:
+    """Per-image file writes on a few threads, off the loop that feeds the GPU.
+
+    PNG and ``np.save`` encoding release the GIL for much of their work. At most ``max_pending``
+    writes wait at a time (``submit`` blocks on the oldest beyond that); the first failed write
+    raises in the caller, at the latest when the ``with`` block ends, which waits for them all.
+
+    Args:
+        threads: writer threads.
+        max_pending: writes queued or running at once (their arrays are held until written).
+    """
+
+    def __init__(self, threads: int = 4, max_pending: int = 64) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=max(1, int(threads)), thread_name_prefix="writer")
+        self._pending: deque[Future] = deque()
+        self._max = max(1, int(max_pending))
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue ``fn(*args)``; raise the error of a finished write, if one failed."""
+        while self._pending and (self._pending[0].done() or len(self._pending) >= self._max):
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(fn, *args))
+
+    def wait(self) -> None:
+        """Wait for every queued write; raise the first error."""
+        while self._pending:
+            self._pending.popleft().result()
+
+    def __enter__(self) -> "BackgroundWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.wait()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=exc_type is not None)
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
