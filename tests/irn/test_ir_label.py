@@ -201,14 +201,19 @@ def test_crf_inference_many_equals_one_image_at_a_time(device, compiled_ops):
         crf_inference_many([imgs[0], imgs[1][:40]], labs[:2], 3)
 
 
-def test_batched_step_equals_one_image_at_a_time(fake_data):
+@pytest.mark.parametrize("loaders", [0, 2])
+@pytest.mark.parametrize("min_region", [0, 10_000])
+def test_batched_step_equals_one_image_at_a_time(fake_data, loaders, min_region):
     """make-ir-label with the compiled CRF in the main process (batches of 3 images, negatives
-    with no maps among them) writes what cam_to_ir_label gives each image alone."""
+    with no maps among them; inputs from 0 or 2 loader processes; the small-region filter,
+    which reads the CAMs, off and on: at 0.762 it drops two of the four positives' regions, whose
+    mean CAMs are 0.758-0.765) writes what cam_to_ir_label gives each image alone."""
     from wsss_fast.engine.files import load_cam_file
     from wsss_fast.irn.common import resize_image_uint8
 
     paths, datasets = fake_data
-    cfg = tiny_cfg(ir_label={"batch_size": 3, "workers": 0, "crf": {"backend": "wsss_fast"}})
+    cfg = tiny_cfg(num_workers=loaders, ir_label={"batch_size": 3, "workers": 0, "min_region": min_region,
+                                                  "min_region_conf": 0.762, "crf": {"backend": "wsss_fast"}})
     make_ir_label(cfg, paths)
     ds = datasets["train"]
     for i, image_id in enumerate(ds.image_ids):

@@ -33,9 +33,8 @@ from tqdm import tqdm
 
 from ..cam.make import val_sweep
 from ..config import get
-from ..engine.files import atomic_write_bytes
 from ..engine.dist import resolve_device
-from ..engine.files import load_cam_file, write_png
+from ..engine.files import BackgroundWriter, atomic_write_bytes, load_cam_file, write_png
 from ..engine.paths import RunPaths
 from . import common
 from .common import as_list, resize_image_uint8
@@ -172,35 +171,41 @@ class _Inputs(Dataset):
         return len(self.todo)
 
     def __getitem__(self, j: int) -> tuple:
+        """``(image id, RGB uint8 [H, W, 3], CAMs [K, H, W], keys [K + 1], fg/bg maps uint8 [2, H, W])``:
+        tensors, which reach the main process through shared memory (pickled arrays would queue
+        several MB per image through one pipe), the CAMs in the file's dtype, the maps in uint8."""
         image_id, img, cam = _load(self.ds, self.paths, self.todo[j])
-        return (image_id, *_ir_inputs(img, cam, self.cfg))
+        img, cams, keys, preds = _ir_inputs(img, cam, self.cfg)
+        if keys.shape[0] > 256:
+            raise ValueError(f"make-ir-label: {keys.shape[0] - 1} classes in one image, at most 255")
+        return (image_id, torch.from_numpy(np.require(img, requirements=["C", "W"])),
+                torch.from_numpy(np.require(cam["high_res"], requirements=["C", "W"])), keys,
+                torch.from_numpy(preds.astype(np.uint8)))
 
 
 def _run_batched(cfg: dict, paths: RunPaths, ds, todo: list[int], bar: tqdm, device: torch.device) -> None:
     """The compiled CRF in the main process on ``ir_label.batch_size`` images per call (the maps
     of the images of one size and label count in one batch), the inputs prepared by
     ``num_workers`` loader processes and the PNGs written by a thread pool."""
-    from concurrent.futures import ThreadPoolExecutor
-
     params = CRFParams.from_cfg(get(cfg, "ir_label.crf"))
     loader = DataLoader(_Inputs(cfg, paths, ds, todo), batch_size=int(get(cfg, "ir_label.batch_size")),
                         num_workers=int(get(cfg, "num_workers")), collate_fn=list)
 
     def finish(item: tuple, refined: np.ndarray) -> None:
         image_id, _, cams, keys, _ = item
+        cams = np.asarray(cams, dtype=np.float32)  # as cam_to_ir_label reads them
         write_png(_ir_combine(refined, cams, keys, cfg), paths.ir_label / f"{image_id}.png")
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with BackgroundWriter() as writer:
         for items in loader:
-            pending, groups = [], {}
+            groups: dict = {}
             for it in items:  # (size, labels): one CRF call each
-                groups.setdefault((it[1].shape[:2], it[3].shape[0]), []).append(it)
+                groups.setdefault((tuple(it[1].shape[:2]), it[3].shape[0]), []).append(it)
             for (_, n_labels), group in groups.items():
-                refined = crf_inference_many([it[1] for it in group], [it[4] for it in group], n_labels, params,
-                                             device)
-                pending += [pool.submit(finish, it, r) for it, r in zip(group, refined)]
-            for f in pending:
-                f.result()
+                refined = crf_inference_many([it[1].numpy() for it in group], [it[4].numpy() for it in group],
+                                             n_labels, params, device)
+                for it, r in zip(group, refined):
+                    writer.submit(finish, it, r)
             bar.update(len(items))
 
 

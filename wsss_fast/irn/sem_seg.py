@@ -24,8 +24,8 @@ channels in the order of the CAM file's ``keys``).
 
 from __future__ import annotations
 
+import copy
 import json
-import multiprocessing as mp
 import os
 from pathlib import Path
 
@@ -42,7 +42,7 @@ from ..engine.files import atomic_write_bytes, load_cam_file, read_json
 from ..engine.dist import env_rank_world, resolve_device
 from ..metrics.segmentation import best_and_label
 from . import common
-from ..engine.files import read_png, write_npy, write_png
+from ..engine.files import BackgroundWriter, read_png, write_npy, write_png
 from .common import as_list
 from .model import EdgeDisplacement, load_irnet
 
@@ -68,8 +68,21 @@ def labels_from_soft(rw: np.ndarray | torch.Tensor, keys: np.ndarray, bg_thres: 
     Returns:
         uint8 ``[H0, W0]``: 0 background, c + 1 class c.
     """
+    return _labels(rw, keys, bg_thres, size).cpu().numpy()
+
+
+def _labels(rw: torch.Tensor, keys: np.ndarray, bg_thres: float, size: tuple[int, int] | None) -> torch.Tensor:
+    """:func:`labels_from_soft` on the maps' device: uint8 ``[H0, W0]``."""
     best, label = best_and_label(rw, keys, size)
-    return torch.where(best > float(bg_thres), label, 0).cpu().numpy().astype(np.uint8)
+    return torch.where(best > float(bg_thres), label, 0).to(torch.uint8)
+
+
+def _to_host(ts: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Tensors of one dtype and device on the CPU, with one copy (one sync) for all of them."""
+    if not ts or ts[0].device.type == "cpu":
+        return ts
+    flat = torch.cat([t.reshape(-1) for t in ts]).cpu()
+    return [f.view(t.shape) for f, t in zip(flat.split([t.numel() for t in ts]), ts)]
 
 
 class _InferDataset(Dataset):
@@ -124,12 +137,14 @@ def _edges(model: EdgeDisplacement, x: torch.Tensor, scales: list[float]) -> tor
 
 @torch.no_grad()
 def _walk_soft(model: EdgeDisplacement, items: list[dict], cfg: dict, device: torch.device,
-               steps: list[int], masks: tuple[bool, ...] = (True,)) -> dict[tuple[bool, int], list[torch.Tensor]]:
+               steps: list[int], masks: tuple[bool, ...] = (True,),
+               host: bool = True) -> dict[tuple[bool, int], list[torch.Tensor]]:
     """Normalized walk maps of a batch for each edge mask and number of steps (one boundary map for all).
 
     Returns:
-        ``{(mask_edge, steps): [fp16 CPU [K_b, H, W] per item]}``: the walked CAMs at the
-        working resolution, divided by their maximum (the stored ``rw/<id>.npy``).
+        ``{(mask_edge, steps): [fp16 [K_b, H, W] per item]}``: the walked CAMs at the working
+        resolution, divided by their maximum (the stored ``rw/<id>.npy``); on the CPU, or on
+        ``device`` with ``host=False``.
     """
     x = torch.stack([it["image"] for it in items]).to(device)
     H, W = x.shape[-2:]
@@ -170,21 +185,25 @@ def _walk_soft(model: EdgeDisplacement, items: list[dict], cfg: dict, device: to
                 soft = rw_up[b, :k] if k else torch.zeros((0, H, W), device=device)
                 if k:
                     soft = soft / soft.max().clamp_min(1e-5)
-                softs.append(soft.half().cpu())  # labels come from the stored fp16 maps: sweeps reproduce them
-            out[(bool(mask), int(n))] = softs
+                softs.append(soft.half())  # labels come from the stored fp16 maps: sweeps reproduce them
+            out[(bool(mask), int(n))] = _to_host(softs) if host else softs
     return out
 
 
 @torch.no_grad()
 def _process_batch(model: EdgeDisplacement, items: list[dict], cfg: dict, paths: RunPaths,
-                   device: torch.device) -> None:
+                   device: torch.device, writer: BackgroundWriter) -> None:
+    """Walk a batch, label it at the original size on ``device``, copy maps and labels to the
+    host once each, and queue the files on ``writer``."""
     steps = int(get(cfg, "sem_seg.steps"))
     bg_thres = float(get(cfg, "sem_seg.bg_thres"))
     mask = _edge_mask(get(cfg, "sem_seg.edge_mask"))
-    for it, soft in zip(items, _walk_soft(model, items, cfg, device, [steps], (mask,))[(mask, steps)]):
+    softs = _walk_soft(model, items, cfg, device, [steps], (mask,), host=False)[(mask, steps)]
+    labels = _to_host([_labels(soft.float(), it["keys"], bg_thres, it["orig_size"]) for it, soft in zip(items, softs)])
+    for it, soft, label in zip(items, _to_host(softs), labels):
         png, npy = _outputs(paths, it["id"])
-        write_npy(soft.numpy(), npy)
-        write_png(labels_from_soft(soft.float(), it["keys"], bg_thres, it["orig_size"]), png)
+        writer.submit(write_npy, soft.numpy(), npy)
+        writer.submit(write_png, label.numpy(), png)
 
 
 def _collate(batch: list[dict]) -> list[dict]:
@@ -198,7 +217,8 @@ def run_shard(cfg: dict, root: str, split: str, indices: list[int], device: str,
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    base = common.build_split(cfg, split, paths, train=False)
+    base = copy.copy(common.build_split(cfg, split, paths, train=False))
+    base.has_masks = False  # the walk needs no mask (decoding SIIM's RLE masks costs ms per image)
     net = load_irnet(paths.irn / "final.pt", map_location="cpu")
     model = EdgeDisplacement(net.to(dev).eval())
     bs = max(1, int(get(cfg, "sem_seg.batch_size")))
@@ -208,15 +228,16 @@ def run_shard(cfg: dict, root: str, split: str, indices: list[int], device: str,
                         shuffle=False, num_workers=workers, collate_fn=_collate)
     pending: dict[tuple, list[dict]] = {}
     bar = tqdm(total=len(indices), desc=f"sem-seg {split} {device}", unit="img", disable=not show_progress)
-    for (item,) in loader:
-        key = tuple(item["image"].shape[-2:])
-        pending.setdefault(key, []).append(item)
-        if len(pending[key]) >= bs:
-            _process_batch(model, pending.pop(key), cfg, paths, dev)
-            bar.update(bs)
-    for key, items in pending.items():
-        _process_batch(model, items, cfg, paths, dev)
-        bar.update(len(items))
+    with BackgroundWriter() as writer:
+        for (item,) in loader:
+            key = tuple(item["image"].shape[-2:])
+            pending.setdefault(key, []).append(item)
+            if len(pending[key]) >= bs:
+                _process_batch(model, pending.pop(key), cfg, paths, dev, writer)
+                bar.update(bs)
+        for key, items in pending.items():
+            _process_batch(model, items, cfg, paths, dev, writer)
+            bar.update(len(items))
     bar.close()
 
 
@@ -322,7 +343,7 @@ def _val_counts(cfg: dict, paths: RunPaths, device: str, base, indices: list[int
     for items in tqdm(loader, desc="sem-seg: choose the walk on val", unit="batch", disable=not show_progress):
         for group in {tuple(it["image"].shape[-2:]): None for it in items}:
             same = [it for it in items if tuple(it["image"].shape[-2:]) == group]
-            softs = _walk_soft(model, same, cfg, dev, steps_list, tuple(masks))
+            softs = _walk_soft(model, same, cfg, dev, steps_list, tuple(masks), host=False)
             for j, it in enumerate(same):
                 gt = base.load_mask(it["index"])
                 if gt is None:
@@ -332,7 +353,7 @@ def _val_counts(cfg: dict, paths: RunPaths, device: str, base, indices: list[int
                 gt_dev = torch.as_tensor(np.asarray(gt)).to(dev)
                 for m in masks:
                     for n in steps_list:  # every threshold in one pass (labels_from_soft's labels), on dev
-                        best, label = best_and_label(softs[(m, n)][j].to(dev).float(), it["keys"], tuple(gt.shape))
+                        best, label = best_and_label(softs[(m, n)][j].float(), it["keys"], tuple(gt.shape))
                         add_sweep([evals[(m, n, t)] for t in thres_list], best, label, gt_dev, thres_list, positive)
     return evals
 
