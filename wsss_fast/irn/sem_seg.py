@@ -79,7 +79,7 @@ def _labels(rw: torch.Tensor, keys: np.ndarray, bg_thres: float, size: tuple[int
 
 def _to_host(ts: list[torch.Tensor]) -> list[torch.Tensor]:
     """Tensors of one dtype and device on the CPU, with one copy (one sync) for all of them."""
-    if not ts or ts[0].device.type == "cpu":
+    if not ts:
         return ts
     flat = torch.cat([t.reshape(-1) for t in ts]).cpu()
     return [f.view(t.shape) for f, t in zip(flat.split([t.numel() for t in ts]), ts)]
