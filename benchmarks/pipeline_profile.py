@@ -103,6 +103,37 @@ def write_data(root: Path, n: int, size: int, workers: int) -> None:
     (root / "train-rle.csv").write_text("\n".join(rows) + "\n")
 
 
+
+def _loader_parts(stats: list[dict | None]) -> dict[str, dict]:
+    """The probed loaders' steady state, summed per kind (``train`` / ``eval``).
+
+    A loader with several batches counts its batches after the first (worker start-up and
+    warm-up fall into the step's set-up). Where every loader of a kind had one batch (a small
+    val or test split), there is no steady state: its batch counts without the time it waited
+    for it (the workers' start-up), and the part says ``single_batch``.
+    """
+    kinds: dict[str, list[dict]] = {}
+    for st in stats:
+        if st is not None:
+            kinds.setdefault("train" if st["training"] else "eval", []).append(st)
+    parts = {}
+    for kind, sts in kinds.items():
+        steady = [st for st in sts if st["batches"] > 1]
+        p = {"images": 0, "seconds": 0.0, "wait_s": 0.0, "batches": 0, "windows": []}
+        for st in steady or sts:
+            p["images"] += st["images"]
+            p["batches"] += st["batches"]
+            p["windows"].append(st["window"])
+            if steady:
+                p["seconds"] += st["seconds"]
+                p["wait_s"] += st["wait_s"]
+            else:
+                p["seconds"] += max(st["seconds"] - st["wait_s"], 1e-9)
+        if not steady:
+            p["single_batch"] = True
+        parts[kind] = p
+    return parts
+
 def profile_config(args: argparse.Namespace, out: Path, n_train: int) -> dict:
     """``configs/siim.yaml`` on the synthetic set, one bounded epoch per training step."""
     def fit(key: str, cfg: dict) -> int:  # at least two batches per epoch: one to warm up, one measured
@@ -217,16 +248,7 @@ def run_profile(args: argparse.Namespace) -> dict:
                 paths.mark_done(step.folder(paths))
             rec: dict[str, Any] = {"step": step.name, "wall_s": s1 - s0,
                                    "cpu_util": (_cpu_seconds() - c0) / max(s1 - s0, 1e-9) / (os.cpu_count() or 1)}
-            parts = {}
-            for ld in ProbedLoader.registry:
-                st = ld.stats()
-                if st is None:
-                    continue
-                p = parts.setdefault("train" if st["training"] else "eval",
-                                     {"images": 0, "seconds": 0.0, "wait_s": 0.0, "batches": 0, "windows": []})
-                for k in ("images", "seconds", "wait_s", "batches"):
-                    p[k] += st[k]
-                p["windows"].append(st["window"])
+            parts = _loader_parts([ld.stats() for ld in ProbedLoader.registry])
             if dp_timer:
                 parts["dp_mean"] = {"images": dp_timer["images"], "seconds": dp_timer["seconds"], "wait_s": None}
             if val_timer:

@@ -64,6 +64,22 @@ def test_data_wait_share_and_bound():
     assert prof._bound(0.05, 0.4, "cuda:0").startswith("host")
 
 
+def test_single_batch_loaders_count_without_their_start_up():
+    """A small split's loader has only its warm-up batch: beside a loader with a steady state it
+    is set-up; alone, its batch counts without the wait for the workers' start-up."""
+    start_up = prof.ProbedLoader(_Slow(4, 0.05), batch_size=4)  # one batch, 0.2 s of waiting
+    _consume(start_up, work=0.02)
+    steady = prof.ProbedLoader(_Slow(12, 0.0), batch_size=4)
+    _consume(steady, work=0.02)
+    one, many = start_up.stats(), steady.stats()
+    parts = prof._loader_parts([one, many, None])
+    assert set(parts) == {"eval"} and "single_batch" not in parts["eval"]
+    assert parts["eval"]["images"] == many["images"] == 8 and parts["eval"]["seconds"] == many["seconds"]
+    alone = prof._loader_parts([one])["eval"]
+    assert alone["single_batch"] and alone["images"] == 4 and alone["wait_s"] == 0.0
+    assert 0.015 < alone["seconds"] < 0.15 < one["seconds"]  # the 0.02 s of work, not the 0.2 s wait
+
+
 def test_gpu_busy_averages_the_samples_inside_the_windows():
     g = object.__new__(prof.GpuSampler)
     g.samples = [(0.5, 0.0), (1.5, 1.0), (2.5, 0.8), (3.5, 0.0), (4.5, 0.6)]
