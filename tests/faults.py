@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from pathlib import Path
 
 
@@ -20,15 +21,21 @@ def crash_mid_write(monkeypatch, owner, name: str, target_arg: int, on_call: int
     truncated on disk (what a non-atomic writer leaves behind), or a file object (an atomic
     writer's in-memory buffer), which gets the half.
 
+    Calls may come from several threads (:class:`wsss_fast.engine.files.BackgroundWriter`):
+    exactly one of them, the ``on_call``-th to start, crashes.
+
     Returns:
         The list of calls so far (one entry per call).
     """
     real = getattr(owner, name)
     calls: list = []
+    lock = threading.Lock()
 
     def wrapper(*args, **kwargs):
-        calls.append(1)
-        if len(calls) != on_call:
+        with lock:
+            calls.append(1)
+            n = len(calls)
+        if n != on_call:
             return real(*args, **kwargs)
         target = args[target_arg]
         if isinstance(target, (str, os.PathLike)):

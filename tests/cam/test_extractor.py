@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import warnings
 
@@ -157,6 +158,52 @@ def test_result_layout_and_normalization(resnet):
     assert per[1]["cam"].shape == (0, 18, 14) and per[1]["high_res"].shape == (0, 70, 54)
     dense = res.dense("raw")
     assert dense.shape == (2, N_CLS, 18, 14) and torch.equal(dense[0, 4], res.raw[1]) and dense[1].abs().sum() == 0
+
+
+def _result(device: str, counts: list[int]) -> CAMResult:
+    """A CAMResult of random maps (not fp16-exact) with ``counts[i]`` maps for image ``i``."""
+    g = torch.Generator().manual_seed(3)
+    p, b = sum(counts), len(counts)
+    raw, raw_hr = torch.rand(p, 5, 6, generator=g) * 7, torch.rand(p, 19, 22, generator=g) * 7
+    image_index = torch.repeat_interleave(torch.arange(b), torch.tensor(counts))
+    keys = torch.randint(0, N_CLS, (p,), generator=g)
+    labels = torch.zeros(b, N_CLS, dtype=torch.bool)
+    labels[image_index, keys] = True
+    return CAMResult(*(t.to(device) for t in (raw / 7, raw_hr / 7, raw, raw_hr, keys, image_index, labels,
+                                               torch.randn(b, N_CLS, generator=g))))
+
+
+@pytest.mark.parametrize("numpy", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float16, None])
+def test_per_image_fields_match_the_maps_of_each_image(device, dtype, numpy):
+    """``per_image(fields=...)`` gives, for every image (some without maps), exactly the maps of
+    that image, as the default call does, in the requested dtype, on the host with ``numpy``."""
+    res = _result(device, [0, 2, 0, 1, 3, 0])
+    src = {"keys": res.keys, "cam": res.cams, "high_res": res.high_res, "raw": res.raw,
+           "raw_high_res": res.raw_high_res}
+    full = res.per_image(dtype=dtype, numpy=numpy)
+    for fields in [("keys", "cam", "high_res"), ("raw", "keys"), ("raw_high_res",), tuple(src)]:
+        per = res.per_image(dtype=dtype, numpy=numpy, fields=fields)
+        assert len(per) == len(full) == 6
+        for i, d in enumerate(per):
+            assert list(d) == list(fields)
+            for name in fields:
+                ref = src[name][res.image_index == i]
+                if name != "keys" and dtype is not None:
+                    ref = ref.to(dtype)
+                for got in (d[name], full[i][name]):
+                    if numpy:
+                        assert isinstance(got, np.ndarray) and got.dtype == ref.cpu().numpy().dtype
+                        assert got.shape == tuple(ref.shape) and got.tobytes() == ref.cpu().numpy().tobytes()
+                    else:
+                        assert got.device == ref.device and got.dtype == ref.dtype and torch.equal(got, ref)
+    assert list(full[1]) == list(src)
+    if numpy:  # a field not asked for is never copied (a meta tensor cannot be)
+        lazy = dataclasses.replace(res, raw_high_res=res.raw_high_res.to("meta"))
+        assert [d["cam"].tobytes() for d in lazy.per_image(dtype, True, ("cam",))] == \
+            [d["cam"].tobytes() for d in full]
+    with pytest.raises(ValueError, match="unknown fields"):
+        res.per_image(fields=("cams",))
 
 
 def test_predicted_labels(resnet, images):

@@ -89,6 +89,39 @@ def test_make_cam_files(tmp_path, data_root):
     torch.testing.assert_close(torch.from_numpy(d["raw"]).float(), raw, atol=1e-3, rtol=1e-2)
 
 
+@pytest.mark.parametrize("overrides", [(), ("cam.save_raw=false", "cam.batch_size=3", "cam.use_labels=false")])
+def test_make_cam_files_are_the_bytes_of_each_images_maps(tmp_path, data_root, overrides):
+    """Every file holds the bytes save_cam_file writes for that image's own slice of the
+    extractor's batch result (same batches), fp16, with ``raw`` only when ``cam.save_raw``."""
+    from wsss_fast.cls.model import load_classifier
+
+    cfg = make_cfg(data_root, *overrides)
+    run, ref = RunPaths(tmp_path / "run"), RunPaths(tmp_path / "ref")
+    write_checkpoint(cfg, run)
+    make_cam(cfg, run)
+    model = load_classifier(run.cls / "best.pt")
+    ext = CAMExtractor(model, model.cam_layer)
+    bs, save_raw, use_labels = (int(cfg["cam"][k]) for k in ("batch_size", "save_raw", "use_labels"))
+    n_files = n_empty = 0
+    for split in ("train", "val", "test"):
+        ds = build_dataset(cfg, split, run, train=False)
+        for start in range(0, len(ds), bs):
+            items = [ds[i] for i in range(start, min(start + bs, len(ds)))]
+            labels = torch.stack([torch.as_tensor(it["label"]) for it in items]) if use_labels else None
+            res = ext(torch.stack([it["image"] for it in items]), labels, scales=[1.0, 0.5], flip=True,
+                      threshold=0.5, allow_empty=True)
+            for j, it in enumerate(items):
+                sel = res.image_index == j
+                maps = {k: getattr(res, f)[sel].half().numpy() for k, f in
+                        [("cam", "cams"), ("high_res", "high_res")] + [("raw", "raw")] * save_raw}
+                save_cam_file(ref.cam / f"{it['image_id']}.npy", res.keys[sel].numpy(), **maps)
+                name = f"{it['image_id']}.npy"
+                assert (run.cam / name).read_bytes() == (ref.cam / name).read_bytes(), (split, j, name)
+                n_files, n_empty = n_files + 1, n_empty + (not sel.any())
+    assert n_files == len(list(run.cam.glob("*.npy")))
+    assert 0 < n_empty < n_files or not use_labels  # ground truth: negatives have no maps
+
+
 def test_make_cam_resumes_and_shards(tmp_path, data_root):
     fast = ("cam.method=cam", "cam.scales=[1.0]", "cam.flip=false", "cam.save_raw=false")
     cfg = make_cfg(data_root, *fast)

@@ -64,8 +64,8 @@ def _probs(lesion: np.ndarray, coef: np.ndarray, flip: bool) -> np.ndarray:
 
 @pytest.fixture
 def setup(tmp_path, monkeypatch):
-    def make(n_out: int, **seg):
-        sets = {s: FakeDataset(4, 1, seed=k, prefix=s) for k, s in enumerate(["val", "test"])}
+    def make(n_out: int, n: int = 4, **seg):
+        sets = {s: FakeDataset(n, 1, seed=k, prefix=s) for k, s in enumerate(["val", "test"])}
         monkeypatch.setattr("wsss_fast.data.build_dataset", fake_builder(sets), raising=False)
         net = StubNet(COEF[n_out])
         monkeypatch.setattr("wsss_fast.seg.infer.load_seg_model", lambda cfg, paths, device: net)
@@ -73,6 +73,37 @@ def setup(tmp_path, monkeypatch):
                                  "seg": {"image_size": None, **seg}, "evaluate": {"splits": ["val", "test"]}})
         return cfg, RunPaths(tmp_path / "run"), sets, net
     return make
+
+
+@pytest.mark.parametrize("n_out,seg", [(1, {"image_size": 40, "eval_batch_size": 3, "threshold": 0.6}),
+                                       (1, {"image_size": None, "threshold": 0.6}),
+                                       (3, {"image_size": 40, "eval_batch_size": 4})])
+def test_predict_files_are_the_bytes_of_each_images_prediction(setup, n_out, seg):
+    """Batched predictions (last batch partial, sizes differing within a batch): every PNG holds
+    the bytes write_png gives for that image predicted on its own; ``_prob.png`` for binary only."""
+    from wsss_fast.engine.files import write_png
+    from wsss_fast.seg.data import ImageDataset, eval_transform
+    from wsss_fast.seg.infer import predict_probs, probs_to_label
+
+    cfg, paths, sets, net = setup(n_out, n=7, tta_flip=True, save_probs=True, **seg)
+    predict_seg(cfg, paths)
+    ref = paths.root / "ref"
+    thr = 0.5 if n_out > 1 else seg["threshold"]
+    for ds in sets.values():
+        for i, name in enumerate(ds.image_ids):
+            item = ImageDataset(ds, eval_transform(cfg))[i]
+            p = predict_probs(net, item["image"][None], flip=True)
+            if p.shape[-2:] != ds.sizes[i]:
+                p = torch.nn.functional.interpolate(p, size=ds.sizes[i], mode="bilinear", align_corners=False)
+            p = p[0]
+            files = {f"{name}.png": probs_to_label(p, thr).numpy()}
+            if n_out == 1:
+                files[f"{name}_prob.png"] = (p[0].clamp(0, 1) * 255).round().byte().numpy()
+            for f, arr in files.items():
+                write_png(arr, ref / f)
+                assert (paths.seg_pred / f).read_bytes() == (ref / f).read_bytes(), f
+    names = sorted(p.name for p in paths.seg_pred.glob("*.png"))
+    assert names == sorted(p.name for p in ref.glob("*.png")) and len(names) == 14 * (2 if n_out == 1 else 1)
 
 
 @pytest.mark.parametrize("flip", [True, False])

@@ -48,6 +48,7 @@ from ..ops.weighted_cam import weighted_cam
 
 METHODS = ("gradcam++", "gradcam", "cam")
 NORM_EPS = 1e-5  # IRNet make_cam: cam / (max + 1e-5)
+PER_IMAGE_FIELDS = ("keys", "cam", "high_res", "raw", "raw_high_res")
 
 
 @dataclass
@@ -87,36 +88,37 @@ class CAMResult:
         """Number of maps of every image of the batch."""
         return torch.bincount(self.image_index.cpu(), minlength=self.batch_size).tolist()
 
-    def per_image(self, dtype: torch.dtype | None = torch.float16, numpy: bool = False) -> list[dict]:
+    def per_image(self, dtype: torch.dtype | None = torch.float16, numpy: bool = False,
+                  fields: Sequence[str] = PER_IMAGE_FIELDS) -> list[dict]:
         """Split into one IRNet-style dict per image (the saving format; fp16 by default).
+
+        Each field is converted and (``numpy``) copied to the host once for the whole batch,
+        then split; a returned map may be a view of that batch tensor or array.
 
         Args:
             dtype: dtype of the maps (``None`` keeps float32).
             numpy: return numpy arrays on the host instead of tensors.
+            fields: which of ``keys``, ``cam``, ``high_res``, ``raw``, ``raw_high_res`` to return.
 
         Returns:
-            ``B`` dicts with ``keys [n_i]``, ``cam [n_i, h4, w4]``, ``high_res [n_i, H, W]``,
-            ``raw [n_i, h4, w4]`` and ``raw_high_res [n_i, H, W]``; ``n_i`` may be 0.
+            ``B`` dicts with (of ``fields``) ``keys [n_i]``, ``cam [n_i, h4, w4]``, ``high_res
+            [n_i, H, W]``, ``raw [n_i, h4, w4]`` and ``raw_high_res [n_i, H, W]``; ``n_i`` may be 0.
         """
+        src = {"keys": self.keys, "cam": self.cams, "high_res": self.high_res, "raw": self.raw,
+               "raw_high_res": self.raw_high_res}
+        bad = [f for f in fields if f not in src]
+        if bad:
+            raise ValueError(f"CAMResult.per_image: unknown fields {bad}; choose from {PER_IMAGE_FIELDS}")
         sizes = self.counts()
-        out = []
-        fields = {
-            "keys": self.keys,
-            "cam": self.cams,
-            "high_res": self.high_res,
-            "raw": self.raw,
-            "raw_high_res": self.raw_high_res,
-        }
-        parts = {name: torch.split(t, sizes) for name, t in fields.items()}
-        for i in range(self.batch_size):
-            d = {}
-            for name in fields:
-                t = parts[name][i]
-                if name != "keys" and dtype is not None:
-                    t = t.to(dtype)
-                d[name] = t.detach().cpu().numpy() if numpy else t
-            out.append(d)
-        return out
+        parts = {}
+        for name in fields:
+            t = src[name]
+            if name != "keys" and dtype is not None:
+                t = t.to(dtype)
+            if numpy:
+                t = t.detach().cpu()
+            parts[name] = [p.numpy() for p in torch.split(t, sizes)] if numpy else torch.split(t, sizes)
+        return [{name: parts[name][i] for name in fields} for i in range(self.batch_size)]
 
     def dense(self, which: str = "cams") -> Tensor:
         """Scatter one field into ``[B, N, h, w]``, zero for negative classes."""

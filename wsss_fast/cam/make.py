@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from tqdm.auto import tqdm
 
 from ..config import get
 from ..engine.paths import RunPaths
-from ..engine.files import atomic_write_bytes, load_cam_file, read_json, save_cam_file
+from ..engine.files import BackgroundWriter, atomic_write_bytes, load_cam_file, read_json, save_cam_file
 
 __all__ = ["make_cam", "eval_cam", "shard_of", "predict_from_cam", "checkpoint_path", "cam_threshold",
            "val_sweep"]
@@ -88,8 +89,9 @@ def make_cam(cfg: dict, paths: RunPaths) -> None:
     Reads the classifier checkpoint (``cam.checkpoint``, default ``paths.cls/best.pt``),
     extracts maps with :class:`wsss_fast.cam.CAMExtractor` (``cam.method``, ``cam.variant``,
     ``cam.scales``, ``cam.flip``) in batches of ``cam.batch_size`` and writes one file per
-    image with :func:`wsss_fast.engine.files.save_cam_file`. Marks ``paths.cam`` done once the files
-    of every split exist (whichever shard finishes last).
+    image with :func:`wsss_fast.engine.files.save_cam_file` on writer threads
+    (:class:`~wsss_fast.engine.files.BackgroundWriter`) while the next batch runs. Marks
+    ``paths.cam`` done once the files of every split exist (whichever shard finishes last).
     """
     from ..data import build_dataset
     from ..cls.model import load_classifier
@@ -109,6 +111,7 @@ def make_cam(cfg: dict, paths: RunPaths) -> None:
     use_labels = bool(get(cfg, "cam.use_labels"))
     threshold = float(get(cfg, "cam.pred_threshold"))
     save_raw = bool(get(cfg, "cam.save_raw"))
+    fields = ("keys", "cam", "high_res") + (("raw",) if save_raw else ())
     batch_size = int(get(cfg, "cam.batch_size"))
     workers = int(get(cfg, "num_workers"))
     paths.cam.mkdir(parents=True, exist_ok=True)
@@ -123,16 +126,19 @@ def make_cam(cfg: dict, paths: RunPaths) -> None:
         bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, unit="img", dynamic_ncols=True)
         loader = DataLoader(Subset(ds, todo), batch_size=batch_size, shuffle=False, num_workers=workers,
                             collate_fn=_collate_list, pin_memory=device.type == "cuda")
-        for items in loader:
-            for group in _groups_by_size(items):
-                images = torch.stack([it["image"] for it in group]).to(device, non_blocking=True)
-                labels = torch.stack([torch.as_tensor(it["label"]) for it in group]) if use_labels else None
-                result = extractor(images, labels, scales=scales, flip=flip, threshold=threshold,
-                                   allow_empty=True)
-                for it, d in zip(group, result.per_image(dtype=torch.float16, numpy=True)):
-                    extra = {"raw": d["raw"]} if save_raw else {}
-                    save_cam_file(paths.cam_file(it["image_id"]), d["keys"], d["cam"], d["high_res"], **extra)
-            bar.update(len(items))
+        with BackgroundWriter() as writer:
+            for items in loader:
+                for group in _groups_by_size(items):
+                    images = torch.stack([it["image"] for it in group]).to(device, non_blocking=True)
+                    labels = torch.stack([torch.as_tensor(it["label"]) for it in group]) if use_labels else None
+                    result = extractor(images, labels, scales=scales, flip=flip, threshold=threshold,
+                                       allow_empty=True)
+                    # one host copy per field and batch; nothing writes to these arrays afterwards
+                    for it, d in zip(group, result.per_image(dtype=torch.float16, numpy=True, fields=fields)):
+                        extra = {"raw": d["raw"]} if save_raw else {}
+                        writer.submit(partial(save_cam_file, paths.cam_file(it["image_id"]), d["keys"], d["cam"],
+                                              d["high_res"], **extra))
+                bar.update(len(items))
         bar.close()
     # checked once this process's share of every split is written: of several torchrun ranks, the
     # last to get here sees every file (a check per split could miss, for each rank, a split

@@ -17,13 +17,14 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import json
+from pathlib import Path
 
 import numpy as np
 
 from ..config import get
 from ..engine.paths import RunPaths
 from ..engine.dist import resolve_device
-from ..engine.files import atomic_write_bytes, write_png
+from ..engine.files import BackgroundWriter, atomic_write_bytes, write_png
 from .data import ImageDataset, eval_transform, seg_image_size
 from .model import model_from_cfg
 
@@ -81,16 +82,39 @@ def _loader(cfg: dict, base, todo: list[int]) -> DataLoader:
     return DataLoader(ds, batch_size=bs, num_workers=int(get(cfg, "num_workers")))
 
 
-def _predictions(model: torch.nn.Module, loader: DataLoader, device: torch.device, flip: bool, amp: bool):
-    """Yield ``(dataset index, probabilities [C, H0, W0] at the original size)``."""
+def _batch_predictions(model: torch.nn.Module, loader: DataLoader, device: torch.device, flip: bool,
+                       amp: bool):
+    """Yield, per loader batch, ``[(dataset index, probabilities [C, H0, W0] at the original size)]``."""
     for batch in loader:
         probs = predict_probs(model, batch["image"].to(device), flip=flip, amp=amp)
+        preds = []
         for j, idx in enumerate(batch["index"].tolist()):
             h0, w0 = batch["orig_size"][j].tolist()
             p = probs[j:j + 1]
             if p.shape[-2:] != (h0, w0):
                 p = F.interpolate(p, size=(h0, w0), mode="bilinear", align_corners=False)
-            yield idx, p[0]
+            preds.append((idx, p[0]))
+        yield preds
+
+
+def _predictions(model: torch.nn.Module, loader: DataLoader, device: torch.device, flip: bool, amp: bool):
+    """Yield ``(dataset index, probabilities [C, H0, W0] at the original size)``."""
+    for preds in _batch_predictions(model, loader, device, flip, amp):
+        yield from preds
+
+
+def _to_host(maps: list[torch.Tensor]) -> list[np.ndarray]:
+    """uint8 maps ``[H_i, W_i]`` of any device as numpy arrays, with one device-to-host copy."""
+    flat = torch.cat([m.reshape(-1) for m in maps]).cpu().numpy()
+    ends = np.cumsum([m.numel() for m in maps])
+    return [flat[e - m.numel():e].reshape(m.shape) for m, e in zip(maps, ends)]
+
+
+def _write_prediction(label: np.ndarray, prob: np.ndarray | None, out: Path, name: str) -> None:
+    """``out/<name>_prob.png`` (when given), then ``out/<name>.png``, whose existence marks the image done."""
+    if prob is not None:
+        write_png(prob, out / f"{name}_prob.png")
+    write_png(label, out / f"{name}.png")
 
 
 def seg_threshold(cfg: dict, paths: RunPaths, model: torch.nn.Module | None = None,
@@ -154,7 +178,8 @@ def predict_seg(cfg: dict, paths: RunPaths) -> None:
     Existing predictions are kept (resume); ``seg_pred/.done`` marks the end. With
     ``seg.save_probs`` the foreground probability (binary) is also stored as
     ``seg_pred/<id>_prob.png`` (uint8, p * 255) at the original resolution. The binary
-    threshold is :func:`seg_threshold`'s.
+    threshold is :func:`seg_threshold`'s. The PNGs are encoded and written on writer threads
+    (:class:`~wsss_fast.engine.files.BackgroundWriter`) while the next batch runs.
     """
     from ..data import build_dataset
 
@@ -173,10 +198,18 @@ def predict_seg(cfg: dict, paths: RunPaths) -> None:
         if not todo:
             continue
         loader = _loader(cfg, base, todo)
-        for idx, p in tqdm(_predictions(model, loader, device, flip, amp), total=len(todo),
-                           desc=f"predict-seg {split}", leave=False):
-            name = base.image_ids[idx]
-            write_png(probs_to_label(p, thr).cpu().numpy(), out / f"{name}.png")
-            if save_probs and p.shape[0] == 1:
-                write_png((p[0].clamp(0, 1) * 255).round().byte().cpu().numpy(), out / f"{name}_prob.png")
+        bar = tqdm(total=len(todo), desc=f"predict-seg {split}", leave=False)
+        with BackgroundWriter() as writer:
+            for preds in _batch_predictions(model, loader, device, flip, amp):
+                # the batch's maps on the device, one copy to the host, PNGs encoded on writer threads
+                maps = [probs_to_label(p, thr) for _, p in preds]
+                with_probs = save_probs and preds[0][1].shape[0] == 1
+                if with_probs:
+                    maps += [(p[0].clamp(0, 1) * 255).round().byte() for _, p in preds]
+                host = _to_host(maps)
+                for j, (idx, _) in enumerate(preds):
+                    prob = host[len(preds) + j] if with_probs else None
+                    writer.submit(_write_prediction, host[j], prob, out, base.image_ids[idx])
+                bar.update(len(preds))
+        bar.close()
     paths.mark_done(out)
