@@ -65,3 +65,28 @@ def test_cam_extractor(benchmark, device, n_targets, impl):
             model(x)[:, 0].sum().backward()
 
         record(benchmark, fwd_bwd, device, **info)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cam_extractor_paper_cuda(benchmark, precision):
+    """make-cam's GPU work at the paper's setting (configs/siim.yaml): the ResNet50 OS8 classifier
+    with its conv head, batch 8 at 512 px, Grad-CAM++ at 4 scales + flip; float32 (TF32
+    convolutions by default) or bfloat16 autocast (``cam.amp``). Per image = the figure / 8."""
+    from wsss_fast.cls.model import build_classifier
+    from wsss_fast.config import get, load_config
+
+    cfg = load_config("siim", [])
+    torch.manual_seed(0)
+    model = build_classifier(cfg, load_pretrained=False).cuda().eval()
+    x = torch.randn(8, 3, 512, 512, device="cuda")
+    labels = torch.ones(8, int(get(cfg, "dataset.num_classes")), device="cuda")
+    ext = CAMExtractor(model, model.cam_layer, "gradcam++")
+    scales = [float(s) for s in get(cfg, "cam.scales")]
+    benchmark.group = "cam_extractor-cuda-paper"
+
+    def run():
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            return ext(x, labels, scales=scales, flip=True).high_res
+
+    record(benchmark, run, "cuda", impl=precision, batch=8, size=512, scales=scales, flip=True)

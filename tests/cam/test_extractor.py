@@ -317,6 +317,24 @@ def test_device_matches_cpu(device, resnet, images):
     torch.testing.assert_close(res.high_res.cpu(), res_cpu.high_res, rtol=1e-3, atol=2e-3)
 
 
+def test_autocast_maps_are_float32_and_close(device, resnet, images):
+    """Under bfloat16 autocast (make-cam's ``cam.amp``; here a convolution as the CAM layer, so its
+    activations and their gradients are bfloat16) the maps are float32 and close to the float32 run's."""
+    labels = torch.tensor([[1, 0, 1, 0, 0, 0], [0, 1, 0, 0, 0, 0], [1, 0, 0, 0, 0, 1]], device=device)
+    model = torchvision.models.resnet18(num_classes=N_CLS)
+    model.load_state_dict(resnet.state_dict())
+    ext = CAMExtractor(model.to(device).eval(), "layer4.1.conv2")  # a convolution: bfloat16 under autocast
+    x = images.to(device)
+    full = ext(x, labels, scales=(1.0, 0.5), flip=True)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        half = ext(x, labels, scales=(1.0, 0.5), flip=True)
+    for name in ("cams", "high_res", "raw"):
+        a, b = getattr(full, name), getattr(half, name)
+        assert b.dtype == torch.float32, name
+        scale = a.abs().max().item()
+        assert (a - b).abs().max().item() <= 0.02 * scale and (a - b).abs().mean().item() <= 0.003 * scale, name
+
+
 def test_bad_inputs(resnet, images):
     with pytest.raises(ValueError, match=r"target_layer 'layer5' is not a submodule.*layer4"):
         CAMExtractor(resnet, "layer5")

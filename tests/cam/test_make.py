@@ -89,10 +89,12 @@ def test_make_cam_files(tmp_path, data_root):
     torch.testing.assert_close(torch.from_numpy(d["raw"]).float(), raw, atol=1e-3, rtol=1e-2)
 
 
-@pytest.mark.parametrize("overrides", [(), ("cam.save_raw=false", "cam.batch_size=3", "cam.use_labels=false")])
+@pytest.mark.parametrize("overrides", [(), ("cam.save_raw=false", "cam.batch_size=3", "cam.use_labels=false"),
+                                       ("cam.amp=true",)])
 def test_make_cam_files_are_the_bytes_of_each_images_maps(tmp_path, data_root, overrides):
     """Every file holds the bytes save_cam_file writes for that image's own slice of the
-    extractor's batch result (same batches), fp16, with ``raw`` only when ``cam.save_raw``."""
+    extractor's batch result (same batches), fp16, with ``raw`` only when ``cam.save_raw``
+    (``cam.amp`` is for CUDA: the CPU ignores it)."""
     from wsss_fast.cls.model import load_classifier
 
     cfg = make_cfg(data_root, *overrides)
@@ -120,6 +122,24 @@ def test_make_cam_files_are_the_bytes_of_each_images_maps(tmp_path, data_root, o
                 n_files, n_empty = n_files + 1, n_empty + (not sel.any())
     assert n_files == len(list(run.cam.glob("*.npy")))
     assert 0 < n_empty < n_files or not use_labels  # ground truth: negatives have no maps
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_make_cam_amp_on_cuda_is_close_to_float32(tmp_path, data_root):
+    """``cam.amp`` on CUDA: the same files up to bfloat16's precision (and TF32's, without it)."""
+    runs = {}
+    for amp in (False, True):
+        cfg = make_cfg(data_root, "device=cuda", f"cam.amp={str(amp).lower()}")
+        runs[amp] = RunPaths(tmp_path / str(amp))
+        write_checkpoint(cfg, runs[amp])
+        make_cam(cfg, runs[amp])
+    names = sorted(p.name for p in runs[False].cam.glob("*.npy"))
+    assert names == sorted(p.name for p in runs[True].cam.glob("*.npy")) and names
+    for name in names:
+        a, b = load_cam_file(runs[False].cam / name), load_cam_file(runs[True].cam / name)
+        np.testing.assert_array_equal(a["keys"], b["keys"])
+        for k in ("cam", "high_res"):
+            assert np.abs(a[k].astype(np.float32) - b[k].astype(np.float32)).max(initial=0.0) <= 0.05, (name, k)
 
 
 def test_make_cam_resumes_and_shards(tmp_path, data_root):

@@ -88,7 +88,8 @@ def make_cam(cfg: dict, paths: RunPaths) -> None:
 
     Reads the classifier checkpoint (``cam.checkpoint``, default ``paths.cls/best.pt``),
     extracts maps with :class:`wsss_fast.cam.CAMExtractor` (``cam.method``, ``cam.variant``,
-    ``cam.scales``, ``cam.flip``) in batches of ``cam.batch_size`` and writes one file per
+    ``cam.scales``, ``cam.flip``; ``cam.amp``: the network under bfloat16 autocast on CUDA) in
+    batches of ``cam.batch_size`` and writes one file per
     image with :func:`wsss_fast.engine.files.save_cam_file` on writer threads
     (:class:`~wsss_fast.engine.files.BackgroundWriter`) while the next batch runs. Marks
     ``paths.cam`` done once the files of every split exist (whichever shard finishes last).
@@ -113,6 +114,7 @@ def make_cam(cfg: dict, paths: RunPaths) -> None:
     save_raw = bool(get(cfg, "cam.save_raw"))
     fields = ("keys", "cam", "high_res") + (("raw",) if save_raw else ())
     batch_size = int(get(cfg, "cam.batch_size"))
+    amp = bool(get(cfg, "cam.amp")) and device.type == "cuda"
     workers = int(get(cfg, "num_workers"))
     paths.cam.mkdir(parents=True, exist_ok=True)
 
@@ -131,8 +133,9 @@ def make_cam(cfg: dict, paths: RunPaths) -> None:
                 for group in _groups_by_size(items):
                     images = torch.stack([it["image"] for it in group]).to(device, non_blocking=True)
                     labels = torch.stack([torch.as_tensor(it["label"]) for it in group]) if use_labels else None
-                    result = extractor(images, labels, scales=scales, flip=flip, threshold=threshold,
-                                       allow_empty=True)
+                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                        result = extractor(images, labels, scales=scales, flip=flip, threshold=threshold,
+                                           allow_empty=True)
                     # one host copy per field and batch; nothing writes to these arrays afterwards
                     for it, d in zip(group, result.per_image(dtype=torch.float16, numpy=True, fields=fields)):
                         extra = {"raw": d["raw"]} if save_raw else {}
