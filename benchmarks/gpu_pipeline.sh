@@ -15,7 +15,9 @@
 # benchmarks/results/<gpu>_<date>_pipeline_profile.json.
 # PROFILE_IMAGES / PROFILE_ITERS shrink the profile when the session has little device time left
 # (pipeline_profile.json is rewritten after every step, so a timeout keeps the steps done);
-# PROFILE_ARGS and DEMO_ARGS pass more arguments; DEADLINE=S shortens every timeout so that the
+# PARTS (default "ddp demo profile") picks the parts after the build; PROFILE_REFERENCE=0 leaves out
+# the reference code's timings; PROFILE_ARGS and DEMO_ARGS pass more arguments (config overrides
+# key=value for both); DEADLINE=S shortens every timeout so that the
 # script ends S seconds after its start; DEVICE=cpu rehearses it without a GPU.
 # Wheels the machine lacks travel in .whl/ (`make gpu-wheels` here), installed into /tmp/site.
 set -uo pipefail
@@ -38,6 +40,10 @@ nproc
 . benchmarks/gpu_build.sh  # budget(); wsss_fast._C built for sm_90 (or kept) and checked
 WSSS=("$PY" -m wsss_fast.cli.main)
 
+has() { [[ " ${PARTS:-ddp demo profile} " == *" $1 "* ]]; }
+ddp_rc=0 demo_rc=0 prof_rc=0
+
+if has ddp; then
 stamp "torchrun --nproc_per_node 1: train-cls, make-cam (NCCL)"
 DDP="$WORK/ddp_run"; rm -rf "$DDP"
 DEMO_SMALL=(--config demo --out "$DDP" device="$DEVICE" dataset.synthetic.num_images=64 cls.epochs=1
@@ -59,7 +65,9 @@ EOF
 echo "NCCL INFO lines in ddp.log: $(grep -c 'NCCL INFO' "$OUT/ddp.log")"
 [ -f "$DDP/cls/.done" ] && [ -f "$DDP/cam/.done" ] && echo "torchrun train-cls + make-cam: done" \
   || { ddp_rc=1; echo "torchrun outputs missing"; tail -30 "$OUT/ddp.log"; }
+fi
 
+if has demo; then
 stamp "demo on the GPU (AMP)"
 rm -rf "$WORK/demo"
 t0=$(date +%s)
@@ -90,14 +98,17 @@ print(f"demo IRNet - CAM (mIoU pos): val {gain['val']:+.2f}, test {gain['test']:
 print(f"demo wall {secs}s (goal < 120 s); rows beyond {k:g} std: {bad or 'none'}")
 sys.exit(1 if bad else 0)
 EOF
+fi
 
+if has profile; then
 stamp "pipeline profile (GPU preset)"
-timeout "$(budget "${PROFILE_TIMEOUT:-240}")" "$PY" benchmarks/pipeline_profile.py --preset gpu --device "$DEVICE" --reference \
+timeout "$(budget "${PROFILE_TIMEOUT:-240}")" "$PY" benchmarks/pipeline_profile.py --preset gpu --device "$DEVICE" $([ "${PROFILE_REFERENCE:-1}" = 1 ] && echo --reference) \
   --out "$WORK/profile" --json "$OUT/pipeline_profile.json" \
   ${PROFILE_IMAGES:+--images $PROFILE_IMAGES} ${PROFILE_ITERS:+--max-iters $PROFILE_ITERS} ${PROFILE_ARGS:-} \
   > "$OUT/profile.log" 2>&1
 prof_rc=$?
 grep -E "^\[profile\]|^\||^DICOM|^machine|^[0-9]+ images|Error|error" "$OUT/profile.log" | grep -v "it/s" | tail -45
+fi
 
 stamp "summary"
 echo "ddp rc=$ddp_rc demo rc=$demo_rc profile rc=$prof_rc total $(elapsed)s"

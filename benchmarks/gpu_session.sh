@@ -3,13 +3,17 @@
 # time, the machine's start included; one call <= 600 s). After `make gpu-wheels` here:
 #   run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=600)
 #   run(command="STAGES=rest bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=...)  # if time is left
-# Stages (STAGES, default "crf pipeline"), each bounded so that the call ends by SESSION_DEADLINE
+# Stages (STAGES, default "pipeline amp"), each bounded so that the call ends by SESSION_DEADLINE
 # seconds (default 560; the second call: its timeout_s minus 20):
-#   crf       build for sm_90, then the dense CRF on CUDA: its CUDA tests (ops/test_dense_crf.py,
+#   pipeline  gpu_pipeline.sh: the build for sm_90 (unless one is there), torchrun (NCCL), the demo on
+#             CUDA, the GPU profile (PROFILE_IMAGES, default 128; PROFILE_ITERS, default 10);
+#   amp       make-cam under bfloat16 autocast (cam.amp): the CUDA tests of tests/cam, tests/seg,
+#             tests/irn and random_walk's; the paper-setting CAM benchmark in float32 and bfloat16;
+#             the pipeline stage's demo rerun from make-cam with cam.amp=true (paired figures); the
+#             profile again with cam.amp=true (without the reference code), in the time left;
+#   crf       build, then the dense CRF on CUDA: its CUDA tests (ops/test_dense_crf.py,
 #             ops/test_permutohedral_filter.py, irn/test_ir_label.py) and benchmarks
 #             (gpu_check.sh with GPU_CHECK_K="crf or permutohedral or ir_label"), at most CRF_MAX s;
-#   pipeline  gpu_pipeline.sh: torchrun (NCCL), the demo on CUDA, the GPU profile (PROFILE_IMAGES,
-#             default 128; PROFILE_ITERS, default 10) in the time left;
 #   rest      (second call, build kept) pydensecrf beside the CUDA CRF, then the other kernels'
 #             CUDA tests and benchmarks and the training tests (gpu_check.sh), in the time left.
 # DEVICE=cpu SKIP_BUILD=1 rehearses the scripts on a machine without a GPU (the CUDA tests skip; the
@@ -17,12 +21,13 @@
 # Everything runs under $WORK (default /tmp/wsss_gpu). Into $OUT come back (at most 8 files):
 # gpu_session.log, gpu_session_<stages>.tar.gz (every log and JSON of the call), and the figures to
 # commit as benchmarks/results/<gpu>_<date>_*.json: crf_figures.json, pipeline_profile.json,
-# demo_report.json (crf stage / pipeline stage), rest_figures.json.
+# demo_report.json (crf stage / pipeline stage), amp_figures.json, demo_amp_report.json,
+# pipeline_profile_amp.json (amp stage), rest_figures.json.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_out}"
 WORK="${WORK:-/tmp/wsss_gpu}"
-STAGES="${STAGES:-crf pipeline}"
+STAGES="${STAGES:-pipeline amp}"
 SESSION_DEADLINE="${SESSION_DEADLINE:-560}"
 PY="${PYTHON:-python3}"
 mkdir -p "$OUT" "$WORK"
@@ -33,6 +38,45 @@ stamp() { echo "=== [session $(elapsed)s] $*"; }
 export PYTHONUNBUFFERED=1 PYTHON="$PY"
 unset DEADLINE  # each script below gets its own
 CRF="crf or permutohedral or ir_label"
+
+amp_stage() {  # the CUDA tests of the code this stage measures, cam.amp's benchmark, demo and profile
+  local n="$1" a="$WORK/amp" t0 demo="$WORK/runs/demo" amp_demo="$WORK/runs/demo_amp" xd=""
+  mkdir -p "$a"
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+  "$PY" -c "import xdist" 2>/dev/null && xd="-n 4"
+  # shellcheck disable=SC2086
+  timeout $(( n / 5 )) "$PY" -m pytest tests/cam tests/seg tests/irn tests/ops/test_random_walk.py -m cuda $xd -v \
+    --tb=short -p no:cacheprovider -o addopts="--import-mode=importlib" > "$a/tests.log" 2>&1
+  echo "amp tests rc=$?: $(grep -c ' PASSED' "$a/tests.log") passed, $(grep -c ' FAILED' "$a/tests.log") failed"
+  grep -E "^(FAILED|ERROR) |^E  " "$a/tests.log" | cut -c1-200 | head -20
+  timeout $(( n / 5 )) "$PY" -m pytest benchmarks/bench_cam_extractor.py -k "paper" --benchmark-only -q \
+    -p no:cacheprovider --benchmark-json="$a/bench_amp.json" --benchmark-columns=min,median,rounds \
+    -o addopts="--import-mode=importlib" > "$a/bench.log" 2>&1
+  "$PY" benchmarks/summarize.py "$a/bench_amp.json" --out "$OUT/amp_figures.json" 2>&1 | tail -4
+  if [ -f "$demo/report.json" ]; then  # paired: the pipeline stage's demo, again from make-cam with cam.amp
+    rm -rf "$amp_demo"; cp -r "$demo" "$amp_demo"; t0=$(date +%s)
+    timeout $(( n * 2 / 5 )) "$PY" -m wsss_fast.cli.main demo --device "${DEVICE:-cuda}" --out "$amp_demo" \
+      --from make-cam cam.amp=true ${DEMO_ARGS:-} > "$a/demo_amp.log" 2>&1
+    echo "demo from make-cam with cam.amp=true: rc=$? in $(( $(date +%s) - t0 ))s"
+    cp "$amp_demo/report.json" "$OUT/demo_amp_report.json" 2>/dev/null
+    "$PY" - "$demo/report.json" "$amp_demo/report.json" <<'EOF'
+import json, sys
+a, b = (json.load(open(p))["splits"] for p in sys.argv[1:])
+for split in a:
+    for step in ("cam", "irnet", "seg"):
+        x, y = a[split].get(step, {}).get("miou_pos"), b.get(split, {}).get(step, {}).get("miou_pos")
+        if x is not None and y is not None:
+            print(f"demo {split} {step} mIoU pos: float32 {100 * x:.2f}, cam.amp {100 * y:.2f} ({100 * (y - x):+.2f})")
+EOF
+  fi
+  n=$(left)
+  OUT="$WORK/amp_profile" WORK="$WORK/runs_amp" DEADLINE="$n" SKIP_BUILD=1 PARTS=profile PROFILE_REFERENCE=0 \
+    PROFILE_IMAGES="${PROFILE_IMAGES:-128}" PROFILE_ITERS="${PROFILE_ITERS:-10}" \
+    PROFILE_ARGS="${PROFILE_ARGS:-} cam.amp=true" bash benchmarks/gpu_pipeline.sh
+  local prc=$?
+  cp "$WORK/amp_profile/pipeline_profile.json" "$OUT/pipeline_profile_amp.json" 2>/dev/null
+  return "$prc"
+}
 
 session() {
   # the carried wheels once (pydensecrf2 builds in the background meanwhile); the scripts below skip it
@@ -53,6 +97,10 @@ session() {
         OUT="$WORK/pipeline" WORK="$WORK/runs" DEADLINE="$n" SKIP_BUILD=1 PROFILE_IMAGES="${PROFILE_IMAGES:-128}" \
           PROFILE_ITERS="${PROFILE_ITERS:-10}" bash benchmarks/gpu_pipeline.sh || rc=1
         cp "$WORK/pipeline/pipeline_profile.json" "$WORK/pipeline/demo_report.json" "$OUT/" 2>/dev/null ;;
+      amp)
+        n=$(left)
+        stamp "amp: make-cam under bfloat16 autocast (cam.amp): CUDA tests, benchmark, demo rerun, profile (<= ${n}s)"
+        amp_stage "$n" || rc=1 ;;
       rest)
         n=$(left)
         stamp "rest: pydensecrf beside the CUDA CRF (<= ${n}s)"
@@ -76,5 +124,5 @@ session 2>&1 | tee "$WORK/gpu_session.log"
 rc=${PIPESTATUS[0]}
 cp "$WORK/gpu_session.log" "$OUT/"
 tar -czf "$OUT/gpu_session_${STAGES// /_}.tar.gz" -C "$WORK" --exclude=runs --exclude='*.pt' \
-  $(cd "$WORK" && ls -d gpu_session.log pydensecrf_build.log crf pipeline oracle rest 2>/dev/null)
+  $(cd "$WORK" && ls -d gpu_session.log pydensecrf_build.log crf pipeline amp amp_profile oracle rest 2>/dev/null)
 exit "$rc"
