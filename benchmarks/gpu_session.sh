@@ -52,7 +52,7 @@ amp_stage() {  # the CUDA tests of the code this stage measures, cam.amp's bench
   timeout $(( n / 5 )) "$PY" -m pytest benchmarks/bench_cam_extractor.py -k "paper" --benchmark-only -q \
     -p no:cacheprovider --benchmark-json="$a/bench_amp.json" --benchmark-columns=min,median,rounds \
     -o addopts="--import-mode=importlib" > "$a/bench.log" 2>&1
-  "$PY" benchmarks/summarize.py "$a/bench_amp.json" --out "$OUT/amp_figures.json" 2>&1 | tail -4
+  [ -s "$a/bench_amp.json" ] && "$PY" benchmarks/summarize.py "$a/bench_amp.json" --out "$OUT/amp_figures.json" 2>&1 | tail -4
   if [ -f "$demo/report.json" ]; then  # paired: the pipeline stage's demo, again from make-cam with cam.amp
     rm -rf "$amp_demo"; cp -r "$demo" "$amp_demo"; t0=$(date +%s)
     timeout $(( n * 2 / 5 )) "$PY" -m wsss_fast.cli.main demo --device "${DEVICE:-cuda}" --out "$amp_demo" \
