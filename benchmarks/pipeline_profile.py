@@ -165,7 +165,7 @@ def full_run_images(paper: dict) -> dict[str, dict[str, float]]:
         "make-sem-seg": {"eval": SIIM_IMAGES},
         "train-seg": {"train": paper["seg.epochs"] * epoch(paper["seg.batch_size"])},
         "predict-seg": {"eval": SIIM_EVAL},
-        "evaluate": {"step": SIIM_EVAL},
+        "evaluate": {"eval": SIIM_EVAL, "step": SIIM_EVAL},
     }
 
 
@@ -228,6 +228,20 @@ def run_profile(args: argparse.Namespace) -> dict:
         return r
 
     ir_label_mod.ir_thresholds = timed_thr
+    # evaluate has no loader: its per-image loop (evaluate_split) is timed, the rest is set-up
+    import wsss_fast.report as report_mod
+
+    eval_timer: dict[str, float] = {}
+    real_eval = report_mod.evaluate_split
+
+    def timed_eval(cfg_, paths_, base, *a, **k):
+        t = time.perf_counter()
+        r = real_eval(cfg_, paths_, base, *a, **k)
+        eval_timer["seconds"] = eval_timer.get("seconds", 0.0) + time.perf_counter() - t
+        eval_timer["images"] = eval_timer.get("images", 0) + len(base.image_ids)
+        return r
+
+    report_mod.evaluate_split = timed_eval
     gpu = GpuSampler(torch.device(device).index or 0) if device.startswith("cuda") else None
     cuda = device.startswith("cuda")
     steps = []
@@ -236,6 +250,7 @@ def run_profile(args: argparse.Namespace) -> dict:
             ProbedLoader.registry = []
             dp_timer.clear()
             val_timer.clear()
+            eval_timer.clear()
             if cuda:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
@@ -253,6 +268,8 @@ def run_profile(args: argparse.Namespace) -> dict:
                 parts["dp_mean"] = {"images": dp_timer["images"], "seconds": dp_timer["seconds"], "wait_s": None}
             if val_timer:
                 parts["val_choice"] = {"images": val_timer["images"], "seconds": val_timer["seconds"], "wait_s": None}
+            if eval_timer:
+                parts["eval"] = {"images": eval_timer["images"], "seconds": eval_timer["seconds"], "wait_s": None}
             if not any(k in parts for k in ("train", "eval")):  # no loader probed: the rest of the step, whole
                 n = _step_images(step.name, cfg, paths)
                 rest = s1 - s0 - sum(p["seconds"] for p in parts.values())
@@ -282,6 +299,7 @@ def run_profile(args: argparse.Namespace) -> dict:
             importlib.import_module(name).DataLoader = dl
         irn_train.estimate_displacement_mean = real_dp
         ir_label_mod.ir_thresholds = real_thr
+        report_mod.evaluate_split = real_eval
         if gpu:
             gpu.close()
 

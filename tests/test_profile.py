@@ -156,6 +156,12 @@ def test_tiny_profile_runs_every_step(tmp_path):
     # make-ir-label: its loader (the batched CRF) probed, its thresholds' choice on val timed apart
     irl = by["make-ir-label"]["parts"]
     assert irl["eval"]["images"] > 0 and irl["val_choice"]["images"] > 0 and irl["val_choice"]["seconds"] > 0
+    # evaluate: its per-image loop over the evaluated splits timed, the rest set-up (counted once)
+    ev = by["evaluate"]
+    report = json.loads((out / "run" / "report.json").read_text())
+    n_eval = sum(steps["cam"]["n_images"] for steps in report["splits"].values())
+    assert set(ev["parts"]) == {"eval"} and ev["parts"]["eval"]["images"] == n_eval
+    assert ev["setup_s"] == pytest.approx(ev["wall_s"] - ev["parts"]["eval"]["seconds"])
     # the walk's choice on val (siim.yaml: steps / bg_thres val), timed apart and in the total
     w = r["walk_choice"]
     assert w["images"] > 0 and w["seconds"] > 0 and w["projected_full_s"] == pytest.approx(w["per_image_s"] * 686)
