@@ -42,7 +42,7 @@ from ..engine.files import atomic_write_bytes, load_cam_file, read_json
 from ..engine.dist import env_rank_world, resolve_device
 from ..metrics.segmentation import best_and_label
 from . import common
-from ..engine.files import BackgroundWriter, read_png, write_npy, write_png
+from ..engine.files import BackgroundWriter, read_png, to_host, write_npy, write_png
 from .common import as_list
 from .model import EdgeDisplacement, load_irnet
 
@@ -75,14 +75,6 @@ def _labels(rw: torch.Tensor, keys: np.ndarray, bg_thres: float, size: tuple[int
     """:func:`labels_from_soft` on the maps' device: uint8 ``[H0, W0]``."""
     best, label = best_and_label(rw, keys, size)
     return torch.where(best > float(bg_thres), label, 0).to(torch.uint8)
-
-
-def _to_host(ts: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Tensors of one dtype and device on the CPU, with one copy (one sync) for all of them."""
-    if not ts:
-        return ts
-    flat = torch.cat([t.reshape(-1) for t in ts]).cpu()
-    return [f.view(t.shape) for f, t in zip(flat.split([t.numel() for t in ts]), ts)]
 
 
 class _InferDataset(Dataset):
@@ -186,7 +178,7 @@ def _walk_soft(model: EdgeDisplacement, items: list[dict], cfg: dict, device: to
                 if k:
                     soft = soft / soft.max().clamp_min(1e-5)
                 softs.append(soft.half())  # labels come from the stored fp16 maps: sweeps reproduce them
-            out[(bool(mask), int(n))] = _to_host(softs) if host else softs
+            out[(bool(mask), int(n))] = to_host(softs) if host else softs
     return out
 
 
@@ -199,8 +191,8 @@ def _process_batch(model: EdgeDisplacement, items: list[dict], cfg: dict, paths:
     bg_thres = float(get(cfg, "sem_seg.bg_thres"))
     mask = _edge_mask(get(cfg, "sem_seg.edge_mask"))
     softs = _walk_soft(model, items, cfg, device, [steps], (mask,), host=False)[(mask, steps)]
-    labels = _to_host([_labels(soft.float(), it["keys"], bg_thres, it["orig_size"]) for it, soft in zip(items, softs)])
-    for it, soft, label in zip(items, _to_host(softs), labels):
+    labels = to_host([_labels(soft.float(), it["keys"], bg_thres, it["orig_size"]) for it, soft in zip(items, softs)])
+    for it, soft, label in zip(items, to_host(softs), labels):
         png, npy = _outputs(paths, it["id"])
         writer.submit(write_npy, soft.numpy(), npy)
         writer.submit(write_png, label.numpy(), png)

@@ -24,7 +24,7 @@ import numpy as np
 from ..config import get
 from ..engine.paths import RunPaths
 from ..engine.dist import resolve_device
-from ..engine.files import BackgroundWriter, atomic_write_bytes, write_png
+from ..engine.files import BackgroundWriter, atomic_write_bytes, to_host, write_png
 from .data import ImageDataset, eval_transform, seg_image_size
 from .model import model_from_cfg
 
@@ -101,13 +101,6 @@ def _predictions(model: torch.nn.Module, loader: DataLoader, device: torch.devic
     """Yield ``(dataset index, probabilities [C, H0, W0] at the original size)``."""
     for preds in _batch_predictions(model, loader, device, flip, amp):
         yield from preds
-
-
-def _to_host(maps: list[torch.Tensor]) -> list[np.ndarray]:
-    """uint8 maps ``[H_i, W_i]`` of any device as numpy arrays, with one device-to-host copy."""
-    flat = torch.cat([m.reshape(-1) for m in maps]).cpu().numpy()
-    ends = np.cumsum([m.numel() for m in maps])
-    return [flat[e - m.numel():e].reshape(m.shape) for m, e in zip(maps, ends)]
 
 
 def _write_prediction(label: np.ndarray, prob: np.ndarray | None, out: Path, name: str) -> None:
@@ -206,7 +199,7 @@ def predict_seg(cfg: dict, paths: RunPaths) -> None:
                 with_probs = save_probs and preds[0][1].shape[0] == 1
                 if with_probs:
                     maps += [(p[0].clamp(0, 1) * 255).round().byte() for _, p in preds]
-                host = _to_host(maps)
+                host = [t.numpy() for t in to_host(maps)]
                 for j, (idx, _) in enumerate(preds):
                     prob = host[len(preds) + j] if with_probs else None
                     writer.submit(_write_prediction, host[j], prob, out, base.image_ids[idx])
