@@ -45,7 +45,7 @@ amp_stage() {  # the CUDA tests of the code this stage measures, cam.amp's bench
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
   "$PY" -c "import xdist" 2>/dev/null && xd="-n 4"
   # shellcheck disable=SC2086
-  timeout $(( n / 5 )) "$PY" -m pytest tests/cam tests/seg tests/irn tests/ops/test_random_walk.py -m cuda $xd -v \
+  timeout $(( n * 3 / 10 )) "$PY" -m pytest tests/cam tests/seg tests/irn tests/ops/test_random_walk.py -m cuda $xd -v \
     --tb=short -p no:cacheprovider -o addopts="--import-mode=importlib" > "$a/tests.log" 2>&1
   echo "amp tests rc=$?: $(grep -c ' PASSED' "$a/tests.log") passed, $(grep -c ' FAILED' "$a/tests.log") failed"
   grep -E "^(FAILED|ERROR) |^E  " "$a/tests.log" | cut -c1-200 | head -20
