@@ -79,6 +79,11 @@ def test_item_contract(synth_root):
     assert item["mask"].dtype == torch.uint8 and item["mask"].shape == (SIZE, SIZE)
     assert set(item["mask"].unique().tolist()) == {0, 1}
     assert item["orig_size"] == (SIZE, SIZE)
+    # without_masks: a copy whose items skip the mask; the data set itself keeps them
+    from wsss_fast.data import without_masks
+
+    bare = without_masks(ds)[pos]
+    assert "mask" not in bare and torch.equal(bare["image"], item["image"]) and "mask" in ds[pos]
 
 
 def test_png_variant_equals_dicom(synth_root):

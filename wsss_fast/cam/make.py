@@ -20,7 +20,6 @@ maps of Viniavskyi et al., AIME 2020:
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from functools import partial
@@ -64,14 +63,6 @@ def checkpoint_path(cfg: dict, paths: RunPaths) -> Path:
     return Path(which).expanduser()
 
 
-def _eval_copy(ds):
-    """A view of the data set that skips the masks (not needed to compute maps)."""
-    ds = copy.copy(ds)
-    if hasattr(ds, "has_masks"):
-        ds.has_masks = False
-    return ds
-
-
 def _collate_list(items: list[dict]) -> list[dict]:
     return items
 
@@ -94,7 +85,7 @@ def make_cam(cfg: dict, paths: RunPaths) -> None:
     (:class:`~wsss_fast.engine.files.BackgroundWriter`) while the next batch runs. Marks
     ``paths.cam`` done once the files of every split exist (whichever shard finishes last).
     """
-    from ..data import build_dataset
+    from ..data import build_dataset, without_masks
     from ..cls.model import load_classifier
     from ..engine.dist import rank_device
     from .extractor import CAMExtractor
@@ -120,7 +111,7 @@ def make_cam(cfg: dict, paths: RunPaths) -> None:
 
     every_id: list[str] = []
     for split in list(get(cfg, "cam.splits")):
-        ds = _eval_copy(build_dataset(cfg, split, paths, train=False))
+        ds = without_masks(build_dataset(cfg, split, paths, train=False))
         every_id += [str(k) for k in ds.image_ids]
         mine = [i for i in range(len(ds)) if i % num_shards == shard]
         todo = [i for i in mine if not paths.cam_file(ds.image_ids[i]).exists()]

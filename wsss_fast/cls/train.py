@@ -14,7 +14,6 @@ writes.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from typing import Any, Sequence
@@ -305,14 +304,6 @@ def _fit(cfg: dict, paths: RunPaths, train_set: Dataset, val_set: Dataset | None
             "epochs_run": max(0, epochs - start_epoch), "model": model}
 
 
-def _without_masks(ds: Dataset) -> Dataset:
-    """A shallow copy whose items skip the ground-truth masks (never used for training)."""
-    ds = copy.copy(ds)
-    if hasattr(ds, "has_masks"):
-        ds.has_masks = False
-    return ds
-
-
 def train_cls(cfg: dict, paths: RunPaths) -> None:
     """``wsss-fast train-cls``: train the step-1 classifier on ``cls.train_split``.
 
@@ -320,7 +311,7 @@ def train_cls(cfg: dict, paths: RunPaths) -> None:
     split file is written once) and runs :func:`fit_classifier`. Works as one process or
     under ``torchrun`` (DDP; NCCL on CUDA, gloo on the CPU).
     """
-    from ..data import build_dataset
+    from ..data import build_dataset, without_masks
 
     ctx = init_distributed(cfg)
     try:
@@ -329,8 +320,8 @@ def train_cls(cfg: dict, paths: RunPaths) -> None:
         sets: dict[str, Any] = {}
         for turn in ((True,), (False,)) if ctx.distributed else ((None,),):
             if turn[0] is None or turn[0] == ctx.is_main:
-                sets["train"] = _without_masks(build_dataset(cfg, train_split, paths, train=True))
-                sets["val"] = (_without_masks(build_dataset(cfg, val_split, paths, train=False))
+                sets["train"] = without_masks(build_dataset(cfg, train_split, paths, train=True))
+                sets["val"] = (without_masks(build_dataset(cfg, val_split, paths, train=False))
                                if val_split else None)
             ctx.barrier()
         fit_classifier(cfg, paths, sets["train"], sets["val"], ctx)

@@ -169,6 +169,15 @@ class WSSSDataset(Dataset):
         return item
 
 
+def without_masks(ds: Dataset) -> Dataset:
+    """A shallow copy of ``ds`` whose items skip the ground-truth masks (training, CAMs and the
+    walk never read them; decoding SIIM's RLE masks costs milliseconds per image)."""
+    ds = copy.copy(ds)
+    if hasattr(ds, "has_masks"):
+        ds.has_masks = False
+    return ds
+
+
 def wsss_collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
     """Collate items whose masks differ in size (VOC): images and labels are stacked,
     ``image_id``, ``orig_size`` and ``mask`` stay lists.

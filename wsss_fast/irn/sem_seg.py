@@ -24,7 +24,6 @@ channels in the order of the CAM file's ``keys``).
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from pathlib import Path
@@ -205,12 +204,13 @@ def _collate(batch: list[dict]) -> list[dict]:
 def run_shard(cfg: dict, root: str, split: str, indices: list[int], device: str,
               show_progress: bool = True) -> None:
     """Write the pseudo labels of ``indices`` of ``split`` (one shard, one device)."""
+    from ..data import without_masks
+
     paths = RunPaths(root)
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    base = copy.copy(common.build_split(cfg, split, paths, train=False))
-    base.has_masks = False  # the walk needs no mask (decoding SIIM's RLE masks costs ms per image)
+    base = without_masks(common.build_split(cfg, split, paths, train=False))
     net = load_irnet(paths.irn / "final.pt", map_location="cpu")
     model = EdgeDisplacement(net.to(dev).eval())
     bs = max(1, int(get(cfg, "sem_seg.batch_size")))
