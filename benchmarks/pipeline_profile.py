@@ -1,6 +1,7 @@
 """Profile of the whole pipeline at the paper's scale, and a projection of the full SIIM run.
 
-Writes a synthetic set in the SIIM competition layout (DICOMs of ``--dicom-size`` px), runs
+Writes a synthetic set in the SIIM competition layout (DICOMs of ``--dicom-size`` px, SIIM's
+share of positive images), runs
 every step of ``wsss-fast run`` with ``configs/siim.yaml`` (ResNet50 OS8 + DropBlock,
 Grad-CAM++ at 4 scales + flip, CRF IR labels, IRNet ResNet50, a 256-step walk, U-Net
 SEResNeXt50 with AMP at batch 48, flip TTA; random initialization), one epoch per training
@@ -70,6 +71,9 @@ PRESET_SET = {"tiny": ["irn.radius=5", "cls.arch=resnet18", "irn.backbone=resnet
 PAPER_WALK = ["sem_seg.steps=256", "sem_seg.bg_thres=0.25", "sem_seg.edge_mask=true"]
 # The full SIIM-ACR set and the paper's split (Viniavskyi et al., AIME 2020)
 SIIM_IMAGES, SIIM_TRAIN, SIIM_VAL = 12047, 10675, 686
+# its share of positive images (2,669 of 12,047): make-cam, make-ir-label and make-sem-seg run the
+# network and the CRF on those only, so the synthetic set has the same share
+SIIM_POSITIVE = 2669 / SIIM_IMAGES
 SIIM_EVAL = 2 * SIIM_VAL  # val + test
 LOADER_MODULES = ("wsss_fast.cls.train", "wsss_fast.cam.make", "wsss_fast.irn.ir_label", "wsss_fast.irn.train",
                   "wsss_fast.irn.sem_seg",
@@ -84,7 +88,9 @@ def write_data(root: Path, n: int, size: int, workers: int) -> None:
         return
     workers = max(1, min(workers, n))
     counts = [n // workers + (k < n % workers) for k in range(workers)]
-    parts = [(root.parent / f"{root.name}_part{k}", c, size, k, 0.5) for k, c in enumerate(counts)]
+    n_pos = round(n * SIIM_POSITIVE)
+    pos = [n_pos // workers + (k < n_pos % workers) for k in range(workers)]  # <= counts[k]: n_pos <= n
+    parts = [(root.parent / f"{root.name}_part{k}", c, size, k, p / c) for k, (c, p) in enumerate(zip(counts, pos))]
     write = functools.partial(write_synthetic_siim, progress=False)  # picklable for the spawned pool
     if workers == 1:
         write(*parts[0])
@@ -102,6 +108,12 @@ def write_data(root: Path, n: int, size: int, workers: int) -> None:
         shutil.rmtree(part)
     (root / "train-rle.csv").write_text("\n".join(rows) + "\n")
 
+
+
+def positive_images(root: Path) -> int:
+    """How many images of the synthetic set have a lesion (an RLE other than ``-1`` in the CSV)."""
+    rows = (line.split(",", 1) for line in (root / "train-rle.csv").read_text().splitlines()[1:])
+    return len({r[0].strip() for r in rows if len(r) == 2 and r[1].strip() != "-1"})
 
 
 def _loader_parts(stats: list[dict | None]) -> dict[str, dict]:
@@ -318,7 +330,8 @@ def run_profile(args: argparse.Namespace) -> dict:
     total += choice["projected_full_s"]
     result = {"machine": machine_info(device), "preset": args.preset, "images": args.images,
               "dicom_size": args.dicom_size, "image_size": args.image_size, "max_iters": args.max_iters,
-              "cache": args.cache, "synthetic_data_s": data_s, "config_overrides": _diff(cfg),
+              "cache": args.cache, "synthetic_data_s": data_s, "positive_images": positive_images(out / "data"),
+              "config_overrides": _diff(cfg),
               "paper": paper, "steps": steps, "walk_choice": choice, "projected_full_run_s": total,
               "gpu_busy_source": gpu.source if gpu else None,
               "decode": decode_benchmark(cfg, paths, min(args.images, 32))}

@@ -145,6 +145,7 @@ def test_tiny_profile_runs_every_step(tmp_path):
                       "--ref-images", "1", "--ref-walk-size", "8"]) == 0
     r = json.loads(js.read_text())
     assert [s["step"] for s in r["steps"]] == [s.name for s in PIPELINE]
+    assert r["positive_images"] == round(r["images"] * 2669 / 12047)  # SIIM's share (12 images: 3)
     for s in r["steps"]:
         assert s["images_per_s"] > 0 and s["wall_s"] > 0 and s["projected_full_s"] >= s["setup_s"]
         assert s["data_wait"] is None or 0 <= s["data_wait"] <= 1

@@ -90,25 +90,45 @@ def test_make_cam_files(tmp_path, data_root):
 
 
 @pytest.mark.parametrize("overrides", [(), ("cam.save_raw=false", "cam.batch_size=3", "cam.use_labels=false"),
-                                       ("cam.amp=true",)])
-def test_make_cam_files_are_the_bytes_of_each_images_maps(tmp_path, data_root, overrides):
+                                       ("cam.amp=true",), ("cam.batch_size=2",)])
+def test_make_cam_files_are_the_bytes_of_each_images_maps(tmp_path, data_root, overrides, monkeypatch):
     """Every file holds the bytes save_cam_file writes for that image's own slice of the
-    extractor's batch result (same batches), fp16, with ``raw`` only when ``cam.save_raw``
-    (``cam.amp`` is for CUDA: the CPU ignores it)."""
+    extractor's batch result, fp16, with ``raw`` only when ``cam.save_raw`` (``cam.amp`` is for
+    CUDA: the CPU ignores it). The batches are runs of ``cam.batch_size`` images in order; with
+    ground-truth labels only images with a class enter them, and the others' files are the bytes
+    of what the extractor gives an image without classes, though the network never sees them."""
     from wsss_fast.cls.model import load_classifier
 
     cfg = make_cfg(data_root, *overrides)
     run, ref = RunPaths(tmp_path / "run"), RunPaths(tmp_path / "ref")
     write_checkpoint(cfg, run)
+    seen = []
+    call = CAMExtractor.__call__
+    monkeypatch.setattr(CAMExtractor, "__call__", lambda self, images, *a, **k: seen.append(
+        images.shape[0]) or call(self, images, *a, **k))
     make_cam(cfg, run)
+    monkeypatch.undo()
     model = load_classifier(run.cls / "best.pt")
     ext = CAMExtractor(model, model.cam_layer)
     bs, save_raw, use_labels = (int(cfg["cam"][k]) for k in ("batch_size", "save_raw", "use_labels"))
     n_files = n_empty = 0
+    batches = []
     for split in ("train", "val", "test"):
         ds = build_dataset(cfg, split, run, train=False)
-        for start in range(0, len(ds), bs):
-            items = [ds[i] for i in range(start, min(start + bs, len(ds)))]
+        every = [ds[i] for i in range(len(ds))]
+        ran = [it for it in every if not use_labels or it["label"].any()]
+        for it in every:  # the extractor's own result for the image alone, without its classes
+            if any(it is r for r in ran):
+                continue
+            res = ext(it["image"][None], torch.zeros_like(torch.as_tensor(it["label"]))[None], scales=[1.0, 0.5],
+                      flip=True, allow_empty=True)
+            d = res.per_image(numpy=True, fields=("keys", "cam", "high_res") + ("raw",) * save_raw)[0]
+            save_cam_file(ref.cam / f"{it['image_id']}.npy", d["keys"], d["cam"], d["high_res"],
+                          **({"raw": d["raw"]} if save_raw else {}))
+            n_empty += 1
+        for start in range(0, len(ran), bs):
+            items = ran[start:start + bs]
+            batches.append(len(items))
             labels = torch.stack([torch.as_tensor(it["label"]) for it in items]) if use_labels else None
             res = ext(torch.stack([it["image"] for it in items]), labels, scales=[1.0, 0.5], flip=True,
                       threshold=0.5, allow_empty=True)
@@ -117,11 +137,33 @@ def test_make_cam_files_are_the_bytes_of_each_images_maps(tmp_path, data_root, o
                 maps = {k: getattr(res, f)[sel].half().numpy() for k, f in
                         [("cam", "cams"), ("high_res", "high_res")] + [("raw", "raw")] * save_raw}
                 save_cam_file(ref.cam / f"{it['image_id']}.npy", res.keys[sel].numpy(), **maps)
-                name = f"{it['image_id']}.npy"
-                assert (run.cam / name).read_bytes() == (ref.cam / name).read_bytes(), (split, j, name)
-                n_files, n_empty = n_files + 1, n_empty + (not sel.any())
+                n_empty += not sel.any()
+        for it in every:
+            name = f"{it['image_id']}.npy"
+            assert (run.cam / name).read_bytes() == (ref.cam / name).read_bytes(), (split, name)
+            n_files += 1
     assert n_files == len(list(run.cam.glob("*.npy")))
+    assert seen == batches  # the network ran on these batches only
     assert 0 < n_empty < n_files or not use_labels  # ground truth: negatives have no maps
+    if use_labels:
+        assert sum(seen) == n_files - n_empty
+
+
+@pytest.mark.parametrize("size", [(32, 32), (30, 45)])
+def test_no_maps_is_what_the_extractor_gives_an_image_without_classes(data_root, size):
+    from wsss_fast.cam.extractor import PER_IMAGE_FIELDS
+    from wsss_fast.cam.make import no_maps
+
+    cfg = make_cfg(data_root)
+    torch.manual_seed(0)
+    model = Classifier(**classifier_kwargs(cfg, load_pretrained=False)).eval()
+    res = CAMExtractor(model, model.cam_layer)(torch.rand(2, 3, *size), torch.zeros(2, 1), scales=[1.0, 0.5],
+                                                 flip=True, allow_empty=True)
+    want = res.per_image(numpy=True)[1]
+    got = no_maps(size, PER_IMAGE_FIELDS)
+    assert list(got) == list(PER_IMAGE_FIELDS)
+    for k in PER_IMAGE_FIELDS:
+        assert (got[k].shape, got[k].dtype) == (want[k].shape, want[k].dtype), k
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -222,6 +222,33 @@ def test_batched_step_equals_one_image_at_a_time(fake_data, loaders, min_region)
         np.testing.assert_array_equal(read_png(paths.ir_label / f"{image_id}.png"), cam_to_ir_label(img, cam, cfg))
 
 
+@pytest.mark.parametrize("how", ["batched", "one_process"])
+def test_images_without_classes_are_not_loaded(fake_data, monkeypatch, how):
+    """An image whose CAM file has no classes gets its all-background label without its image
+    being read or a CRF run; the others are read once each."""
+    import wsss_fast.irn.ir_label as ir
+
+    paths, datasets = fake_data
+    ds = datasets["train"]
+    loaded = []
+    load = ds.load_image
+    monkeypatch.setattr(ds, "load_image", lambda i: loaded.append(i) or load(i))
+    backend = "wsss_fast" if how == "batched" else "pydensecrf"
+    if backend == "pydensecrf":
+        pytest.importorskip("pydensecrf")
+    crf_calls = []
+    many = ir.crf_inference_many
+    monkeypatch.setattr(ir, "crf_inference_many", lambda imgs, *a, **k: crf_calls.append(len(imgs)) or many(imgs, *a, **k))
+    make_ir_label(tiny_cfg(ir_label={"batch_size": 3, "workers": 0, "crf": {"backend": backend}}), paths)
+    positive = [i for i in range(len(ds)) if ds.labels[i, 0]]
+    assert sorted(loaded) == positive and 0 < len(positive) < len(ds)
+    assert sum(crf_calls) == (len(positive) if how == "batched" else 0)
+    for i, image_id in enumerate(ds.image_ids):
+        if i not in positive:
+            lab = read_png(paths.ir_label / f"{image_id}.png")
+            assert lab.shape == (64, 64) and (lab == 0).all()
+
+
 def test_crf_inference_labels_backends_and_batching():
     from wsss_fast.irn.crf import crf_inference_labels
 

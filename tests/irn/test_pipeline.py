@@ -91,6 +91,29 @@ def test_sem_seg_outputs_eval_and_show(trained):
     assert Image.open(panels[0]).size[0] > 6 * 64
 
 
+@pytest.mark.parametrize("choose", [False, True])
+def test_images_without_classes_skip_the_network(trained, monkeypatch, choose):
+    """Only images with classes reach the boundary branch and the walk (in make-sem-seg and in
+    its choice of the walk on val); the others get empty maps and all-background labels."""
+    import wsss_fast.irn.sem_seg as sem_seg
+
+    paths, datasets = trained
+    seen = []
+    walk = sem_seg._walk_classes
+    monkeypatch.setattr(sem_seg, "_walk_classes", lambda model, items, *a, **k: seen.append(
+        [it["id"] for it in items]) or walk(model, items, *a, **k))
+    over = {"steps": "val", "val_steps": [0, 4, 8], "bg_thres": "val"} if choose else {}
+    make_sem_seg(tiny_cfg(sem_seg=over), paths)
+    positive = {k for ds in datasets.values() for i, k in enumerate(ds.image_ids) if ds.labels[i].any()}
+    every = {k for ds in datasets.values() for k in ds.image_ids}
+    ids = [k for batch in seen for k in batch]
+    assert set(ids) == positive and len(ids) == len(positive) + (sum(
+        1 for k in datasets["val"].image_ids if k in positive) if choose else 0)
+    assert max(len(b) for b in seen) == 3  # sem_seg.batch_size images with classes per batch
+    for k in every - positive:
+        assert np.load(paths.rw / f"{k}.npy").shape == (0, 64, 64) and (read_png(paths.sem_seg / f"{k}.png") == 0).all()
+
+
 class TwoClassFake(FakeDataset):
     """The disks of :class:`FakeDataset` split in two classes: 3 left of the centre, 7 right."""
 

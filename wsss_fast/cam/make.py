@@ -8,7 +8,8 @@ maps of Viniavskyi et al., AIME 2020:
   (the image's positive classes, 0-based; the ground-truth labels by default, as IRNet),
   ``cam`` ``[K, ceil(H/4), ceil(W/4)]``, ``high_res`` ``[K, H, W]`` at the working resolution
   (both normalized by their max) and ``raw`` (the unnormalized stride-4 maps), all fp16.
-  Images without a positive class get ``K = 0`` (all background).
+  Images without a positive class get ``K = 0`` (all background); with ``cam.use_labels``
+  (ground-truth classes) they skip the network: SIIM's negative images, 78 % of the set.
 * Existing files are skipped, so an interrupted run resumes; ``cam.num_shards`` /
   ``cam.shard_index`` (or ``torchrun``'s ``WORLD_SIZE`` / ``RANK``) split the images over
   processes or GPUs.
@@ -74,15 +75,30 @@ def _groups_by_size(items: list[dict]) -> list[list[dict]]:
     return list(groups.values())
 
 
+def no_maps(size: tuple[int, int], fields: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The per-image dict of an image without classes (what the extractor gives it): empty
+    ``keys`` int64 ``[0]``, fp16 ``cam``/``raw`` ``[0, ceil(H/4), ceil(W/4)]``, ``high_res``
+    ``[0, H, W]``, for ``size = (H, W)``."""
+    h, w = size
+    shapes = {"keys": (0,), "cam": (0, math.ceil(h / 4), math.ceil(w / 4)), "high_res": (0, h, w),
+              "raw": (0, math.ceil(h / 4), math.ceil(w / 4)), "raw_high_res": (0, h, w)}
+    return {f: np.zeros(shapes[f], dtype=np.int64 if f == "keys" else np.float16) for f in fields}
+
+
+def _save(path: Path, d: dict[str, np.ndarray]) -> None:
+    save_cam_file(path, d["keys"], d["cam"], d["high_res"], **({"raw": d["raw"]} if "raw" in d else {}))
+
+
 def make_cam(cfg: dict, paths: RunPaths) -> None:
     """``wsss-fast make-cam``: CAM files for every image of ``cam.splits`` (resumable, shardable).
 
     Reads the classifier checkpoint (``cam.checkpoint``, default ``paths.cls/best.pt``),
     extracts maps with :class:`wsss_fast.cam.CAMExtractor` (``cam.method``, ``cam.variant``,
     ``cam.scales``, ``cam.flip``; ``cam.amp``: the network under bfloat16 autocast on CUDA) in
-    batches of ``cam.batch_size`` and writes one file per
-    image with :func:`wsss_fast.engine.files.save_cam_file` on writer threads
-    (:class:`~wsss_fast.engine.files.BackgroundWriter`) while the next batch runs. Marks
+    batches of ``cam.batch_size`` images that have classes (in loader order; with
+    ``cam.use_labels`` an image without a positive class gets its empty file at once, no network)
+    and writes one file per image with :func:`wsss_fast.engine.files.save_cam_file` on writer
+    threads (:class:`~wsss_fast.engine.files.BackgroundWriter`) while the next batch runs. Marks
     ``paths.cam`` done once the files of every split exist (whichever shard finishes last).
     """
     from ..data import build_dataset, without_masks
@@ -120,8 +136,8 @@ def make_cam(cfg: dict, paths: RunPaths) -> None:
         loader = DataLoader(Subset(ds, todo), batch_size=batch_size, shuffle=False, num_workers=workers,
                             collate_fn=_collate_list, pin_memory=device.type == "cuda")
         with BackgroundWriter() as writer:
-            for items in loader:
-                for group in _groups_by_size(items):
+            def run(batch: list[dict]) -> None:
+                for group in _groups_by_size(batch):
                     images = torch.stack([it["image"] for it in group]).to(device, non_blocking=True)
                     labels = torch.stack([torch.as_tensor(it["label"]) for it in group]) if use_labels else None
                     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
@@ -129,9 +145,19 @@ def make_cam(cfg: dict, paths: RunPaths) -> None:
                                            allow_empty=True)
                     # one host copy per field and batch; nothing writes to these arrays afterwards
                     for it, d in zip(group, result.per_image(dtype=torch.float16, numpy=True, fields=fields)):
-                        extra = {"raw": d["raw"]} if save_raw else {}
-                        writer.submit(partial(save_cam_file, paths.cam_file(it["image_id"]), d["keys"], d["cam"],
-                                              d["high_res"], **extra))
+                        writer.submit(partial(_save, paths.cam_file(it["image_id"]), d))
+
+            pending: list[dict] = []  # images with maps to compute, run batch_size at a time
+            for n, items in enumerate(loader, 1):
+                for it in items:
+                    if use_labels and not np.asarray(it["label"]).any():  # no class, no maps: no network
+                        writer.submit(partial(_save, paths.cam_file(it["image_id"]),
+                                              no_maps(tuple(it["image"].shape[-2:]), fields)))
+                    else:
+                        pending.append(it)
+                while len(pending) >= batch_size or (pending and n == len(loader)):  # the rest with the last
+                    run(pending[:batch_size])
+                    del pending[:batch_size]
                 bar.update(len(items))
         bar.close()
     # checked once this process's share of every split is written: of several torchrun ranks, the

@@ -146,18 +146,28 @@ def _init_worker(cfg: dict, root: str, split: str, pool: bool = False) -> None:
     _WORKER.update(cfg=cfg, paths=paths, ds=common.build_split(cfg, split, paths, train=False))
 
 
-def _load(ds, paths: RunPaths, index: int) -> tuple[str, np.ndarray, dict]:
-    """``(image id, image at the CAM's resolution, CAM dict)``."""
+def _load(ds, paths: RunPaths, index: int) -> tuple[str, np.ndarray | None, dict]:
+    """``(image id, image at the CAM's resolution, CAM dict)``; no image (None) for a CAM
+    without classes, whose IR label is :func:`_background_only`."""
     image_id = ds.image_ids[index]
     cam = load_cam_file(paths.cam_file(image_id))
-    size = tuple(np.asarray(cam["high_res"]).shape[1:])
-    return image_id, resize_image_uint8(np.asarray(ds.load_image(index)), size), cam
+    high_res = np.asarray(cam["high_res"])
+    if high_res.ndim == 3 and high_res.shape[0] == 0 and np.asarray(cam["keys"]).size == 0:
+        return image_id, None, cam
+    return image_id, resize_image_uint8(np.asarray(ds.load_image(index)), tuple(high_res.shape[1:])), cam
+
+
+def _background_only(cam: dict) -> np.ndarray:
+    """The IR label of an image without classes, as :func:`cam_to_ir_label` gives it: all
+    confident background (uint8 zeros at the CAM's size)."""
+    return np.zeros(np.asarray(cam["high_res"]).shape[1:], dtype=np.uint8)
 
 
 def _process(index: int) -> str:
     cfg, paths, ds = _WORKER["cfg"], _WORKER["paths"], _WORKER["ds"]
     image_id, img, cam = _load(ds, paths, index)
-    write_png(cam_to_ir_label(img, cam, cfg), paths.ir_label / f"{image_id}.png")
+    label = _background_only(cam) if img is None else cam_to_ir_label(img, cam, cfg)
+    write_png(label, paths.ir_label / f"{image_id}.png")
     return image_id
 
 
@@ -173,8 +183,11 @@ class _Inputs(Dataset):
     def __getitem__(self, j: int) -> tuple:
         """``(image id, RGB uint8 [H, W, 3], CAMs [K, H, W], keys [K + 1], fg/bg maps uint8 [2, H, W])``:
         tensors, which reach the main process through shared memory (pickled arrays would queue
-        several MB per image through one pipe), the CAMs in the file's dtype, the maps in uint8."""
+        several MB per image through one pipe), the CAMs in the file's dtype, the maps in uint8.
+        An image without classes is ``(image id, None, its IR label, None, None)``."""
         image_id, img, cam = _load(self.ds, self.paths, self.todo[j])
+        if img is None:  # no classes: no image, no CRF
+            return image_id, None, torch.from_numpy(_background_only(cam)), None, None
         img, cams, keys, preds = _ir_inputs(img, cam, self.cfg)
         if keys.shape[0] > 256:
             raise ValueError(f"make-ir-label: {keys.shape[0] - 1} classes in one image, at most 255")
@@ -200,7 +213,10 @@ def _run_batched(cfg: dict, paths: RunPaths, ds, todo: list[int], bar: tqdm, dev
         for items in loader:
             groups: dict = {}
             for it in items:  # (size, labels): one CRF call each
-                groups.setdefault((tuple(it[1].shape[:2]), it[3].shape[0]), []).append(it)
+                if it[1] is None:
+                    writer.submit(write_png, it[2].numpy(), paths.ir_label / f"{it[0]}.png")
+                else:
+                    groups.setdefault((tuple(it[1].shape[:2]), it[3].shape[0]), []).append(it)
             for (_, n_labels), group in groups.items():
                 refined = crf_inference_many([it[1].numpy() for it in group], [it[4].numpy() for it in group],
                                              n_labels, params, device)

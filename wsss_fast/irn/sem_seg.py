@@ -132,52 +132,59 @@ def _walk_soft(model: EdgeDisplacement, items: list[dict], cfg: dict, device: to
                host: bool = True) -> dict[tuple[bool, int], list[torch.Tensor]]:
     """Normalized walk maps of a batch for each edge mask and number of steps (one boundary map for all).
 
+    Images without classes get empty maps and no network: the boundary branch and the walk
+    see the others only.
+
     Returns:
         ``{(mask_edge, steps): [fp16 [K_b, H, W] per item]}``: the walked CAMs at the working
         resolution, divided by their maximum (the stored ``rw/<id>.npy``); on the CPU, or on
         ``device`` with ``host=False``.
     """
+    pos = [b for b, it in enumerate(items) if it["cam"].shape[0] > 0]
+    walked = _walk_classes(model, [items[b] for b in pos], cfg, device, steps, masks) if pos else {}
+    H, W = items[0]["image"].shape[-2:]
+    out = {}
+    for key in ((bool(m), int(n)) for m in masks for n in sorted({int(s) for s in steps})):
+        softs = [torch.zeros((0, H, W), dtype=torch.float16, device=device) for _ in items]
+        for b, soft in zip(pos, walked.get(key, [])):
+            softs[b] = soft
+        out[key] = to_host(softs) if host else softs
+    return out
+
+
+def _walk_classes(model: EdgeDisplacement, items: list[dict], cfg: dict, device: torch.device,
+                  steps: list[int], masks: tuple[bool, ...]) -> dict[tuple[bool, int], list[torch.Tensor]]:
+    """:func:`_walk_soft` of images that have classes, on ``device``."""
     x = torch.stack([it["image"] for it in items]).to(device)
     H, W = x.shape[-2:]
     xe, up = walk_image(cfg, x)
     edge = _edges(model, xe, [float(s) for s in get(cfg, "sem_seg.scales")])  # [B, h, w]
     h, w = edge.shape[-2:]
     h0, w0 = _stride4(H), _stride4(W)
-    kmax = max(int(it["cam"].shape[0]) for it in items)
-    cams = None
-    if kmax > 0:
-        cams = torch.zeros((len(items), kmax, h, w), device=device)
-        for b, it in enumerate(items):
-            c = it["cam"].to(device)
-            if c.shape[-2:] != (h0, w0):
-                raise ValueError(f"{it['id']}: CAM 'cam' is {tuple(c.shape[-2:])}, expected stride-4 size "
-                                 f"{(h0, w0)} of the {H}x{W} image")
-            if c.shape[0] == 0:
-                continue
-            if up > 1:
-                c = F.interpolate(c[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-            cams[b, : c.shape[0]] = c
+    cams = torch.zeros((len(items), max(int(it["cam"].shape[0]) for it in items), h, w), device=device)
+    for b, it in enumerate(items):
+        c = it["cam"].to(device)
+        if c.shape[-2:] != (h0, w0):
+            raise ValueError(f"{it['id']}: CAM 'cam' is {tuple(c.shape[-2:])}, expected stride-4 size "
+                             f"{(h0, w0)} of the {H}x{W} image")
+        if up > 1:
+            c = F.interpolate(c[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+        cams[b, : c.shape[0]] = c
     out: dict[tuple[bool, int], list[torch.Tensor]] = {}
     radius, beta = int(get(cfg, "sem_seg.radius")), float(get(cfg, "sem_seg.beta"))
     for mask in masks:
         rw, done = None, 0
-        for n in sorted({int(s) for s in steps}):
-            rw_up = None
-            if cams is not None:  # the walk is linear: n steps = the last walk walked n - done more
-                rw = ops.random_walk(cams, edge, radius=radius, beta=beta, steps=n, mask_edge=bool(mask)) \
-                    if rw is None else ops.random_walk(rw, edge, radius=radius, beta=beta, steps=n - done,
-                                                       mask_edge=False)
-                done = n
-                rw_up = F.interpolate(rw.float(), size=(4 * h // up, 4 * w // up), mode="bilinear",
-                                      align_corners=False)[..., :H, :W]
+        for n in sorted({int(s) for s in steps}):  # the walk is linear: n steps = the last walk walked n - done more
+            rw = ops.random_walk(cams, edge, radius=radius, beta=beta, steps=n, mask_edge=bool(mask)) \
+                if rw is None else ops.random_walk(rw, edge, radius=radius, beta=beta, steps=n - done, mask_edge=False)
+            done = n
+            rw_up = F.interpolate(rw.float(), size=(4 * h // up, 4 * w // up), mode="bilinear",
+                                  align_corners=False)[..., :H, :W]
             softs = []
             for b, it in enumerate(items):
-                k = int(it["cam"].shape[0])
-                soft = rw_up[b, :k] if k else torch.zeros((0, H, W), device=device)
-                if k:
-                    soft = soft / soft.max().clamp_min(1e-5)
-                softs.append(soft.half())  # labels come from the stored fp16 maps: sweeps reproduce them
-            out[(bool(mask), int(n))] = to_host(softs) if host else softs
+                soft = rw_up[b, : int(it["cam"].shape[0])]
+                softs.append((soft / soft.max().clamp_min(1e-5)).half())  # labels come from the stored fp16 maps
+            out[(bool(mask), int(n))] = softs
     return out
 
 
@@ -222,6 +229,10 @@ def run_shard(cfg: dict, root: str, split: str, indices: list[int], device: str,
     bar = tqdm(total=len(indices), desc=f"sem-seg {split} {device}", unit="img", disable=not show_progress)
     with BackgroundWriter() as writer:
         for (item,) in loader:
+            if item["cam"].shape[0] == 0:  # no classes: no network, written at once
+                _process_batch(model, [item], cfg, paths, dev, writer)
+                bar.update(1)
+                continue
             key = tuple(item["image"].shape[-2:])
             pending.setdefault(key, []).append(item)
             if len(pending[key]) >= bs:
