@@ -67,12 +67,13 @@ def test_cam_extractor(benchmark, device, n_targets, impl):
         record(benchmark, fwd_bwd, device, **info)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "bf16_channels_last"])
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cam_extractor_paper_cuda(benchmark, precision):
     """make-cam's GPU work at the paper's setting (configs/siim.yaml): the ResNet50 OS8 classifier
     with its conv head, batch 8 at 512 px, Grad-CAM++ at 4 scales + flip; float32 (TF32
-    convolutions by default) or bfloat16 autocast (``cam.amp``). Per image = the figure / 8."""
+    convolutions by default) or bfloat16 autocast (``cam.amp``), the latter also with the model
+    and images in channels-last memory format. Per image = the figure / 8."""
     from wsss_fast.cls.model import build_classifier
     from wsss_fast.config import get, load_config
 
@@ -80,13 +81,15 @@ def test_cam_extractor_paper_cuda(benchmark, precision):
     torch.manual_seed(0)
     model = build_classifier(cfg, load_pretrained=False).cuda().eval()
     x = torch.randn(8, 3, 512, 512, device="cuda")
+    if precision.endswith("channels_last"):
+        model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
     labels = torch.ones(8, int(get(cfg, "dataset.num_classes")), device="cuda")
     ext = CAMExtractor(model, model.cam_layer, "gradcam++")
     scales = [float(s) for s in get(cfg, "cam.scales")]
     benchmark.group = "cam_extractor-cuda-paper"
 
     def run():
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision.startswith("bf16")):
             return ext(x, labels, scales=scales, flip=True).high_res
 
     record(benchmark, run, "cuda", impl=precision, batch=8, size=512, scales=scales, flip=True)
