@@ -228,19 +228,14 @@ def run_shard(cfg: dict, root: str, split: str, indices: list[int], device: str,
     pending: dict[tuple, list[dict]] = {}
     bar = tqdm(total=len(indices), desc=f"sem-seg {split} {device}", unit="img", disable=not show_progress)
     with BackgroundWriter() as writer:
-        for (item,) in loader:
+        for n, (item,) in enumerate(loader, 1):
             if item["cam"].shape[0] == 0:  # no classes: no network, written at once
                 _process_batch(model, [item], cfg, paths, dev, writer)
-                bar.update(1)
-                continue
-            key = tuple(item["image"].shape[-2:])
-            pending.setdefault(key, []).append(item)
-            if len(pending[key]) >= bs:
+            else:
+                pending.setdefault(tuple(item["image"].shape[-2:]), []).append(item)
+            for key in [k for k, v in pending.items() if len(v) >= bs or n == len(loader)]:  # the rest with the last
                 _process_batch(model, pending.pop(key), cfg, paths, dev, writer)
-                bar.update(bs)
-        for key, items in pending.items():
-            _process_batch(model, items, cfg, paths, dev, writer)
-            bar.update(len(items))
+            bar.update(1)
     bar.close()
 
 
