@@ -12,6 +12,8 @@ step bounded to ``--max-iters`` iterations, and reports per step:
   utilization sampled every 100 ms), process CPU use,
 * what bounds it: the share of the loop spent waiting for the next batch (data loading), or
   compute (GPU busy, or the host between kernels when the GPU idles without a data wait);
+* with ``--trace K``, a ``torch.profiler`` window of K batches per step: the GPU kernels' share
+  of it and the main thread's top ops (what the host does while the GPU idles);
 
 then projects the wall time of the full SIIM run (12,047 images, 10,675 train, the paper's
 epochs) from those rates, and with ``--reference`` times what the reference code does per
@@ -108,6 +110,15 @@ def write_data(root: Path, n: int, size: int, workers: int) -> None:
         shutil.rmtree(part)
     (root / "train-rle.csv").write_text("\n".join(rows) + "\n")
 
+
+
+def trace_line(t: dict) -> str:
+    """One line of a step's trace: kernel share of the window, host time in ops, the top 3 ops."""
+    if "error" in t:
+        return f"no trace ({t['error']})"
+    kern = "" if t["kernel_share"] is None else f"GPU kernels {100 * t['kernel_share']:.0f}% of the window, "
+    ops = ", ".join(f"{r['op']} {r['self_ms']:.0f} ms" for r in t["host_top"][:3])
+    return f"{t['batches']} batches, {t['seconds']:.2f}s: {kern}host in ops {100 * t['host_ops_share']:.0f}% ({ops})"
 
 
 def positive_images(root: Path) -> int:
@@ -210,7 +221,7 @@ def run_profile(args: argparse.Namespace) -> dict:
     device = str(resolve_device(cfg))
     save_config(cfg, paths.config)
 
-    ProbedLoader.max_iters = args.max_iters
+    ProbedLoader.max_iters, ProbedLoader.trace_batches = args.max_iters, args.trace
     saved = {}
     for name in LOADER_MODULES:
         mod = importlib.import_module(name)
@@ -300,9 +311,12 @@ def run_profile(args: argparse.Namespace) -> dict:
             if cuda:
                 rec["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
             rec["bound"] = _bound(rec["data_wait"], rec["gpu_busy"], device)
+            rec["trace"] = next((ld.trace for ld in ProbedLoader.registry if ld.trace), None)
             steps.append(rec)
             print(f"[profile] {step.name}: {rec['wall_s']:.1f}s, {rec['images_per_s']:.2f} img/s, {rec['bound']}",
                   flush=True)
+            if rec["trace"]:
+                print(f"[profile] {step.name} traced: {trace_line(rec['trace'])}", flush=True)
             if args.json:  # the steps so far, should the run be stopped before the end
                 _write_json(args.json, {"partial": True, "machine": machine_info(device), "preset": args.preset,
                                         "images": args.images, "steps": steps})
@@ -473,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="time the dense walk on this map side and scale (default: the real map on CUDA, 32 on CPU)")
     p.add_argument("--data-workers", type=int, default=min(16, os.cpu_count() or 1),
                    help="processes writing the synthetic DICOMs")
+    p.add_argument("--trace", type=int, default=0, metavar="K",
+                   help="torch.profiler over K batches of each step's first loader (after its first batch)")
     p.add_argument("--keep", action="store_true")
     p.add_argument("--json", default=None, help="write the figures here")
     p.add_argument("set", nargs="*", help="config overrides key=value (after the profile's own)")

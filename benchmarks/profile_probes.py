@@ -17,10 +17,15 @@ from torch.utils.data import DataLoader, RandomSampler
 
 class ProbedLoader(DataLoader):
     """A DataLoader that records, per batch, how long the loop waited for it and how many images
-    it held; a training loader (shuffled or batch-sampled) stops after ``max_iters`` batches."""
+    it held; a training loader (shuffled or batch-sampled) stops after ``max_iters`` batches.
+
+    With ``trace_batches`` K > 0, the first loader of a step (``registry``) to pass its first
+    batch runs ``torch.profiler`` over its next K batches (:func:`trace_summary`); its steady
+    state then starts after them when two or more batches follow."""
 
     registry: list["ProbedLoader"] = []
     max_iters: int | None = None
+    trace_batches: int = 0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -28,6 +33,8 @@ class ProbedLoader(DataLoader):
         self.limit = self.max_iters if self.training else None
         self.batches: list[tuple[float, float, int]] = []  # (requested, received, images)
         self.end: float | None = None
+        self.trace: dict[str, Any] | None = None
+        self.traced = 0  # batches under the profiler
         ProbedLoader.registry.append(self)
 
     def __len__(self) -> int:
@@ -36,9 +43,17 @@ class ProbedLoader(DataLoader):
 
     def __iter__(self):
         it = super().__iter__()
-        k = 0
+        k, prof, t_start = 0, None, 0.0
         try:
             while self.limit is None or k < self.limit:
+                if k == 1 and self.trace_batches > 0 and len(self) > 1 and not any(ld.traced for ld in self.registry):
+                    prof, t_start, self.traced = _profiler(), time.perf_counter(), -1
+                    try:
+                        prof.start()
+                    except Exception as e:  # no profiler here: the profile goes on without a trace
+                        prof, self.traced, self.trace = None, 1, {"error": repr(e)}
+                if prof is not None and k == 1 + self.trace_batches:
+                    prof, _ = None, self._stop_trace(prof, t_start, k - 1)
                 t0 = time.perf_counter()
                 try:
                     batch = next(it)
@@ -48,17 +63,62 @@ class ProbedLoader(DataLoader):
                 k += 1
                 yield batch
         finally:
+            if prof is not None:
+                self._stop_trace(prof, t_start, k - 1)
             self.end = time.perf_counter()
 
+    def _stop_trace(self, prof: Any, t_start: float, batches: int) -> None:
+        self.traced = max(1, batches)
+        try:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            prof.stop()
+            self.trace = trace_summary(prof, time.perf_counter() - t_start, batches)
+        except Exception as e:  # a profiler fault must not end the profile
+            self.trace = {"error": repr(e)}
+
     def stats(self) -> dict[str, Any] | None:
-        """Steady state (batches after the first): images, seconds, data-wait share."""
+        """Steady state (batches after the first, or after the traced ones when two or more
+        follow them): images, seconds, data-wait share."""
         if not self.batches or self.end is None:
             return None
-        b = self.batches[1:] if len(self.batches) > 1 else self.batches
+        skip = 1 + self.traced if self.traced > 0 and len(self.batches) >= 3 + self.traced else 1
+        b = self.batches[skip:] if len(self.batches) > skip else self.batches
         span = max(self.end - b[0][0], 1e-9)
         return {"training": self.training, "batches": len(self.batches), "images": sum(x[2] for x in b),
                 "seconds": span, "wait_s": sum(x[1] - x[0] for x in b), "window": (b[0][0], self.end),
                 "first_batch_s": self.batches[0][1] - self.batches[0][0]}
+
+
+def _profiler() -> Any:
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    return torch.profiler.profile(activities=acts)
+
+
+def trace_summary(prof: Any, seconds: float, batches: int, top: int = 8) -> dict[str, Any]:
+    """What a traced window spent: the GPU kernels' time as a share of the window (summed as
+    ``torch.profiler``'s table sums its device time; None without a GPU), the main thread's time
+    inside profiled ops, and the ``top`` ops by self CPU time (``cudaStreamSynchronize`` and
+    ``aten::_local_scalar_dense`` are waits for the GPU; ``cudaLaunchKernel`` launch overhead).
+
+    Returns:
+        ``{"batches", "seconds", "kernel_share", "host_ops_share", "host_top": [{"op", "self_ms",
+        "calls"}]}``.
+    """
+    from torch.autograd import DeviceType
+
+    events = prof.key_averages()
+    kernel_us = sum(e.self_device_time_total for e in events
+                    if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False))
+    host_us = sum(e.self_cpu_time_total for e in events)
+    rows = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    seconds = max(seconds, 1e-9)
+    return {"batches": batches, "seconds": seconds,
+            "kernel_share": kernel_us / 1e6 / seconds if torch.cuda.is_available() else None,
+            "host_ops_share": host_us / 1e6 / seconds,
+            "host_top": [{"op": e.key, "self_ms": e.self_cpu_time_total / 1e3, "calls": e.count} for e in rows]}
 
 
 def _count(batch: Any) -> int:

@@ -51,6 +51,32 @@ def test_training_loaders_stop_after_max_iters_eval_loaders_do_not(monkeypatch):
     assert st["batches"] == 5 and st["images"] == 8  # the first batch is the warm-up, not counted
 
 
+def test_trace_covers_k_batches_of_the_first_loader_and_leaves_the_steady_state(monkeypatch):
+    """--trace K: torch.profiler over batches 1..K of the step's first loader that gets there (one
+    at a time: a second loader of the step is not traced); the ops run in those batches are in its
+    summary, and the steady state counts the batches after them."""
+    monkeypatch.setattr(prof.ProbedLoader, "registry", [])
+    monkeypatch.setattr(prof.ProbedLoader, "trace_batches", 2)
+    first = prof.ProbedLoader(_Slow(7, 0), batch_size=1)
+    second = prof.ProbedLoader(_Slow(4, 0), batch_size=1)
+    for k, _ in enumerate(first):
+        torch.mm(torch.ones(64, 64), torch.ones(64, 64))
+        if k == 1:
+            _consume(second)  # a nested loader while the first is traced
+    t = first.trace
+    assert t["batches"] == 2 and t["kernel_share"] is None and 0 < t["host_ops_share"] <= 1
+    assert [r["op"] for r in t["host_top"] if r["op"] == "aten::mm"] and len(t["host_top"]) <= 8
+    assert {r["op"]: r["calls"] for r in t["host_top"]}["aten::mm"] == 2  # batches 1 and 2 only
+    assert second.trace is None and second.traced == 0
+    st = first.stats()
+    assert st["batches"] == 7 and st["images"] == 4  # batches 3..6: after the warm-up and the traced two
+    short = prof.ProbedLoader(_Slow(4, 0), batch_size=1)
+    monkeypatch.setattr(prof.ProbedLoader, "registry", [short])
+    _consume(short)
+    assert short.trace["batches"] == 2 and short.stats()["images"] == 3  # too few after: counted from 1
+    assert "host in ops" in prof.trace_line(t)
+
+
 def test_data_wait_share_and_bound():
     slow_data = prof.ProbedLoader(_Slow(6, 0.03), batch_size=1)
     _consume(slow_data, work=0.0)
@@ -142,10 +168,12 @@ def test_tiny_profile_runs_every_step(tmp_path):
     out = tmp_path / "prof"
     js = tmp_path / "prof.json"
     assert prof.main(["--preset", "tiny", "--out", str(out), "--json", str(js), "--reference",
-                      "--ref-images", "1", "--ref-walk-size", "8"]) == 0
+                      "--ref-images", "1", "--ref-walk-size", "8", "--trace", "2"]) == 0
     r = json.loads(js.read_text())
     assert [s["step"] for s in r["steps"]] == [s.name for s in PIPELINE]
     assert r["positive_images"] == round(r["images"] * 2669 / 12047)  # SIIM's share (12 images: 3)
+    traced = {s["step"]: s["trace"] for s in r["steps"] if s["trace"]}
+    assert "make-sem-seg" in traced and traced["make-sem-seg"]["host_top"]  # its loader: one image a batch
     for s in r["steps"]:
         assert s["images_per_s"] > 0 and s["wall_s"] > 0 and s["projected_full_s"] >= s["setup_s"]
         assert s["data_wait"] is None or 0 <= s["data_wait"] <= 1
