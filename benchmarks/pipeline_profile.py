@@ -57,7 +57,7 @@ from wsss_fast.engine.dist import resolve_device  # noqa: E402
 from wsss_fast.irn import train as irn_train  # noqa: E402
 from wsss_fast.engine.paths import RunPaths  # noqa: E402
 from wsss_fast.steps import PIPELINE  # noqa: E402
-from profile_probes import GpuSampler, ProbedLoader, _cpu_seconds  # noqa: E402,F401
+from profile_probes import GpuSampler, ProbedLoader, _cpu_seconds, trace_line  # noqa: E402,F401
 
 PRESETS = {  # images, DICOM px, working px, max training iterations
     "gpu": dict(images=256, dicom_size=1024, image_size=512, max_iters=20),
@@ -110,15 +110,6 @@ def write_data(root: Path, n: int, size: int, workers: int) -> None:
         shutil.rmtree(part)
     (root / "train-rle.csv").write_text("\n".join(rows) + "\n")
 
-
-
-def trace_line(t: dict) -> str:
-    """One line of a step's trace: kernel share of the window, host time in ops, the top 3 ops."""
-    if "error" in t:
-        return f"no trace ({t['error']})"
-    kern = "" if t["kernel_share"] is None else f"GPU kernels {100 * t['kernel_share']:.0f}% of the window, "
-    ops = ", ".join(f"{r['op']} {r['self_ms']:.0f} ms" for r in t["host_top"][:3])
-    return f"{t['batches']} batches, {t['seconds']:.2f}s: {kern}host in ops {100 * t['host_ops_share']:.0f}% ({ops})"
 
 
 def positive_images(root: Path) -> int:

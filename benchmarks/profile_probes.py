@@ -121,6 +121,15 @@ def trace_summary(prof: Any, seconds: float, batches: int, top: int = 8) -> dict
             "host_top": [{"op": e.key, "self_ms": e.self_cpu_time_total / 1e3, "calls": e.count} for e in rows]}
 
 
+def trace_line(t: dict) -> str:
+    """One line of a step's trace: kernel share of the window, host time in ops, the top 3 ops."""
+    if "error" in t:
+        return f"no trace ({t['error']})"
+    kern = "" if t["kernel_share"] is None else f"GPU kernels {100 * t['kernel_share']:.0f}% of the window, "
+    ops = ", ".join(f"{r['op']} {r['self_ms']:.0f} ms" for r in t["host_top"][:3])
+    return f"{t['batches']} batches, {t['seconds']:.2f}s: {kern}host in ops {100 * t['host_ops_share']:.0f}% ({ops})"
+
+
 def _count(batch: Any) -> int:
     if isinstance(batch, dict):
         for v in batch.values():
