@@ -8,7 +8,8 @@
 #   pipeline  gpu_pipeline.sh: the build for sm_90 (unless one is there), torchrun (NCCL), the demo on
 #             CUDA, the GPU profile (PROFILE_IMAGES, default 128; PROFILE_ITERS, default 10);
 #   amp       make-cam under bfloat16 autocast (cam.amp): the CUDA tests of tests/cam, tests/seg,
-#             tests/irn and random_walk's; the paper-setting CAM benchmark in float32 and bfloat16;
+#             tests/irn and random_walk's; the paper-setting CAM benchmark in float32, bfloat16 and
+#             bfloat16 channels-last;
 #             the pipeline stage's demo rerun from make-cam with cam.amp=true (paired figures); the
 #             profile again with cam.amp=true (without the reference code), in the time left;
 #   crf       build, then the dense CRF on CUDA: its CUDA tests (ops/test_dense_crf.py,
