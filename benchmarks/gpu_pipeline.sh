@@ -15,7 +15,7 @@
 # benchmarks/results/<gpu>_<date>_pipeline_profile.json.
 # PROFILE_IMAGES / PROFILE_ITERS shrink the profile when the session has little device time left
 # (pipeline_profile.json is rewritten after every step, so a timeout keeps the steps done);
-# PROFILE_TRACE (default 3): torch.profiler over that many batches of each step (0: none), its top
+# PROFILE_TRACE (default 2): torch.profiler over that many batches of each step (0: none), its top
 # host ops and GPU kernel share in the JSON and log;
 # PARTS (default "ddp demo profile") picks the parts after the build; PROFILE_REFERENCE=0 leaves out
 # the reference code's timings; PROFILE_ARGS and DEMO_ARGS pass more arguments (config overrides
@@ -106,7 +106,7 @@ if has profile; then
 stamp "pipeline profile (GPU preset)"
 timeout "$(budget "${PROFILE_TIMEOUT:-240}")" "$PY" benchmarks/pipeline_profile.py --preset gpu --device "$DEVICE" $([ "${PROFILE_REFERENCE:-1}" = 1 ] && echo --reference) \
   --out "$WORK/profile" --json "$OUT/pipeline_profile.json" \
-  ${PROFILE_IMAGES:+--images $PROFILE_IMAGES} ${PROFILE_ITERS:+--max-iters $PROFILE_ITERS} --trace "${PROFILE_TRACE:-3}" \
+  ${PROFILE_IMAGES:+--images $PROFILE_IMAGES} ${PROFILE_ITERS:+--max-iters $PROFILE_ITERS} --trace "${PROFILE_TRACE:-2}" \
   ${PROFILE_ARGS:-} > "$OUT/profile.log" 2>&1
 prof_rc=$?
 grep -E "^\[profile\]|^\||^DICOM|^machine|^[0-9]+ images|Error|error" "$OUT/profile.log" | grep -v "it/s" | tail -60
