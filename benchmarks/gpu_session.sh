@@ -6,7 +6,7 @@
 # Stages (STAGES, default "pipeline amp"), each bounded so that the call ends by SESSION_DEADLINE
 # seconds (default 560; the second call: its timeout_s minus 20):
 #   pipeline  gpu_pipeline.sh: the build for sm_90 (unless one is there), torchrun (NCCL), the demo on
-#             CUDA, the GPU profile (PROFILE_IMAGES, default 128; PROFILE_ITERS, default 14);
+#             CUDA, the GPU profile (PROFILE_IMAGES, default 128; PROFILE_ITERS, default 10);
 #   amp       make-cam under bfloat16 autocast (cam.amp): the CUDA tests of tests/cam, tests/seg,
 #             tests/irn and random_walk's; the paper-setting CAM benchmark in float32, bfloat16 and
 #             bfloat16 channels-last;
@@ -72,7 +72,7 @@ EOF
   fi
   n=$(left)
   OUT="$WORK/amp_profile" WORK="$WORK/runs_amp" DEADLINE="$n" SKIP_BUILD=1 PARTS=profile PROFILE_REFERENCE=0 \
-    PROFILE_IMAGES="${PROFILE_IMAGES:-128}" PROFILE_ITERS="${PROFILE_ITERS:-14}" \
+    PROFILE_IMAGES="${PROFILE_IMAGES:-128}" PROFILE_ITERS="${PROFILE_ITERS:-10}" \
     PROFILE_ARGS="${PROFILE_ARGS:-} cam.amp=true" bash benchmarks/gpu_pipeline.sh
   local prc=$?
   cp "$WORK/amp_profile/pipeline_profile.json" "$OUT/pipeline_profile_amp.json" 2>/dev/null
@@ -96,7 +96,7 @@ session() {
         n=$(left)
         stamp "pipeline: torchrun, demo, profile (<= ${n}s)"
         OUT="$WORK/pipeline" WORK="$WORK/runs" DEADLINE="$n" SKIP_BUILD=1 PROFILE_IMAGES="${PROFILE_IMAGES:-128}" \
-          PROFILE_ITERS="${PROFILE_ITERS:-14}" bash benchmarks/gpu_pipeline.sh || rc=1
+          PROFILE_ITERS="${PROFILE_ITERS:-10}" bash benchmarks/gpu_pipeline.sh || rc=1
         cp "$WORK/pipeline/pipeline_profile.json" "$WORK/pipeline/demo_report.json" "$OUT/" 2>/dev/null ;;
       amp)
         n=$(left)
