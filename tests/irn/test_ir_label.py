@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from wsss_fast.engine.files import read_png
 from wsss_fast.irn.common import resize_label
@@ -222,8 +223,9 @@ def test_batched_step_equals_one_image_at_a_time(fake_data, loaders, min_region)
         np.testing.assert_array_equal(read_png(paths.ir_label / f"{image_id}.png"), cam_to_ir_label(img, cam, cfg))
 
 
-@pytest.mark.parametrize("how", ["batched", "one_process"])
-def test_images_without_classes_are_not_loaded(fake_data, monkeypatch, how):
+@pytest.mark.parametrize("how, device", [("batched", "cpu"), ("one_process", "cpu"), pytest.param(
+    "batched", "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))])
+def test_images_without_classes_are_not_loaded(fake_data, monkeypatch, how, device):
     """An image whose CAM file has no classes gets its all-background label without its image
     being read or a CRF run; the others are read once each."""
     import wsss_fast.irn.ir_label as ir
@@ -239,7 +241,7 @@ def test_images_without_classes_are_not_loaded(fake_data, monkeypatch, how):
     crf_calls = []
     many = ir.crf_inference_many
     monkeypatch.setattr(ir, "crf_inference_many", lambda imgs, *a, **k: crf_calls.append(len(imgs)) or many(imgs, *a, **k))
-    make_ir_label(tiny_cfg(ir_label={"batch_size": 3, "workers": 0, "crf": {"backend": backend}}), paths)
+    make_ir_label(tiny_cfg(device=device, ir_label={"batch_size": 3, "workers": 0, "crf": {"backend": backend}}), paths)
     positive = [i for i in range(len(ds)) if ds.labels[i, 0]]
     assert sorted(loaded) == positive and 0 < len(positive) < len(ds)
     assert sum(crf_calls) == (len(positive) if how == "batched" else 0)

@@ -92,7 +92,7 @@ def test_sem_seg_outputs_eval_and_show(trained):
 
 
 @pytest.mark.parametrize("choose", [False, True])
-def test_images_without_classes_skip_the_network(trained, monkeypatch, choose):
+def test_images_without_classes_skip_the_network(trained, monkeypatch, choose, device):
     """Only images with classes reach the boundary branch and the walk (in make-sem-seg and in
     its choice of the walk on val); the others get empty maps and all-background labels."""
     import wsss_fast.irn.sem_seg as sem_seg
@@ -103,7 +103,7 @@ def test_images_without_classes_skip_the_network(trained, monkeypatch, choose):
     monkeypatch.setattr(sem_seg, "_walk_classes", lambda model, items, *a, **k: seen.append(
         [it["id"] for it in items]) or walk(model, items, *a, **k))
     over = {"steps": "val", "val_steps": [0, 4, 8], "bg_thres": "val"} if choose else {}
-    make_sem_seg(tiny_cfg(sem_seg=over), paths)
+    make_sem_seg(tiny_cfg(device=device, sem_seg=over), paths)
     positive = {k for ds in datasets.values() for i, k in enumerate(ds.image_ids) if ds.labels[i].any()}
     every = {k for ds in datasets.values() for k in ds.image_ids}
     ids = [k for batch in seen for k in batch]
