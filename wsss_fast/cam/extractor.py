@@ -420,7 +420,7 @@ class CAMExtractor:
         if not scales or any(not (s > 0 and math.isfinite(s)) for s in scales):
             raise ValueError(f"CAMExtractor: scales must be a non-empty list of positive floats, got {scales}")
         b, _, h, w = images.shape
-        strided = (math.ceil(h / 4), math.ceil(w / 4))
+        strided = _strided((h, w))
         order = sorted(range(len(scales)), key=lambda i: (abs(math.log(scales[i])), i))
         with _EvalMode(self.model), torch.inference_mode(False):
             images = self._device(images)
@@ -441,7 +441,7 @@ class CAMExtractor:
                     classes, valid = _positive_slots(pos)
                     if classes.shape[1] == 0:
                         del act, logits
-                        return _empty_result(pos, ref_logits, strided, (h, w))
+                        return _empty_result(pos, ref_logits, (h, w))
                 cls_x, val_x = (classes.repeat(2, 1), valid.repeat(2, 1)) if flip else (classes, valid)
                 wts = self._weights(act, logits, cls_x, val_x)
                 maps = weighted_cam(act.detach(), wts, normalize=False).float()
@@ -462,11 +462,24 @@ class CAMExtractor:
         return CAMResult(cams, high, raw, raw_hr, classes[valid], image_index, pos, ref_logits)
 
 
-def _empty_result(pos: Tensor, logits: Tensor, strided: tuple[int, int], size: tuple[int, int]) -> CAMResult:
-    z = logits.new_zeros
+def _strided(size: tuple[int, int]) -> tuple[int, int]:
+    """``(ceil(H/4), ceil(W/4))``: the size of the stride-4 maps (``cams``, ``raw``) of an ``(H, W)`` input."""
+    return math.ceil(size[0] / 4), math.ceil(size[1] / 4)
+
+
+def _empty_result(pos: Tensor, logits: Tensor, size: tuple[int, int]) -> CAMResult:
+    z, strided = logits.new_zeros, _strided(size)
     e = torch.zeros(0, dtype=torch.long, device=pos.device)
     return CAMResult(z((0, *strided)).float(), z((0, *size)).float(), z((0, *strided)).float(),
                      z((0, *size)).float(), e, e.clone(), pos, logits)
+
+
+def no_maps(size: tuple[int, int], fields: Sequence[str] = PER_IMAGE_FIELDS) -> dict:
+    """What a call gives an image without classes, as one :meth:`CAMResult.per_image` dict
+    (fp16 numpy maps): empty ``keys`` ``[0]``, ``cam`` / ``raw`` ``[0, ceil(H/4), ceil(W/4)]``,
+    ``high_res`` / ``raw_high_res`` ``[0, H, W]`` for ``size = (H, W)``; no network runs."""
+    z = torch.zeros((1, 0))
+    return _empty_result(z.bool(), z, tuple(size)).per_image(numpy=True, fields=fields)[0]
 
 
 class _EvalMode:

@@ -75,16 +75,6 @@ def _groups_by_size(items: list[dict]) -> list[list[dict]]:
     return list(groups.values())
 
 
-def no_maps(size: tuple[int, int], fields: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """The per-image dict of an image without classes (what the extractor gives it): empty
-    ``keys`` int64 ``[0]``, fp16 ``cam``/``raw`` ``[0, ceil(H/4), ceil(W/4)]``, ``high_res``
-    ``[0, H, W]``, for ``size = (H, W)``."""
-    h, w = size
-    shapes = {"keys": (0,), "cam": (0, math.ceil(h / 4), math.ceil(w / 4)), "high_res": (0, h, w),
-              "raw": (0, math.ceil(h / 4), math.ceil(w / 4)), "raw_high_res": (0, h, w)}
-    return {f: np.zeros(shapes[f], dtype=np.int64 if f == "keys" else np.float16) for f in fields}
-
-
 def _save(path: Path, d: dict[str, np.ndarray]) -> None:
     save_cam_file(path, d["keys"], d["cam"], d["high_res"], **({"raw": d["raw"]} if "raw" in d else {}))
 
@@ -104,7 +94,7 @@ def make_cam(cfg: dict, paths: RunPaths) -> None:
     from ..data import build_dataset, without_masks
     from ..cls.model import load_classifier
     from ..engine.dist import rank_device
-    from .extractor import CAMExtractor
+    from .extractor import CAMExtractor, no_maps
 
     shard, num_shards = shard_of(cfg)
     device = rank_device(cfg)
