@@ -42,3 +42,35 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+class LoopWatch:
+    """Patches ``module.DataLoader`` and ``owner.name``: counts the calls of ``name`` and those made
+    while no loader of ``module`` is being iterated (work after the loop, which the pipeline
+    profile's loader probe, benchmarks/profile_probes.py, would not time)."""
+
+    def __init__(self, monkeypatch, module, owner, name: str) -> None:
+        self.open = self.calls = self.outside = 0
+        watch, fn = self, getattr(owner, name)
+
+        class Loader(module.DataLoader):
+            def __iter__(self):
+                watch.open += 1
+                try:
+                    yield from super().__iter__()
+                finally:
+                    watch.open -= 1
+
+        def counted(*args, **kwargs):
+            watch.calls += 1
+            watch.outside += watch.open == 0
+            return fn(*args, **kwargs)
+
+        monkeypatch.setattr(module, "DataLoader", Loader)
+        monkeypatch.setattr(owner, name, counted)
+
+
+@pytest.fixture
+def loop_watch(monkeypatch):
+    """``loop_watch(module, owner, name)`` -> a :class:`LoopWatch` (undone after the test)."""
+    return lambda module, owner, name: LoopWatch(monkeypatch, module, owner, name)

@@ -149,36 +149,17 @@ def test_make_cam_files_are_the_bytes_of_each_images_maps(tmp_path, data_root, o
         assert sum(seen) == n_files - n_empty
 
 
-def test_every_batch_runs_inside_the_loader_loop(tmp_path, data_root, monkeypatch):
+def test_every_batch_runs_inside_the_loader_loop(tmp_path, data_root, loop_watch):
     """make-cam runs its last, partial batch inside the loader's last iteration, so a profile
     timing the loader's loop (benchmarks/profile_probes.py) sees all of its work."""
     import wsss_fast.cam.make as make
-    from torch.utils.data import DataLoader
 
     cfg = make_cfg(data_root, "cam.batch_size=3")  # 2 train images with classes: one partial batch
     paths = RunPaths(tmp_path)
     write_checkpoint(cfg, paths)
-    state = {"open": 0, "outside": 0, "calls": 0}
-
-    class Loader(DataLoader):
-        def __iter__(self):
-            state["open"] += 1
-            try:
-                yield from super().__iter__()
-            finally:
-                state["open"] -= 1
-
-    call = CAMExtractor.__call__
-
-    def counted(self, *a, **k):
-        state["calls"] += 1
-        state["outside"] += state["open"] == 0
-        return call(self, *a, **k)
-
-    monkeypatch.setattr(make, "DataLoader", Loader)
-    monkeypatch.setattr(CAMExtractor, "__call__", counted)
+    watch = loop_watch(make, CAMExtractor, "__call__")
     make_cam(cfg, paths)
-    assert state["calls"] > 0 and state["outside"] == 0
+    assert watch.calls > 0 and watch.outside == 0
 
 
 @pytest.mark.parametrize("size", [(32, 32), (30, 45)])

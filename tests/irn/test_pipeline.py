@@ -114,34 +114,15 @@ def test_images_without_classes_skip_the_network(trained, monkeypatch, choose, d
         assert np.load(paths.rw / f"{k}.npy").shape == (0, 64, 64) and (read_png(paths.sem_seg / f"{k}.png") == 0).all()
 
 
-def test_every_batch_runs_inside_the_loader_loop(trained, monkeypatch):
+def test_every_batch_runs_inside_the_loader_loop(trained, loop_watch):
     """make-sem-seg walks its last, partial batch inside the loader's last iteration, so a
     profile timing the loader's loop (benchmarks/profile_probes.py) sees all of its work."""
     import wsss_fast.irn.sem_seg as sem_seg
-    from torch.utils.data import DataLoader
 
     paths, _ = trained
-    state = {"open": 0, "outside": 0, "batches": 0}
-
-    class Loader(DataLoader):
-        def __iter__(self):
-            state["open"] += 1
-            try:
-                yield from super().__iter__()
-            finally:
-                state["open"] -= 1
-
-    process = sem_seg._process_batch
-
-    def counted(*a, **k):
-        state["batches"] += 1
-        state["outside"] += state["open"] == 0
-        return process(*a, **k)
-
-    monkeypatch.setattr(sem_seg, "DataLoader", Loader)
-    monkeypatch.setattr(sem_seg, "_process_batch", counted)
+    watch = loop_watch(sem_seg, sem_seg, "_process_batch")
     make_sem_seg(tiny_cfg(), paths)  # batch_size 3: 4 train images with classes leave one for the end
-    assert state["batches"] > 0 and state["outside"] == 0
+    assert watch.calls > 0 and watch.outside == 0
 
 
 class TwoClassFake(FakeDataset):
