@@ -53,7 +53,8 @@ class ProbedLoader(DataLoader):
                     except Exception as e:  # no profiler here: the profile goes on without a trace
                         prof, self.traced, self.trace = None, 1, {"error": repr(e)}
                 if prof is not None and k == 1 + self.trace_batches:
-                    prof, _ = None, self._stop_trace(prof, t_start, k - 1)
+                    self._stop_trace(prof, t_start, k - 1)
+                    prof = None
                 t0 = time.perf_counter()
                 try:
                     batch = next(it)
