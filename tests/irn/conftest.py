@@ -44,6 +44,9 @@ class FakeDataset:
         g = (40 + self._noise[i] + 150 * self.load_mask(i)).astype(np.uint8)
         return np.stack([g] * 3, -1)
 
+    def original_size(self, i: int) -> tuple[int, int]:
+        return self.orig
+
     def __getitem__(self, i: int) -> dict:
         img = torch.from_numpy(self.load_image(i)).permute(2, 0, 1).float()[None] / 255
         img = torch.nn.functional.interpolate(img, size=(self.work, self.work), mode="bilinear",

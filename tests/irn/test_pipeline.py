@@ -93,11 +93,16 @@ def test_sem_seg_outputs_eval_and_show(trained):
 
 @pytest.mark.parametrize("choose", [False, True])
 def test_images_without_classes_skip_the_network(trained, monkeypatch, choose, device):
-    """Only images with classes reach the boundary branch and the walk (in make-sem-seg and in
-    its choice of the walk on val); the others get empty maps and all-background labels."""
+    """Only images with classes are read and reach the boundary branch and the walk (in
+    make-sem-seg and in its choice of the walk on val); the others get empty maps and
+    all-background labels."""
     import wsss_fast.irn.sem_seg as sem_seg
 
     paths, datasets = trained
+    read = []
+    for ds in datasets.values():
+        monkeypatch.setattr(ds, "load_image",
+                            lambda i, ds=ds, load=ds.load_image: read.append(ds.image_ids[i]) or load(i))
     seen = []
     walk = sem_seg._walk_classes
     monkeypatch.setattr(sem_seg, "_walk_classes", lambda model, items, *a, **k: seen.append(
@@ -110,6 +115,7 @@ def test_images_without_classes_skip_the_network(trained, monkeypatch, choose, d
     assert set(ids) == positive and len(ids) == len(positive) + (sum(
         1 for k in datasets["val"].image_ids if k in positive) if choose else 0)
     assert max(len(b) for b in seen) == 3  # sem_seg.batch_size images with classes per batch
+    assert set(read) == positive
     for k in every - positive:
         assert np.load(paths.rw / f"{k}.npy").shape == (0, 64, 64) and (read_png(paths.sem_seg / f"{k}.png") == 0).all()
 

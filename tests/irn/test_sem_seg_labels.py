@@ -49,8 +49,8 @@ def test_the_walk_for_several_step_counts_continues_one_walk(monkeypatch):
     g = torch.Generator().manual_seed(0)
     edge = torch.rand(2, 8, 10, generator=g) ** 3
     monkeypatch.setattr(sem_seg, "_edges", lambda model, x, scales: edge)
-    items = [{"image": torch.zeros(3, 32, 40), "id": f"i{b}", "cam": torch.rand(k, 8, 10, generator=g)}
-             for b, k in enumerate((2, 1))]
+    items = [{"image": torch.zeros(3, 32, 40), "size": (32, 40), "id": f"i{b}",
+              "cam": torch.rand(k, 8, 10, generator=g)} for b, k in enumerate((2, 1))]
     cfg = load_config(None, {"sem_seg": {"radius": 3}})
     masks = (True, False)
     together = sem_seg._walk_soft(None, items, cfg, torch.device("cpu"), [8, 0, 3, 1], masks)

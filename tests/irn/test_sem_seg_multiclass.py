@@ -68,6 +68,9 @@ class MultiFake:
     def load_mask(self, i: int) -> np.ndarray:
         return _label_map(KEYS[i])
 
+    def original_size(self, i: int) -> tuple[int, int]:
+        return ORIG
+
     def __getitem__(self, i: int) -> dict:
         img = torch.full((3, WORK, WORK), 0.5)
         img = (img - torch.from_numpy(MEAN).view(3, 1, 1)) / torch.from_numpy(STD).view(3, 1, 1)

@@ -4,18 +4,16 @@ IRNet's ``make_sem_seg_labels`` (Ahn et al., CVPR 2019): the class-boundary map 
 of the image's and its flip's logits, through a sigmoid) defines inter-pixel affinities;
 the stride-4 CAMs are propagated by a random walk over them
 (:func:`wsss_fast.ops.random_walk`, radius 5, beta 10, 256 steps), upsampled x4, divided
-by their maximum, and thresholded against a constant background score (0.25). With
-``sem_seg.steps`` / ``bg_thres`` set to ``val`` the run chooses both on val first
-(:func:`walk_settings`: one boundary map per image, the walk for every candidate number of
-steps, every threshold scored with the masks), since IRNet's constants fit its VOC CAMs.
-``sem_seg.edge_mask``: the walk starts from ``cam * (1 - boundary)`` as IRNet's (``true``),
-from the CAM (``false``: thin objects whose whole width the boundary map covers keep their
-maps), or the better of the two on val (``val``).
+by their maximum, and thresholded against a constant background score (0.25). Set to
+``val``, ``sem_seg.steps`` / ``bg_thres`` / ``edge_mask`` are chosen on val first
+(:func:`walk_settings`), since IRNet's constants fit its VOC CAMs. ``sem_seg.edge_mask``:
+the walk starts from ``cam * (1 - boundary)`` as IRNet's (``true``), or from the CAM
+(``false``: thin objects that the boundary map covers whole keep their maps).
 
-Batched: several images (of equal working size) per forward pass and ONE random-walk call
-per batch, each image with its own boundary map; CAMs with fewer classes are zero-padded
-(zeros stay zero under the walk). Shards run in separate processes, one per GPU (or
-``sem_seg.processes`` on CPU). Resumable: images whose outputs exist are skipped.
+Batched: images of equal working size share a forward pass and ONE random-walk call, each
+with its own boundary map; CAMs with fewer classes are zero-padded (zeros stay zero under
+the walk). Images without classes are not read and get empty maps. Shards run in separate
+processes, one per GPU (or ``sem_seg.processes`` on CPU). Resumable.
 
 Outputs: ``paths.sem_seg/<id>.png`` (uint8 labels at the ORIGINAL resolution) and
 ``paths.rw/<id>.npy`` (fp16 ``[K, H, W]`` soft maps at the working resolution, the
@@ -24,6 +22,7 @@ channels in the order of the CAM file's ``keys``).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -36,12 +35,12 @@ from tqdm import tqdm
 
 from .. import ops
 from ..config import get
-from ..engine.paths import RunPaths
-from ..engine.files import atomic_write_bytes, load_cam_file, read_json
 from ..engine.dist import env_rank_world, resolve_device
+from ..engine.files import (BackgroundWriter, atomic_write_bytes, load_cam_file, read_json, read_png, to_host,
+                            write_npy, write_png)
+from ..engine.paths import RunPaths
 from ..metrics.segmentation import best_and_label
 from . import common
-from ..engine.files import BackgroundWriter, read_png, to_host, write_npy, write_png
 from .common import as_list
 from .model import EdgeDisplacement, load_irnet
 
@@ -77,7 +76,9 @@ def _labels(rw: torch.Tensor, keys: np.ndarray, bg_thres: float, size: tuple[int
 
 
 class _InferDataset(Dataset):
-    """(image at the working resolution, CAM, id, original size) of the given indices."""
+    """The walk's inputs of the given indices: ``image`` ``[3, H, W]`` at the working
+    resolution (None for an image without classes, which is not read: its empty maps take the
+    working size ``size`` from its CAM file), ``cam``, ``keys``, ``id``, ``index``, ``orig_size``."""
 
     def __init__(self, base, paths: RunPaths, indices: list[int]):
         self.base, self.paths, self.indices = base, paths, indices
@@ -87,12 +88,16 @@ class _InferDataset(Dataset):
 
     def __getitem__(self, j: int) -> dict:
         i = self.indices[j]
-        item = self.base[i]
-        image_id = str(item["image_id"])
+        image_id = str(self.base.image_ids[i])
         cam = load_cam_file(self.paths.cam_file(image_id))
-        return {"image": item["image"], "id": image_id, "index": i, "orig_size": tuple(int(s) for s in item["orig_size"]),
-                "keys": np.asarray(cam["keys"], dtype=np.int64),
-                "cam": torch.from_numpy(np.asarray(cam["cam"], dtype=np.float32))}
+        keys = np.asarray(cam["keys"], dtype=np.int64)
+        if keys.size == 0:
+            image, size, orig = None, np.asarray(cam["high_res"]).shape[-2:], self.base.original_size(i)
+        else:
+            item = self.base[i]
+            image, size, orig = item["image"], item["image"].shape[-2:], item["orig_size"]
+        return {"id": image_id, "index": i, "keys": keys, "cam": torch.from_numpy(np.asarray(cam["cam"], np.float32)),
+                "image": image, "size": tuple(int(s) for s in size), "orig_size": tuple(int(s) for s in orig)}
 
 
 def _stride4(n: int) -> int:
@@ -142,7 +147,7 @@ def _walk_soft(model: EdgeDisplacement, items: list[dict], cfg: dict, device: to
     """
     pos = [b for b, it in enumerate(items) if it["cam"].shape[0] > 0]
     walked = _walk_classes(model, [items[b] for b in pos], cfg, device, steps, masks) if pos else {}
-    H, W = items[0]["image"].shape[-2:]
+    H, W = items[0]["size"]
     out = {}
     for key in ((bool(m), int(n)) for m in masks for n in sorted({int(s) for s in steps})):
         softs = [torch.zeros((0, H, W), dtype=torch.float16, device=device) for _ in items]
@@ -204,7 +209,7 @@ def _process_batch(model: EdgeDisplacement, items: list[dict], cfg: dict, paths:
         writer.submit(write_png, label.numpy(), png)
 
 
-def _collate(batch: list[dict]) -> list[dict]:
+def _collate(batch: list[dict]) -> list[dict]:  # items stay dicts (sizes and class counts differ)
     return batch
 
 
@@ -232,7 +237,7 @@ def run_shard(cfg: dict, root: str, split: str, indices: list[int], device: str,
             if item["cam"].shape[0] == 0:  # no classes: no network, written at once
                 _process_batch(model, [item], cfg, paths, dev, writer)
             else:
-                pending.setdefault(tuple(item["image"].shape[-2:]), []).append(item)
+                pending.setdefault(item["size"], []).append(item)
             for key in [k for k, v in pending.items() if len(v) >= bs or n == len(loader)]:  # the rest with the last
                 _process_batch(model, pending.pop(key), cfg, paths, dev, writer)
             bar.update(1)
@@ -263,6 +268,13 @@ def _edge_mask(value) -> bool:
     return value
 
 
+_SWEPT = ("miou_all", "miou_pos", "dice")  # the figures of a threshold sweep
+
+
+def _swept(ev) -> dict:
+    return {k: v for k, v in ev.result().items() if k in _SWEPT}
+
+
 def _candidates(cfg: dict) -> tuple[list[int], list[float], list[bool]]:
     """The (steps, bg_thres, edge_mask) values make-sem-seg chooses from: a set value is the only one."""
     steps, thres, mask = get(cfg, "sem_seg.steps"), get(cfg, "sem_seg.bg_thres"), get(cfg, "sem_seg.edge_mask")
@@ -276,11 +288,10 @@ def tune_walk(cfg: dict, paths: RunPaths, device: str) -> dict:
     """Choose the walk's settings on val (``sem_seg.steps`` / ``bg_thres`` / ``edge_mask: val``).
 
     One boundary map per val image, the walk for every candidate edge mask and number of
-    steps (``sem_seg.val_steps``), every threshold of ``sem_seg.eval_thresholds``, scored with
-    the ground truth by ``sem_seg.eval_metric`` (the first best in the order of the lists,
-    the mask ``true`` first). Under ``torchrun`` each rank walks its share of the val images
-    (``i % WORLD_SIZE == RANK``) and the ranks pool their counts (:func:`object_group`), so
-    every rank makes the same choice.
+    steps (``sem_seg.val_steps``), every threshold of ``sem_seg.eval_thresholds``, scored by
+    ``sem_seg.eval_metric`` (the first best in the order of the lists, mask ``true`` first).
+    Under ``torchrun`` each rank walks the val images ``i % WORLD_SIZE == RANK`` and the ranks
+    pool their counts (:func:`object_group`): every rank makes the same choice.
 
     Returns:
         ``{"steps", "bg_thres", "edge_mask", "metric", "score", "grid": {steps: {thres:
@@ -291,7 +302,7 @@ def tune_walk(cfg: dict, paths: RunPaths, device: str) -> dict:
 
     steps_list, thres_list, masks = _candidates(cfg)
     metric = str(get(cfg, "sem_seg.eval_metric"))
-    if metric not in ("miou_all", "miou_pos", "dice"):
+    if metric not in _SWEPT:
         raise ValueError(f"sem_seg.eval_metric must be miou_all | miou_pos | dice, got {metric!r}")
     base = common.build_split(cfg, "val", paths, train=False)
     missing = [i for i in base.image_ids if not paths.cam_file(str(i)).exists()]
@@ -306,17 +317,14 @@ def tune_walk(cfg: dict, paths: RunPaths, device: str) -> dict:
         if ctx:  # pooled in rank order: every rank merges the same parts the same way
             parts = ctx.all_gather_object(evals)
             evals = {k: parts[0][k] for k in evals}
-            for part in parts[1:]:
-                for k in evals:
-                    evals[k].merge(part[k])
+            for part, k in itertools.product(parts[1:], evals):
+                evals[k].merge(part[k])
     grids: dict = {}
-    best = None
+    best = (-np.inf,)
     for (m, n, t), ev in evals.items():
-        r = {k: v for k, v in ev.result().items() if k in ("miou_all", "miou_pos", "dice")}
+        r = _swept(ev)
         grids.setdefault(str(m).lower(), {}).setdefault(str(n), {})[f"{t:g}"] = r
-        score = float(np.nan_to_num(r[metric], nan=-1.0))
-        if best is None or score > best[0]:
-            best = (score, m, n, t)
+        best = max(best, (float(np.nan_to_num(r[metric], nan=-1.0)), m, n, t), key=lambda b: b[0])
     res = {"steps": best[2], "bg_thres": best[3], "edge_mask": best[1], "metric": metric, "score": best[0],
            "grid": grids[str(best[1]).lower()]}
     if len(masks) > 1:
@@ -335,12 +343,11 @@ def _val_counts(cfg: dict, paths: RunPaths, device: str, base, indices: list[int
     dev = torch.device(device)
     model = EdgeDisplacement(load_irnet(paths.irn / "final.pt", map_location="cpu").to(dev).eval())
     indices = list(range(len(base.image_ids))) if indices is None else indices
-    loader = DataLoader(_InferDataset(base, paths, indices),
-                        batch_size=max(1, int(get(cfg, "sem_seg.batch_size"))), shuffle=False,
-                        num_workers=0, collate_fn=_collate)
+    loader = DataLoader(_InferDataset(base, paths, indices), batch_size=max(1, int(get(cfg, "sem_seg.batch_size"))),
+                        shuffle=False, num_workers=0, collate_fn=_collate)
     for items in tqdm(loader, desc="sem-seg: choose the walk on val", unit="batch", disable=not show_progress):
-        for group in {tuple(it["image"].shape[-2:]): None for it in items}:
-            same = [it for it in items if tuple(it["image"].shape[-2:]) == group]
+        for group in {it["size"]: None for it in items}:
+            same = [it for it in items if it["size"] == group]
             softs = _walk_soft(model, same, cfg, dev, steps_list, tuple(masks), host=False)
             for j, it in enumerate(same):
                 gt = base.load_mask(it["index"])
@@ -349,10 +356,9 @@ def _val_counts(cfg: dict, paths: RunPaths, device: str, base, indices: list[int
                                      "bg_thres and edge_mask as values")
                 positive = bool(np.asarray(base.labels[it["index"]]).any())
                 gt_dev = torch.as_tensor(np.asarray(gt)).to(dev)
-                for m in masks:
-                    for n in steps_list:  # every threshold in one pass (labels_from_soft's labels), on dev
-                        best, label = best_and_label(softs[(m, n)][j].float(), it["keys"], tuple(gt.shape))
-                        add_sweep([evals[(m, n, t)] for t in thres_list], best, label, gt_dev, thres_list, positive)
+                for m, n in itertools.product(masks, steps_list):  # every threshold in one pass, on dev
+                    best, label = best_and_label(softs[(m, n)][j].float(), it["keys"], tuple(gt.shape))
+                    add_sweep([evals[(m, n, t)] for t in thres_list], best, label, gt_dev, thres_list, positive)
     return evals
 
 
@@ -375,8 +381,7 @@ def walk_settings(cfg: dict, paths: RunPaths, device: str | None = None) -> dict
     if old is not None and old.get("candidates") == cand:
         return old
     res = tune_walk(cfg, paths, device or _plan(cfg)[0])
-    res = {**res, "candidates": cand,
-           "source": f"best of the candidates on val by sem_seg.eval_metric ({res['metric']})"}
+    res = {**res, "candidates": cand, "source": f"best on val by sem_seg.eval_metric ({res['metric']})"}
     paths.sem_seg.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes((json.dumps(res, indent=2) + "\n").encode(), f)  # the same bytes from every rank
     if env_rank_world()[0] == 0:
@@ -389,16 +394,14 @@ def make_sem_seg(cfg: dict, paths: RunPaths, splits: list[str] | None = None) ->
     """Step ``make-sem-seg``: pseudo labels for every image of ``sem_seg.splits``.
 
     One command uses every visible GPU by itself (one spawned process per device,
-    ``sem_seg.processes``). Under torchrun (``WORLD_SIZE > 1``) each process instead labels
-    its share of the images (``RANK``) on its ``rank_device`` (``cuda:LOCAL_RANK`` unless the
-    config names a GPU), as make-cam does, and the last one to finish marks the step done;
-    the walk's settings chosen on val are pooled over the ranks first (:func:`tune_walk`).
+    ``sem_seg.processes``). Under torchrun (``WORLD_SIZE > 1``) each process labels its share
+    of the images (``RANK``) on its ``rank_device``, as make-cam does, after the ranks pooled
+    the walk's choice on val (:func:`tune_walk`); the last one to finish marks the step done.
 
     Args:
-        cfg: run configuration (``sem_seg`` section: radius, beta, steps, bg_thres (numbers,
-            or ``val``: chosen on val, :func:`walk_settings`), batch_size, scales, splits, processes).
-        paths: reads ``paths.cam`` and ``paths.irn/final.pt``; writes ``paths.sem_seg``,
-            ``paths.rw`` and marks ``paths.sem_seg`` done.
+        cfg: run configuration (``sem_seg`` section; ``val`` settings: :func:`walk_settings`).
+        paths: reads ``paths.cam`` and ``paths.irn/final.pt``; writes ``paths.sem_seg`` and
+            ``paths.rw``.
         splits: overrides ``sem_seg.splits``.
     """
     from ..engine.dist import rank_device
@@ -406,13 +409,12 @@ def make_sem_seg(cfg: dict, paths: RunPaths, splits: list[str] | None = None) ->
     ckpt = paths.irn / "final.pt"
     if not ckpt.exists():
         raise FileNotFoundError(f"make-sem-seg: IRNet weights not found: {ckpt} (run train-irn first)")
-    paths.sem_seg.mkdir(parents=True, exist_ok=True)
-    paths.rw.mkdir(parents=True, exist_ok=True)
+    for folder in (paths.sem_seg, paths.rw):
+        folder.mkdir(parents=True, exist_ok=True)
     devices = _plan(cfg)
     rank, world, _ = env_rank_world()
     chosen = walk_settings(cfg, paths, str(rank_device(cfg)) if world > 1 else devices[0])
-    cfg = {**cfg, "sem_seg": {**get(cfg, "sem_seg"), "steps": chosen["steps"], "bg_thres": chosen["bg_thres"],
-                              "edge_mask": chosen["edge_mask"]}}
+    cfg = {**cfg, "sem_seg": {**get(cfg, "sem_seg"), **{k: chosen[k] for k in ("steps", "bg_thres", "edge_mask")}}}
     every_id: list[str] = []
     for split in as_list(splits if splits is not None else get(cfg, "sem_seg.splits")):
         base = common.build_split(cfg, split, paths, train=False)
@@ -444,10 +446,6 @@ def make_sem_seg(cfg: dict, paths: RunPaths, splits: list[str] | None = None) ->
     # last rank to get here sees every file)
     if all(_done(paths, image_id) for image_id in every_id):
         paths.mark_done(paths.sem_seg)
-
-
-# ---------------------------------------------------------------------------------------------
-# evaluation
 
 
 def eval_sem_seg(cfg: dict, paths: RunPaths, splits: list[str] | None = None) -> dict:
@@ -496,8 +494,7 @@ def eval_sem_seg(cfg: dict, paths: RunPaths, splits: list[str] | None = None) ->
             add_sweep(list(sweep.values()), best, label, gt, list(sweep), positive)
         if n_gt == 0:
             continue
-        res = {t: {k: v for k, v in e.result().items() if k in ("miou_all", "miou_pos", "dice")}
-               for t, e in sweep.items()}
+        res = {t: _swept(e) for t, e in sweep.items()}
         best_t = max(res, key=lambda t: (np.nan_to_num(res[t]["miou_all"], nan=-1.0)))
         report[split] = {"labels": ev.result(), "sweep": {f"{t:g}": r for t, r in res.items()},
                          "best_bg_thres": best_t, "bg_thres": bg_thres}
