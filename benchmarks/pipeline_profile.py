@@ -37,7 +37,6 @@ import functools
 import importlib
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -57,7 +56,8 @@ from wsss_fast.engine.dist import resolve_device  # noqa: E402
 from wsss_fast.irn import train as irn_train  # noqa: E402
 from wsss_fast.engine.paths import RunPaths  # noqa: E402
 from wsss_fast.steps import PIPELINE  # noqa: E402
-from profile_probes import GpuSampler, ProbedLoader, _cpu_seconds, trace_line  # noqa: E402,F401
+from profile_probes import (GpuSampler, ProbedLoader, _cpu_seconds, decode_benchmark,  # noqa: E402,F401
+                            machine_info, trace_line)
 
 PRESETS = {  # images, DICOM px, working px, max training iterations
     "gpu": dict(images=256, dicom_size=1024, image_size=512, max_iters=20),
@@ -390,39 +390,6 @@ def _diff(cfg: dict) -> dict:
                 out[key] = v
     walk(cfg, ref)
     return out
-
-
-def machine_info(device: str) -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-            "device": device, "load_avg_start": os.getloadavg()}
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return info
-
-
-# ----------------------------------------------------------------------------- decode cost
-def decode_benchmark(cfg: dict, paths: RunPaths, n: int) -> dict:
-    """Seconds per image of DICOM decode + resize to the working size, against a cache hit."""
-    from wsss_fast.data import build_dataset
-    from wsss_fast.data.cache import read_cached
-
-    ds = build_dataset({**cfg, "dataset": {**cfg["dataset"], "cache": None}}, None, paths, train=False)
-    n = min(n, len(ds))
-    tr = ds.transform
-    t = time.perf_counter()
-    for i in range(n):
-        tr(ds.load_image(i))
-    decode = (time.perf_counter() - t) / n
-    cached = build_dataset({**cfg, "dataset": {**cfg["dataset"], "cache": "auto"}}, None, paths, train=False)
-    for i in range(n):  # fill (a no-op when the run already did)
-        cached.load_image(i)
-    t = time.perf_counter()
-    for i in range(n):
-        tr(cached.load_image(i))
-    hit = (time.perf_counter() - t) / n
-    size = read_cached(cached.cache_dir / f"{cached.image_ids[0]}.npz")[0].nbytes
-    return {"images": n, "decode_resize_s": decode, "cache_hit_s": hit, "speedup": decode / max(hit, 1e-12),
-            "cache_bytes_per_image": size}
 
 
 # ----------------------------------------------------------------------------- report

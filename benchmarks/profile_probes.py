@@ -1,8 +1,11 @@
 """Timing probes of benchmarks/pipeline_profile.py: a DataLoader that times every batch (and
-cuts training loaders to ``max_iters`` batches), a GPU-utilization sampler, process CPU time."""
+cuts training loaders to ``max_iters`` batches), a GPU-utilization sampler, process CPU time,
+the machine, and the cost of a DICOM decode against a decoded-cache hit."""
 
 from __future__ import annotations
 
+import os
+import platform
 import resource
 import shutil
 import subprocess
@@ -198,3 +201,36 @@ class GpuSampler:
 def _cpu_seconds() -> float:
     s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+def machine_info(device: str) -> dict:
+    """Python, torch, host cores, the device (and the GPU's name), the load average at the start."""
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
+            "device": device, "load_avg_start": os.getloadavg()}
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def decode_benchmark(cfg: dict, paths: Any, n: int) -> dict:
+    """Seconds per image of DICOM decode + resize to the working size, against a cache hit."""
+    from wsss_fast.data import build_dataset
+    from wsss_fast.data.cache import read_cached
+
+    ds = build_dataset({**cfg, "dataset": {**cfg["dataset"], "cache": None}}, None, paths, train=False)
+    n = min(n, len(ds))
+    tr = ds.transform
+    t = time.perf_counter()
+    for i in range(n):
+        tr(ds.load_image(i))
+    decode = (time.perf_counter() - t) / n
+    cached = build_dataset({**cfg, "dataset": {**cfg["dataset"], "cache": "auto"}}, None, paths, train=False)
+    for i in range(n):  # fill (a no-op when the run already did)
+        cached.load_image(i)
+    t = time.perf_counter()
+    for i in range(n):
+        tr(cached.load_image(i))
+    hit = (time.perf_counter() - t) / n
+    size = read_cached(cached.cache_dir / f"{cached.image_ids[0]}.npz")[0].nbytes
+    return {"images": n, "decode_resize_s": decode, "cache_hit_s": hit, "speedup": decode / max(hit, 1e-12),
+            "cache_bytes_per_image": size}
