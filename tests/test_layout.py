@@ -58,3 +58,29 @@ def test_the_layer_check_sees_imports():
     found = _imports(PKG / "cam" / "make.py")
     assert "wsss_fast.cls.model" in found and "wsss_fast.engine.files" in found
     assert LAYER[_top("wsss_fast.irn.sem_seg")] > LAYER[_top("wsss_fast.cam.make")]
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PKG)))
+def test_progress_bars_iterate_once(path):
+    """No module uses tqdm.auto / tqdm.asyncio: their tqdm calls iter() on its iterable when
+    created and iterates it again when looped over, so ``tqdm(loader)`` starts a DataLoader's
+    workers twice and throws away the first set's prefetched batches (tqdm issue #1598)."""
+    bad = [m for m in _all_imports(path) if m.split(".")[:2] in (["tqdm", "auto"], ["tqdm", "asyncio"],
+                                                                  ["tqdm", "autonotebook"])]
+    assert not bad, f"{path.relative_to(PKG)} imports {bad}; use `from tqdm import tqdm`"
+
+
+def _all_imports(path: Path) -> list[str]:
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and not node.level:
+            out += [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+    return out
+
+
+def test_the_progress_bar_check_sees_tqdm_auto(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("from tqdm.auto import tqdm\nimport tqdm.asyncio\nfrom tqdm import auto\n")
+    assert _all_imports(f) == ["tqdm.auto", "tqdm.auto.tqdm", "tqdm.asyncio", "tqdm", "tqdm.auto"]

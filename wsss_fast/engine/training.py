@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ..config import get
 from .files import atomic_torch_save

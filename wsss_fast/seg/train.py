@@ -20,7 +20,7 @@ import time
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ..config import get
 from ..data.sampler import GlobalBatchSampler
