@@ -99,6 +99,34 @@ def test_report_leaves_out_missing_steps(tmp_path, monkeypatch):
     assert "not available" in format_table(report)
 
 
+@pytest.mark.parametrize("drop", [None, "irnet"])
+def test_loader_workers_count_every_image_as_one_process_does(tmp_path, monkeypatch, drop):
+    """evaluate_split counts the images in num_workers loader processes; the figures (every
+    float) and the missing counts are those of one process, with and without a step whose
+    outputs are missing from the second image on."""
+    import os
+
+    import wsss_fast.report as report
+
+    cfg, paths, sets = _outputs(tmp_path, monkeypatch)
+    ds = sets["val"]
+    if drop:
+        for name in ds.image_ids[1::2]:
+            (paths.sem_seg / f"{name}.png").unlink()
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    label = report._step_label
+    monkeypatch.setattr(report, "_step_label", lambda *a: (pids / str(os.getpid())).touch() or label(*a))
+    one = report.evaluate_split({**cfg, "num_workers": 0}, paths, ds, 0.5, "val")
+    assert {int(f.name) for f in pids.iterdir()} == {os.getpid()}
+    for f in pids.iterdir():
+        f.unlink()
+    two = report.evaluate_split({**cfg, "num_workers": 2}, paths, ds, 0.5, "val")
+    assert len({int(f.name) for f in pids.iterdir()} - {os.getpid()}) == 2
+    assert json.dumps(two, sort_keys=True) == json.dumps(one, sort_keys=True)
+    assert one[1] == ({"irnet": 3} if drop else {}) and set(one[0]) == ({"cam", "seg"} if drop else set(report.STEPS))
+
+
 def test_cam_threshold_sources(tmp_path):
     paths = RunPaths(tmp_path)
     cfg = load_config(None, {"cam": {"bg_thres": 0.3}})

@@ -39,13 +39,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image as PILImage
-from tqdm.auto import tqdm
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from .cam.make import cam_threshold
 from .config import get
 from .engine.paths import RunPaths
 from .engine.files import atomic_write_bytes, load_cam_file, read_json, read_png
-from .metrics.segmentation import SegEvaluator
+from .metrics.segmentation import SegEvaluator, image_counts
 
 STEPS = ("cam", "irnet", "seg")
 STEP_TITLES = {"cam": "CAM (Grad-CAM++)", "irnet": "IRNet", "seg": "Segmentation"}
@@ -106,9 +107,41 @@ def _clean(v):
     return v
 
 
+class _ImageCounts(Dataset):
+    """Per image of ``base``: None without ground truth, else ``{step: (confusion matrix,
+    Dice) of its outputs, or None where they are missing}`` (:func:`image_counts`), computed in
+    loader workers: reading, resizing and counting at the original size is the step's work."""
+
+    def __init__(self, base, paths: RunPaths, cam_thres: float, num_classes: int) -> None:
+        self.base, self.paths, self.cam_thres, self.num_classes = base, paths, cam_thres, num_classes
+        self.skip: set[str] = set()  # steps already known to lack outputs: only their files are checked
+
+    def __len__(self) -> int:
+        return len(self.base.image_ids)
+
+    def __getitem__(self, i: int) -> dict | None:
+        gt = self.base.load_mask(i)
+        if gt is None:
+            return None
+        gt, name, out = np.asarray(gt), str(self.base.image_ids[i]), {}
+        for step in STEPS:
+            pred = None if step in self.skip else _step_label(step, self.paths, name, gt.shape, self.cam_thres)
+            if pred is None:  # a step that lacks outputs is left out: counted, not evaluated
+                self.skip.add(step)
+                out[step] = None if not _exists(step, self.paths, name) else ()
+            else:
+                out[step] = image_counts(pred, gt, self.num_classes)
+        return out
+
+
+def _items(batch):  # the loader hands items over as they are
+    return batch
+
+
 def evaluate_split(cfg: dict, paths: RunPaths, base, cam_thres: float,
                    split: str = "") -> tuple[dict, dict]:
-    """Metrics of every available step on one dataset split.
+    """Metrics of every available step on one dataset split, the images counted in
+    ``num_workers`` loader processes (in order: the same figures for any number).
 
     Returns:
         ``({step: {"miou_all", "miou_pos", "dice", "n_images", "n_pos", "iou_all", "iou_pos"}},
@@ -120,20 +153,17 @@ def evaluate_split(cfg: dict, paths: RunPaths, base, cam_thres: float,
     evals = {s: SegEvaluator(n_cls, class_names=names[:n_cls]) for s in STEPS}
     missing = {s: 0 for s in STEPS}
     labels = np.asarray(base.labels)
-    for i, name in enumerate(tqdm(base.image_ids, desc=f"evaluate {split}", leave=False)):
-        gt = base.load_mask(i)
-        if gt is None:
+    loader = DataLoader(_ImageCounts(base, paths, cam_thres, n_cls), batch_size=None, collate_fn=_items,
+                        num_workers=int(get(cfg, "num_workers")))
+    for i, counts in enumerate(tqdm(loader, desc=f"evaluate {split}", leave=False)):
+        if counts is None:
             continue
         positive = bool(labels[i].max() > 0) if labels.size else None
-        for step in STEPS:
-            if missing[step]:  # a step that lacks outputs is left out: count, don't evaluate
-                missing[step] += not _exists(step, paths, name)
-                continue
-            pred = _step_label(step, paths, name, gt.shape, cam_thres)
-            if pred is None:
+        for step, c in counts.items():
+            if c is None:
                 missing[step] += 1
-                continue
-            evals[step].add(pred, gt, positive=positive)
+            elif c and not missing[step]:
+                evals[step].add_counts(*c, positive=positive)
     out: dict = {}
     for step in STEPS:
         if not missing[step] and evals[step].n_images:

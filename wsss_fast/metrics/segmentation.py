@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["confusion_matrix", "miou", "dice_per_image", "best_and_label", "threshold_sweep", "add_sweep",
-           "SegEvaluator"]
+__all__ = ["confusion_matrix", "miou", "dice_per_image", "image_counts", "best_and_label", "threshold_sweep",
+           "add_sweep", "SegEvaluator"]
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -197,6 +197,22 @@ def threshold_sweep(best: ArrayLike, label: ArrayLike, gt: ArrayLike, thresholds
     return conf[inv].cpu().numpy().astype(np.int64), dice[inv].cpu().numpy()
 
 
+def image_counts(pred: ArrayLike, gt: ArrayLike, num_classes: int,
+                 ignore_index: int | None = 255) -> tuple[np.ndarray, float]:
+    """What :meth:`SegEvaluator.add` counts of one image (e.g. computed in a loader worker
+    and added with :meth:`SegEvaluator.add_counts`).
+
+    Args:
+        pred: ``[H, W]`` predicted label map; gt: ``[H, W]`` ground truth, same size.
+        num_classes: classes INCLUDING background; ignore_index: ground truth to skip.
+
+    Returns:
+        ``(confusion matrix int64 [C, C], Dice)``.
+    """
+    g = _np(gt)
+    return confusion_matrix(pred, g, num_classes, ignore_index), dice_per_image(_np(pred), g)
+
+
 class SegEvaluator:
     """Accumulates the paper's metrics over a split, one image at a time.
 
@@ -236,9 +252,7 @@ class SegEvaluator:
             positive: whether the image counts as positive (has any foreground); None
                 infers it from ``gt``.
         """
-        g = _np(gt)
-        self.add_counts(confusion_matrix(pred, g, self.num_classes, self.ignore_index), dice_per_image(_np(pred), g),
-                        positive)
+        self.add_counts(*image_counts(pred, gt, self.num_classes, self.ignore_index), positive)
 
     def add_counts(self, conf: np.ndarray, dice: float, positive: bool | None = None) -> None:
         """Add one image from its confusion matrix and Dice (e.g. from :func:`threshold_sweep`).
