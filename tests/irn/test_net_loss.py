@@ -120,3 +120,21 @@ def test_loss_hand_computed_on_eight_pairs():
         want["total"] = (want["pos"] + neg) / 2 + (dp_fg + dp_bg) / 2
         for k, v in want.items():
             assert float(got[k]) == pytest.approx(float(v), rel=1e-5, abs=1e-6), k
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_loss_forward_and_backward_never_wait_for_the_gpu():
+    """irn_loss and its backward queue kernels only: no copy from the host, no read of a value
+    (either would stall train-irn's host until the GPU finishes the step so far)."""
+    radius, h, w = 10, 64, 64
+    labels = [t.cuda() for t in _labels(h, w, radius)]
+    edge = torch.randn(2, 1, h, w, device="cuda", requires_grad=True)
+    dp = torch.randn(2, 2, h, w, device="cuda", requires_grad=True)
+    labels = [t.expand(2, *t.shape[1:]).contiguous() for t in labels]
+    irn_loss(edge, dp, *labels, radius=radius)["total"].backward()  # builds the cached index tables
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        irn_loss(edge, dp, *labels, radius=radius)["total"].backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

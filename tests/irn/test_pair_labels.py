@@ -82,7 +82,7 @@ def test_displacement_pairs_direct():
     radius = 3
     dp = torch.randn(2, 2, 6, 8)
     offs = ops.search_offsets(radius)
-    got = displacement_pairs(dp, radius, offs)
+    got = displacement_pairs(dp, radius)
     rp = radius - 1
     n = 0
     for y in range(0, 6 - rp):
@@ -91,3 +91,49 @@ def test_displacement_pairs_direct():
                 torch.testing.assert_close(got[:, :, k, n], dp[:, :, y, x] - dp[:, :, y + dy, x + dx])
             n += 1
     assert got.shape == (2, 2, offs.shape[0], n)
+
+
+def _slice_per_offset(dp, radius):
+    """IRNet's to_displacement as it reads: one slice of the destinations per offset."""
+    rp = radius - 1
+    b, c, h, w = dp.shape
+    ch, cw = h - rp, w - 2 * rp
+    offsets = ops.search_offsets(radius).tolist()
+    dst = torch.stack([dp[:, :, dy:dy + ch, rp + dx:rp + dx + cw] for dy, dx in offsets], 2)
+    return (dp[:, :, :ch, rp:rp + cw].unsqueeze(2) - dst).reshape(b, c, dst.shape[2], -1)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))])
+@pytest.mark.parametrize("radius, shape", [(10, (32, 40)), (5, (17, 23)), (2, (2, 4))])
+def test_displacement_pairs_gather_equals_the_slices(device, radius, shape):
+    """The gather gives the slices' values bit for bit, and their gradient (float64)."""
+    g = torch.Generator().manual_seed(radius)
+    dp = torch.randn(2, 2, *shape, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    got, want = displacement_pairs(dp, radius), _slice_per_offset(dp, radius)
+    assert got.shape == want.shape and torch.equal(got, want)
+    up = torch.randn(got.shape, generator=g, dtype=torch.float64).to(device)
+    torch.testing.assert_close(torch.autograd.grad((got * up).sum(), dp)[0],
+                               torch.autograd.grad((want * up).sum(), dp)[0], rtol=1e-12, atol=1e-12)
+    if dp[0].numel() <= 64:  # the Jacobian's rows are the outputs: only the small case
+        assert torch.autograd.gradcheck(lambda t: displacement_pairs(t, radius), (dp[:1],))
+
+
+def test_displacement_pairs_is_a_few_ops_whatever_the_radius():
+    """Forward and backward dispatch a few ops (20), not some per offset (152 at radius 10):
+    on a GPU every op costs host time, and train-irn calls this at every step."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    dp = torch.randn(2, 2, 40, 40, requires_grad=True)
+    displacement_pairs(dp, 10)  # the index table is built once per size
+    with Count():
+        displacement_pairs(dp, 10).sum().backward()
+    assert dp.grad is not None
+    assert Count.n < 50, f"{Count.n} ops (the slice per offset: over 900)"

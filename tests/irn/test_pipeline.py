@@ -46,6 +46,31 @@ def test_train_lowers_loss_and_resumes(fake_data):
     torch.testing.assert_close(net.mean_shift.running_mean, ckpt["dp_mean"])
 
 
+def test_losses_are_read_on_log_steps_only(fake_data, monkeypatch):
+    """train-irn reads its losses (a wait for the GPU) once per train.log line, not every step."""
+    import wsss_fast.irn.train as irn_train
+
+    reads = []
+
+    class Reads(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            if func in (torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__float__, torch.Tensor.cpu,
+                        torch.Tensor.numpy, torch.Tensor.__bool__):
+                reads.append(func.__name__)
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    loss = irn_train.irn_loss
+    monkeypatch.setattr(irn_train, "irn_loss",
+                        lambda *a, **k: {n: v.as_subclass(Reads) for n, v in loss(*a, **k).items()})
+    paths, _ = fake_data
+    make_ir_label(tiny_cfg(), paths)
+    train_irn(tiny_cfg(irn={"epochs": 2, "batch_size": 2, "log_every": 3, "rescale": None}), paths)
+    log = _log(paths)
+    assert [r["step"] for r in log] == [1, 3, 6, 8]  # 4 steps an epoch: every 3rd, the first and the last
+    assert len(reads) == len(log) and all(np.isfinite(r["total"]) for r in log)
+
+
 @pytest.fixture
 def trained(fake_data):
     paths, datasets = fake_data

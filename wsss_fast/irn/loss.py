@@ -14,6 +14,8 @@ IRNet's training layout by :func:`wsss_fast.ops.irnet_affinity_layout`.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .. import ops
@@ -27,6 +29,13 @@ def edge_to_affinity(edge_logits: torch.Tensor, radius: int) -> torch.Tensor:
     edge = torch.sigmoid(edge_logits.float())
     aff = ops.path_affinity(edge, radius)
     return ops.irnet_affinity_layout(aff, radius)
+
+
+@functools.lru_cache(maxsize=8)
+def _offsets(radius: int, device: torch.device) -> torch.Tensor:
+    """:func:`wsss_fast.ops.search_offsets` on ``device``, copied there once (a copy from the
+    host at every step would wait for the GPU to finish the forward pass)."""
+    return ops.search_offsets(radius).to(device)
 
 
 def irn_loss(edge_logits: torch.Tensor, dp: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor,
@@ -53,9 +62,8 @@ def irn_loss(edge_logits: torch.Tensor, dp: torch.Tensor, bg_pos: torch.Tensor, 
     pos = bg_loss / 2 + fg_loss / 2
     neg_loss = (-neg * torch.log(1.0 + EPS - aff)).sum() / (neg.sum() + EPS)
 
-    offsets = ops.search_offsets(radius).to(dp.device)
-    disp = displacement_pairs(dp.float(), radius, offsets)  # [B, 2, D, N]
-    target = offsets.t().to(disp.dtype).view(1, 2, -1, 1)
+    disp = displacement_pairs(dp.float(), radius)  # [B, 2, D, N]
+    target = _offsets(radius, dp.device).t().to(disp.dtype).view(1, 2, -1, 1)
     dp_fg = (torch.abs(disp - target) * fg_pos.unsqueeze(1)).sum() / (2 * fg_pos.sum() + EPS)
     dp_bg = (torch.abs(disp) * bg_pos.unsqueeze(1)).sum() / (2 * bg_pos.sum() + EPS)
     total = (pos + neg_loss) / 2 + (dp_fg + dp_bg) / 2

@@ -12,6 +12,8 @@ negative when the labels differ. This is the layout of
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -75,13 +77,16 @@ def pair_labels(label: np.ndarray | torch.Tensor, radius: int = 10,
     return flat(bg_pos), flat(fg_pos), flat(neg)
 
 
-def displacement_pairs(dp: torch.Tensor, radius: int, offsets: torch.Tensor) -> torch.Tensor:
+def displacement_pairs(dp: torch.Tensor, radius: int) -> torch.Tensor:
     """IRNet's ``PathIndex.to_displacement``: source minus destination displacement.
+
+    One gather of every pair's destination (:func:`_pair_index`, built once per size and
+    device), not one slice per offset: on a GPU the loop's 2 x D slices (D = 152 at radius 10)
+    and their backward pass cost more host time than the kernels take.
 
     Args:
         dp: ``[B, 2, h, w]`` displacement field (channel 0 = dy, 1 = dx).
-        radius: search radius.
-        offsets: ``[D, 2]`` (dy, dx).
+        radius: search radius; offsets in the order of :func:`wsss_fast.ops.search_offsets`.
 
     Returns:
         ``[B, 2, D, (h - r') * (w - 2 r')]``.
@@ -89,6 +94,19 @@ def displacement_pairs(dp: torch.Tensor, radius: int, offsets: torch.Tensor) -> 
     rp = radius - 1
     b, c, h, w = dp.shape
     ch, cw = h - rp, w - 2 * rp
-    src = dp[:, :, :ch, rp:rp + cw]
-    dst = torch.stack([dp[:, :, dy:dy + ch, rp + dx:rp + dx + cw] for dy, dx in offsets.tolist()], 2)
-    return (src.unsqueeze(2) - dst).reshape(b, c, offsets.shape[0], -1)
+    index = _pair_index(int(radius), h, w, dp.device)  # [D, N]
+    src = dp[:, :, :ch, rp:rp + cw].reshape(b, c, 1, ch * cw)
+    return src - dp.reshape(b, c, h * w)[:, :, index]
+
+
+@functools.lru_cache(maxsize=32)
+def _pair_index(radius: int, h: int, w: int, device: torch.device) -> torch.Tensor:
+    """Flat position in an ``h x w`` map of the destination of every pair: int64 ``[D, N]``,
+    sources row-major (:func:`displacement_pairs`), on ``device``."""
+    from .. import ops
+
+    rp = radius - 1
+    ys, xs = torch.arange(h - rp), torch.arange(rp, w - rp)
+    src = (ys[:, None] * w + xs[None, :]).reshape(-1)
+    off = ops.search_offsets(radius)
+    return (src[None, :] + (off[:, 0] * w + off[:, 1])[:, None]).to(device)

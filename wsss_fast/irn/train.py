@@ -213,9 +213,10 @@ def train_irn(cfg: dict, paths: RunPaths) -> None:
             opt.step()
             step += 1
             bar.update()
-            vals = {k: round(float(v.detach()), 5) for k, v in losses.items()}
-            bar.set_postfix(loss=vals["total"])
-            if step % log_every == 0 or step == 1 or step == max_step:
+            if step % log_every == 0 or step == 1 or step == max_step:  # reading the losses waits for the GPU
+                read = torch.stack([v.detach() for v in losses.values()]).tolist()  # one copy to the host
+                vals = {k: round(v, 5) for k, v in zip(losses, read)}
+                bar.set_postfix(loss=vals["total"])
                 log.write({"epoch": epoch, "step": step, "lr": opt.param_groups[0]["lr"], **vals}, echo=False)
         save_checkpoint(last, cfg=cfg, arch_keys=ARCH_KEYS, model=model, optimizer=opt, epoch=epoch + 1,
                         step=step, gen_rng=gen.get_state(), backbone=model.arch, radius=radius)
