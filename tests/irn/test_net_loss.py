@@ -123,7 +123,7 @@ def test_loss_hand_computed_on_eight_pairs():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_loss_forward_and_backward_never_wait_for_the_gpu():
+def test_loss_on_cuda_never_waits_for_the_gpu():
     """irn_loss and its backward queue kernels only: no copy from the host, no read of a value
     (either would stall train-irn's host until the GPU finishes the step so far)."""
     radius, h, w = 10, 64, 64
