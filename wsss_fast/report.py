@@ -108,9 +108,10 @@ def _clean(v):
 
 
 class _ImageCounts(Dataset):
-    """Per image of ``base``: None without ground truth, else ``{step: (confusion matrix,
-    Dice) of its outputs, or None where they are missing}`` (:func:`image_counts`), computed in
-    loader workers: reading, resizing and counting at the original size is the step's work."""
+    """Per image of ``base``: None without ground truth, else ``{step: (confusion matrix, Dice)
+    of its outputs (:func:`image_counts`); None where they are missing; () where they exist but
+    an earlier image's were missing (the step is left out, only its missing files count)}``.
+    Computed in loader workers: reading, resizing and counting at full size is the work here."""
 
     def __init__(self, base, paths: RunPaths, cam_thres: float, num_classes: int) -> None:
         self.base, self.paths, self.cam_thres, self.num_classes = base, paths, cam_thres, num_classes
