@@ -4,6 +4,7 @@ the machine, and the cost of a DICOM decode against a decoded-cache hit."""
 
 from __future__ import annotations
 
+import collections
 import os
 import platform
 import resource
@@ -11,6 +12,7 @@ import shutil
 import subprocess
 import threading
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -23,8 +25,9 @@ class ProbedLoader(DataLoader):
     it held; a training loader (shuffled or batch-sampled) stops after ``max_iters`` batches.
 
     With ``trace_batches`` K > 0, the first loader of a step (``registry``) to pass its first
-    batch runs ``torch.profiler`` over its next K batches (:func:`trace_summary`); its steady
-    state then starts after them when two or more batches follow."""
+    batch runs ``torch.profiler`` over its next K batches (:func:`trace_summary`), and counts
+    where they wait for the GPU (:class:`SyncSites`); its steady state then starts after them
+    when two or more batches follow."""
 
     registry: list["ProbedLoader"] = []
     max_iters: int | None = None
@@ -46,17 +49,19 @@ class ProbedLoader(DataLoader):
 
     def __iter__(self):
         it = super().__iter__()
-        k, prof, t_start = 0, None, 0.0
+        k, prof, t_start, syncs = 0, None, 0.0, None
         try:
             while self.limit is None or k < self.limit:
                 if k == 1 and self.trace_batches > 0 and len(self) > 1 and not any(ld.traced for ld in self.registry):
-                    prof, t_start, self.traced = _profiler(), time.perf_counter(), -1
+                    prof, t_start, self.traced, syncs = _profiler(), time.perf_counter(), -1, SyncSites()
                     try:
                         prof.start()
+                        syncs.start()
                     except Exception as e:  # no profiler here: the profile goes on without a trace
+                        syncs.stop()
                         prof, self.traced, self.trace = None, 1, {"error": repr(e)}
                 if prof is not None and k == 1 + self.trace_batches:
-                    self._stop_trace(prof, t_start, k - 1)
+                    self._stop_trace(prof, syncs, t_start, k - 1)
                     prof = None
                 t0 = time.perf_counter()
                 try:
@@ -68,16 +73,17 @@ class ProbedLoader(DataLoader):
                 yield batch
         finally:
             if prof is not None:
-                self._stop_trace(prof, t_start, k - 1)
+                self._stop_trace(prof, syncs, t_start, k - 1)
             self.end = time.perf_counter()
 
-    def _stop_trace(self, prof: Any, t_start: float, batches: int) -> None:
+    def _stop_trace(self, prof: Any, syncs: "SyncSites", t_start: float, batches: int) -> None:
         self.traced = max(1, batches)
+        sites = syncs.stop()
         try:
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             prof.stop()
-            self.trace = trace_summary(prof, time.perf_counter() - t_start, batches)
+            self.trace = {**trace_summary(prof, time.perf_counter() - t_start, batches), "syncs": sites}
         except Exception as e:  # a profiler fault must not end the profile
             self.trace = {"error": repr(e)}
 
@@ -92,6 +98,35 @@ class ProbedLoader(DataLoader):
         return {"training": self.training, "batches": len(self.batches), "images": sum(x[2] for x in b),
                 "seconds": span, "wait_s": sum(x[1] - x[0] for x in b), "window": (b[0][0], self.end),
                 "first_batch_s": self.batches[0][1] - self.batches[0][0]}
+
+
+class SyncSites:
+    """Where a traced window waits for the GPU: ``torch.cuda.set_sync_debug_mode("warn")`` warns
+    at every synchronizing call (a value read, a blocking copy); the warnings are counted by the
+    file and line that made the call. Does nothing without CUDA."""
+
+    def __init__(self) -> None:
+        self._cm: Any = None
+        self._log: list = []
+
+    def start(self) -> None:
+        if not torch.cuda.is_available():
+            return
+        self._cm = warnings.catch_warnings(record=True)
+        self._log = self._cm.__enter__()
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+
+    def stop(self, top: int = 8) -> list[dict[str, Any]] | None:
+        """``[{"where": "file.py:line", "calls": n}]``, most calls first (None without CUDA)."""
+        if self._cm is None:
+            return None
+        torch.cuda.set_sync_debug_mode("default")
+        self._cm.__exit__(None, None, None)
+        self._cm = None
+        sites = collections.Counter(f"{os.path.basename(w.filename)}:{w.lineno}" for w in self._log
+                                    if "synchroniz" in str(w.message))
+        return [{"where": k, "calls": n} for k, n in sites.most_common(top)]
 
 
 def _profiler() -> Any:
@@ -131,7 +166,11 @@ def trace_line(t: dict) -> str:
         return f"no trace ({t['error']})"
     kern = "" if t["kernel_share"] is None else f"GPU kernels {100 * t['kernel_share']:.0f}% of the window, "
     ops = ", ".join(f"{r['op']} {r['self_ms']:.0f} ms" for r in t["host_top"][:3])
-    return f"{t['batches']} batches, {t['seconds']:.2f}s: {kern}host in ops {100 * t['host_ops_share']:.0f}% ({ops})"
+    syncs = t.get("syncs")
+    waits = "" if syncs is None else "; waits for the GPU: " + (
+        ", ".join(f"{r['where']} x{r['calls']}" for r in syncs[:3]) if syncs else "none")
+    return (f"{t['batches']} batches, {t['seconds']:.2f}s: {kern}host in ops {100 * t['host_ops_share']:.0f}% "
+            f"({ops}){waits}")
 
 
 def _count(batch: Any) -> int:

@@ -77,6 +77,41 @@ def test_trace_covers_k_batches_of_the_first_loader_and_leaves_the_steady_state(
     assert "host in ops" in prof.trace_line(t)
 
 
+def test_sync_sites_count_the_waits_by_the_line_that_made_them(monkeypatch):
+    """SyncSites turns torch.cuda's sync debug warnings in its window into call counts per
+    file:line (CUDA stubbed: the warnings are raised by hand), and nothing without CUDA."""
+    import warnings
+
+    import profile_probes  # on the path since pipeline_profile's import
+
+    modes = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+    sites = profile_probes.SyncSites()
+    sites.start()
+    for _ in range(3):
+        warnings.warn("called a synchronizing CUDA operation")  # the same line three times
+    warnings.warn("called a synchronizing CUDA operation")
+    warnings.warn("something else")
+    got = sites.stop()
+    line = test_sync_sites_count_the_waits_by_the_line_that_made_them.__code__.co_firstlineno
+    assert modes == ["warn", "default"]
+    assert [r["calls"] for r in got] == [3, 1] and got[0]["where"].startswith("test_profile.py:")
+    assert int(got[0]["where"].split(":")[1]) > line
+    with warnings.catch_warnings(record=True) as rest:  # the window is closed: the warning goes on
+        warnings.simplefilter("always")
+        warnings.warn("called a synchronizing CUDA operation")
+    assert len(rest) == 1 and sites.stop() is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cpu = profile_probes.SyncSites()
+    cpu.start()
+    assert cpu.stop() is None and modes == ["warn", "default"]
+    t = {"batches": 2, "seconds": 1.0, "kernel_share": 0.5, "host_ops_share": 0.2, "host_top": [],
+         "syncs": got}
+    assert "waits for the GPU: test_profile.py:" in prof.trace_line(t)
+    assert "waits for the GPU: none" in prof.trace_line({**t, "syncs": []})
+
+
 def test_data_wait_share_and_bound():
     slow_data = prof.ProbedLoader(_Slow(6, 0.03), batch_size=1)
     _consume(slow_data, work=0.0)
