@@ -4,7 +4,7 @@
 #      build is already there),
 #   2. `torchrun --nproc_per_node 1` train-cls and make-cam on the demo config (the NCCL path),
 #   3. `wsss-fast demo --device cuda` (AMP on): wall time, and its report against the CPU sweep's
-#      (benchmarks/results/cpu2core_2026-11-30_demo_seeds.json, docs/demo.md: each mIoU-pos row
+#      (benchmarks/results/cpu2core_2026-12-01_demo_seeds.json, docs/demo.md: each mIoU-pos row
 #      within the five seeds' mean +- DEMO_SIGMAS std, default 2),
 #   4. the GPU pipeline profile (benchmarks/pipeline_profile.py --preset gpu --reference:
 #      256 synthetic 1024-px DICOMs at 512 px, the paper's models and settings, 20 iterations per
@@ -77,7 +77,7 @@ timeout "$(budget "${DEMO_TIMEOUT:-150}")" "${WSSS[@]}" demo --device "$DEVICE" 
 demo_rc=$?; demo_s=$(( $(date +%s) - t0 ))
 echo "demo rc=$demo_rc in ${demo_s}s"; tail -12 "$OUT/demo.log"
 cp "$WORK/demo/report.json" "$OUT/demo_report.json" 2>/dev/null
-"$PY" - "$OUT/demo_report.json" benchmarks/results/cpu2core_2026-11-30_demo_seeds.json "${DEMO_SIGMAS:-2}" \
+"$PY" - "$OUT/demo_report.json" benchmarks/results/cpu2core_2026-12-01_demo_seeds.json "${DEMO_SIGMAS:-2}" \
   "$demo_s" <<'EOF' || demo_rc=1
 import json, sys
 # the CPU sweep of docs/demo.md (`wsss-fast demo --seeds 5`, training seeds 0-4): a GPU run differs
