@@ -86,11 +86,6 @@ def read_label(path: Path, size: tuple[int, int]) -> np.ndarray:
     return lab
 
 
-def _exists(step: str, paths: RunPaths, name: str) -> bool:
-    d = {"cam": (paths.cam, ".npy"), "irnet": (paths.sem_seg, ".png"), "seg": (paths.seg_pred, ".png")}[step]
-    return (d[0] / f"{name}{d[1]}").exists()
-
-
 def _step_label(step: str, paths: RunPaths, name: str, size, cam_thres: float) -> np.ndarray | None:
     if step == "cam":
         f = paths.cam / f"{name}.npy"
@@ -109,13 +104,11 @@ def _clean(v):
 
 class _ImageCounts(Dataset):
     """Per image of ``base``: None without ground truth, else ``{step: (confusion matrix, Dice)
-    of its outputs (:func:`image_counts`); None where they are missing; () where they exist but
-    an earlier image's were missing (the step is left out, only its missing files count)}``.
-    Computed in loader workers: reading, resizing and counting at full size is the work here."""
+    of its outputs (:func:`image_counts`), or None where they are missing}``. Computed in
+    loader workers: reading, resizing and counting at full size is the work here."""
 
     def __init__(self, base, paths: RunPaths, cam_thres: float, num_classes: int) -> None:
         self.base, self.paths, self.cam_thres, self.num_classes = base, paths, cam_thres, num_classes
-        self.skip: set[str] = set()  # steps already known to lack outputs: only their files are checked
 
     def __len__(self) -> int:
         return len(self.base.image_ids)
@@ -126,12 +119,8 @@ class _ImageCounts(Dataset):
             return None
         gt, name, out = np.asarray(gt), str(self.base.image_ids[i]), {}
         for step in STEPS:
-            pred = None if step in self.skip else _step_label(step, self.paths, name, gt.shape, self.cam_thres)
-            if pred is None:  # a step that lacks outputs is left out: counted, not evaluated
-                self.skip.add(step)
-                out[step] = None if not _exists(step, self.paths, name) else ()
-            else:
-                out[step] = image_counts(pred, gt, self.num_classes)
+            pred = _step_label(step, self.paths, name, gt.shape, self.cam_thres)  # None: no such file
+            out[step] = None if pred is None else image_counts(pred, gt, self.num_classes)
         return out
 
 
@@ -163,7 +152,7 @@ def evaluate_split(cfg: dict, paths: RunPaths, base, cam_thres: float,
         for step, c in counts.items():
             if c is None:
                 missing[step] += 1
-            elif c and not missing[step]:
+            elif not missing[step]:  # a step that lacks outputs is left out: counted, not evaluated
                 evals[step].add_counts(*c, positive=positive)
     out: dict = {}
     for step in STEPS:
