@@ -109,7 +109,7 @@ timeout "$(budget "${PROFILE_TIMEOUT:-240}")" "$PY" benchmarks/pipeline_profile.
   ${PROFILE_IMAGES:+--images $PROFILE_IMAGES} ${PROFILE_ITERS:+--max-iters $PROFILE_ITERS} --trace "${PROFILE_TRACE:-2}" \
   ${PROFILE_ARGS:-} > "$OUT/profile.log" 2>&1
 prof_rc=$?
-grep -E "^\[profile\]|^\||^DICOM|^machine|^[0-9]+ images|Error|error" "$OUT/profile.log" | grep -v "it/s" | tail -60
+grep -E "^\[profile\]|^\||^goal|^  [a-z-]+ [0-9]+%:|^DICOM|^machine|^[0-9]+ images|Error|error" "$OUT/profile.log" | grep -v "it/s" | tail -60
 fi
 
 stamp "summary"

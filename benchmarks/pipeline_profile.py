@@ -58,6 +58,7 @@ from wsss_fast.engine.paths import RunPaths  # noqa: E402
 from wsss_fast.steps import PIPELINE  # noqa: E402
 from profile_probes import (GpuSampler, ProbedLoader, _cpu_seconds, decode_benchmark,  # noqa: E402,F401
                             machine_info, trace_line)
+from profile_report import format_table, goals  # noqa: E402,F401
 
 PRESETS = {  # images, DICOM px, working px, max training iterations
     "gpu": dict(images=256, dicom_size=1024, image_size=512, max_iters=20),
@@ -340,6 +341,7 @@ def run_profile(args: argparse.Namespace) -> dict:
               "paper": paper, "steps": steps, "walk_choice": choice, "projected_full_run_s": total,
               "gpu_busy_source": gpu.source if gpu else None,
               "decode": decode_benchmark(cfg, paths, min(args.images, 32))}
+    result["goals"] = goals(result)
     if args.reference:
         from pipeline_reference import reference_timings
 
@@ -390,42 +392,6 @@ def _diff(cfg: dict) -> dict:
                 out[key] = v
     walk(cfg, ref)
     return out
-
-
-# ----------------------------------------------------------------------------- report
-def _hms(s: float) -> str:
-    s = int(round(s))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
-def format_table(r: dict) -> str:
-    """Markdown table of the measured figures and the projection."""
-    lines = [f"machine: {r['machine']}", f"{r['images']} images, {r['dicom_size']} px DICOMs -> {r['image_size']} px, "
-             f"max {r['max_iters']} iterations per training step, cache {'on' if r['cache'] else 'off'}", "",
-             "| step | img/s | peak GPU MiB | GPU busy | CPU use | data wait | bound | measured s | projected SIIM |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for s in r["steps"]:
-        gpu_mib = f"{s['peak_gpu_mib']:.0f}" if s.get("peak_gpu_mib") is not None else "—"
-        busy = f"{s['gpu_busy']:.0%}" if s.get("gpu_busy") is not None else "—"
-        wait = f"{s['data_wait']:.0%}" if s.get("data_wait") is not None else "—"
-        lines.append(f"| {s['step']} | {s['images_per_s']:.2f} | {gpu_mib} | {busy} | {s['cpu_util']:.0%} | {wait} | "
-                     f"{s['bound']} | {s['wall_s']:.1f} | {_hms(s['projected_full_s'])} |")
-    w = r.get("walk_choice") or {}
-    if w.get("seconds"):
-        lines.append(f"| make-sem-seg: the walk chosen on val | {w['images'] / w['seconds']:.2f} | | | | | | "
-                     f"{w['seconds']:.1f} | {_hms(w['projected_full_s'])} |")
-    lines.append(f"| **total** | | | | | | | {sum(s['wall_s'] for s in r['steps']) + w.get('seconds', 0):.1f} | "
-                 f"**{_hms(r['projected_full_run_s'])}** |")
-    d = r["decode"]
-    lines += ["", f"DICOM decode + resize {d['decode_resize_s'] * 1e3:.1f} ms/image, cache hit "
-              f"{d['cache_hit_s'] * 1e3:.1f} ms/image ({d['speedup']:.1f}x, {d['cache_bytes_per_image'] / 1024:.0f} KiB)"]
-    if "reference" in r:
-        lines += ["", "| reference part | s per image | projected SIIM |", "|---|---|---|"]
-        for k, v in r["reference"].items():
-            if "per_image_s" in v:
-                note = f" (timed at {v['map']}², scaled by (HW)³)" if v.get("extrapolated") else ""
-                lines.append(f"| {k}{note} | {v['per_image_s']:.3f} | {_hms(v['projected_full_s'])} |")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

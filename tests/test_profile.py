@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("pipeline_profile", ROOT / "benchmarks" / "pipeline_profile.py")
 prof = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(prof)
+import profile_report  # noqa: E402  (benchmarks/, on the path once pipeline_profile is loaded)
 
 
 class _Slow(Dataset):
@@ -123,6 +124,37 @@ def test_data_wait_share_and_bound():
     assert prof._bound(0.05, None, "cpu").startswith("compute")
     assert prof._bound(0.05, 0.95, "cuda:0") == "GPU compute"
     assert prof._bound(0.05, 0.4, "cuda:0").startswith("host")
+
+
+def _step(name: str, proj: float, busy: float | None = None, trace: dict | None = None) -> dict:
+    return {"step": name, "projected_full_s": proj, "gpu_busy": busy, "bound": f"bound of {name}", "trace": trace}
+
+
+def test_goals_add_the_map_steps_and_the_walk_choice_and_name_each_idle_step():
+    trace = {"batches": 2, "seconds": 0.5, "kernel_share": 0.3, "host_ops_share": 0.6,
+             "host_top": [{"op": "cudaStreamSynchronize", "self_ms": 120.0}], "syncs": [{"where": "make.py:9", "calls": 4}]}
+    steps = [_step("train-cls", 1000.0, 0.95), _step("make-cam", 200.0, 0.5, trace), _step("make-ir-label", 150.0, 0.2),
+             _step("train-irn", 300.0, 0.9), _step("make-sem-seg", 200.0, 0.71)]
+    r = {"steps": steps, "walk_choice": {"projected_full_s": 40.0}, "projected_full_run_s": 7000.0}
+    g = prof.goals(r)
+    assert g["maps"]["projected_s"] == pytest.approx(590.0) and g["maps"]["met"] and not g["maps"]["missing"]
+    assert g["full_run"]["met"]
+    assert [b["step"] for b in g["gpu_busy"]["below"]] == ["make-cam", "make-ir-label"]
+    assert g["gpu_busy"]["below"][0]["trace"] == prof.trace_line(trace) and g["gpu_busy"]["below"][1]["trace"] is None
+    text = "\n".join(profile_report.goal_lines(g))
+    assert "0:09:50 projected, goal 0:10:00: met" in text and "make-cam 50%: bound of make-cam; traced:" in text
+    assert "make.py:9 x4" in text and "train-irn" not in text
+    # past the goals, or a step missing: not met
+    r2 = {**r, "walk_choice": {"projected_full_s": 60.0}, "projected_full_run_s": 7201.0}
+    g2 = prof.goals(r2)
+    assert not g2["maps"]["met"] and not g2["full_run"]["met"]
+    g3 = prof.goals({**r, "steps": [s for s in steps if s["step"] != "make-ir-label"]})
+    assert not g3["maps"]["met"] and g3["maps"]["missing"] == ["make-ir-label"]
+    assert "NOT met (no figures for make-ir-label)" in "\n".join(profile_report.goal_lines(g3))
+    # on the CPU there are no GPU samples
+    cpu = prof.goals({**r, "steps": [{**s, "gpu_busy": None} for s in steps]})
+    assert not cpu["gpu_busy"]["measured"] and "GPU busy: not measured" in "\n".join(
+        profile_report.goal_lines(cpu))
 
 
 def test_single_batch_loaders_count_without_their_start_up():
@@ -234,3 +266,6 @@ def test_tiny_profile_runs_every_step(tmp_path):
     assert {"dense_walk", "pydensecrf_ir_label", "pytorch_grad_cam"} <= set(r["reference"])
     assert (out / "run" / "report.json").exists() and list((out / "run" / "cache").rglob("*.npz"))
     assert "| **total** |" in prof.format_table(r)
+    maps = sum(s["projected_full_s"] for s in r["steps"] if s["step"] in profile_report.MAP_STEPS)
+    assert r["goals"]["maps"]["projected_s"] == pytest.approx(maps + w["projected_full_s"])
+    assert "goal: CAMs + IR labels + walk" in prof.format_table(r)
