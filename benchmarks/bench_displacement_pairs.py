@@ -1,6 +1,7 @@
 """IRNet's displacement pairs (``wsss_fast.irn.pair_labels.displacement_pairs``, forward and
 backward, as train-irn runs them at every step) against IRNet's own way, one slice of the
-destinations per search offset (``PathIndex.to_displacement``, Ahn et al., CVPR 2019).
+destinations per search offset (``PathIndex.to_displacement``, Ahn et al., CVPR 2019), and on the
+CPU against the indexing the package uses on CUDA (``gather`` is ``torch.gather`` on the CPU).
 
 Radius 10 (152 offsets), the stride-4 map of IRNet's 512-px crop (128 x 128); batch 4 on the
 CPU, 32 (siim.yaml's irn.batch_size) on CUDA.
@@ -15,7 +16,7 @@ import torch
 
 from benchmarks.conftest import DEVICES, record
 from wsss_fast import ops
-from wsss_fast.irn.pair_labels import displacement_pairs
+from wsss_fast.irn.pair_labels import _pair_index, displacement_pairs
 
 RADIUS, SIZE = 10, 128
 BATCH = {"cpu": 4, "cuda": 32}
@@ -31,12 +32,23 @@ def slice_per_offset(dp: torch.Tensor, radius: int) -> torch.Tensor:
     return (dp[:, :, :ch, rp:rp + cw].unsqueeze(2) - dst).reshape(b, c, dst.shape[2], -1)
 
 
-@pytest.mark.parametrize("impl", ["gather", "slice_per_offset"])
+def indexing(dp: torch.Tensor, radius: int) -> torch.Tensor:
+    """The package's way off the CPU, on any device: one indexing of the flat map (its backward
+    accumulates through sorted indices)."""
+    rp = radius - 1
+    b, c, h, w = dp.shape
+    index = _pair_index(radius, h, w, dp.device)
+    return dp[:, :, :h - rp, rp:w - rp].reshape(b, c, 1, -1) - dp.reshape(b, c, h * w)[:, :, index]
+
+
+@pytest.mark.parametrize("impl", ["gather", "indexing", "slice_per_offset"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_displacement_pairs(benchmark, device, impl):
+    if impl == "indexing" and device != "cpu":
+        pytest.skip("off the CPU, gather is this indexing")
     torch.manual_seed(0)
     dp = torch.randn(BATCH[device], 2, SIZE, SIZE, device=device, requires_grad=True)
-    fn = displacement_pairs if impl == "gather" else slice_per_offset
+    fn = {"gather": displacement_pairs, "indexing": indexing, "slice_per_offset": slice_per_offset}[impl]
     benchmark.group = f"displacement_pairs-r{RADIUS}-{device}"
 
     def step():

@@ -81,7 +81,7 @@ def displacement_pairs(dp: torch.Tensor, radius: int) -> torch.Tensor:
     """IRNet's ``PathIndex.to_displacement``: source minus destination displacement.
 
     One gather of every pair's destination (:func:`_pair_index`, built once per size and
-    device), not one slice per offset: on a GPU the loop's 2 x D slices (D = 152 at radius 10)
+    device; ``torch.gather`` on the CPU, indexing elsewhere), not one slice per offset: on a GPU the loop's 2 x D slices (D = 152 at radius 10)
     and their backward pass cost more host time than the kernels take.
 
     Args:
@@ -96,7 +96,12 @@ def displacement_pairs(dp: torch.Tensor, radius: int) -> torch.Tensor:
     ch, cw = h - rp, w - 2 * rp
     index = _pair_index(int(radius), h, w, dp.device)  # [D, N]
     src = dp[:, :, :ch, rp:rp + cw].reshape(b, c, 1, ch * cw)
-    return src - dp.reshape(b, c, h * w)[:, :, index]
+    flat = dp.reshape(b, c, h * w)
+    if dp.device.type == "cpu":  # gather's backward (a scatter-add) runs in parallel; indexing's is serial here
+        dst = torch.gather(flat, 2, index.reshape(1, 1, -1).expand(b, c, -1)).reshape(b, c, *index.shape)
+    else:  # indexing's backward sorts its indices on CUDA (deterministic); gather's adds with atomics
+        dst = flat[:, :, index]
+    return src - dst
 
 
 @functools.lru_cache(maxsize=32)
