@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # One device session's GPU work, in order of value, as few `run` calls as fit (15 minutes of device
 # time, the machine's start included; one call <= 600 s). After `make gpu-wheels` here:
-#   run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=600)
-#   run(command="STAGES=rest bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=...)  # if time is left
-# Stages (STAGES, default "pipeline amp"), each bounded so that the call ends by SESSION_DEADLINE
-# seconds (default 560; the second call: its timeout_s minus 20):
+#   run(command="SESSION_DEADLINE=560 bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=600)
+#   run(command="STAGES=rest SESSION_DEADLINE=... bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=...)
+# (the second call if time is left). Stages (STAGES, default "pipeline amp"), each bounded so that the
+# call ends by SESSION_DEADLINE seconds: the call's timeout_s minus 40 (default 560; lower both when
+# `status` shows less device time), so that the logs and figures reach $OUT before the call is stopped.
+# A stage with too little time left says so and is skipped.
 #   pipeline  gpu_pipeline.sh: the build for sm_90 (unless one is there), torchrun (NCCL), the demo on
 #             CUDA, the GPU profile (PROFILE_IMAGES, default 128; PROFILE_ITERS, default 10);
 #   amp       make-cam under bfloat16 autocast (cam.amp): the CUDA tests of tests/cam, tests/seg,
@@ -36,27 +38,29 @@ start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 left() { echo $(( SESSION_DEADLINE - $(elapsed) )); }
 stamp() { echo "=== [session $(elapsed)s] $*"; }
+lim() { local v=$(( $1 )); echo $(( v < 1 ? 1 : v )); }  # a timeout of at least 1 s: `timeout 0` has none
 export PYTHONUNBUFFERED=1 PYTHON="$PY"
 unset DEADLINE  # each script below gets its own
 CRF="crf or permutohedral or ir_label"
 
 amp_stage() {  # the CUDA tests of the code this stage measures, cam.amp's benchmark, demo and profile
   local n="$1" a="$WORK/amp" t0 demo="$WORK/runs/demo" amp_demo="$WORK/runs/demo_amp" xd=""
+  [ "$n" -ge "${AMP_MIN:-90}" ] || { echo "amp: ${n}s left (< ${AMP_MIN:-90}s), skipped"; return 0; }
   mkdir -p "$a"
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
   "$PY" -c "import xdist" 2>/dev/null && xd="-n 4"
   # shellcheck disable=SC2086
-  timeout $(( n * 3 / 10 )) "$PY" -m pytest tests/cam tests/seg tests/irn tests/ops/test_random_walk.py -m cuda $xd -v \
+  timeout "$(lim n*3/10)" "$PY" -m pytest tests/cam tests/seg tests/irn tests/ops/test_random_walk.py -m cuda $xd -v \
     --tb=short -p no:cacheprovider -o addopts="--import-mode=importlib" > "$a/tests.log" 2>&1
   echo "amp tests rc=$?: $(grep -c ' PASSED' "$a/tests.log") passed, $(grep -c ' FAILED' "$a/tests.log") failed"
   grep -E "^(FAILED|ERROR) |^E  " "$a/tests.log" | cut -c1-200 | head -20
-  timeout $(( n / 5 )) "$PY" -m pytest benchmarks/bench_cam_extractor.py -k "paper" --benchmark-only -q \
+  timeout "$(lim n/5)" "$PY" -m pytest benchmarks/bench_cam_extractor.py -k "paper" --benchmark-only -q \
     -p no:cacheprovider --benchmark-json="$a/bench_amp.json" --benchmark-columns=min,median,rounds \
     -o addopts="--import-mode=importlib" > "$a/bench.log" 2>&1
   [ -s "$a/bench_amp.json" ] && "$PY" benchmarks/summarize.py "$a/bench_amp.json" --out "$OUT/amp_figures.json" 2>&1 | tail -4
   if [ -f "$demo/report.json" ]; then  # paired: the pipeline stage's demo, again from make-cam with cam.amp
     rm -rf "$amp_demo"; cp -r "$demo" "$amp_demo"; t0=$(date +%s)
-    timeout $(( n * 2 / 5 )) "$PY" -m wsss_fast.cli.main demo --device "${DEVICE:-cuda}" --out "$amp_demo" \
+    timeout "$(lim n*2/5)" "$PY" -m wsss_fast.cli.main demo --device "${DEVICE:-cuda}" --out "$amp_demo" \
       --from make-cam cam.amp=true ${DEMO_ARGS:-} > "$a/demo_amp.log" 2>&1
     echo "demo from make-cam with cam.amp=true: rc=$? in $(( $(date +%s) - t0 ))s"
     cp "$amp_demo/report.json" "$OUT/demo_amp_report.json" 2>/dev/null
@@ -71,6 +75,8 @@ for split in a:
 EOF
   fi
   n=$(left)
+  # a fresh profile writes its DICOMs (~20 s on the H200) and trains the classifier before make-cam
+  [ "$n" -ge "${AMP_PROFILE_MIN:-100}" ] || { echo "amp profile: ${n}s left (< ${AMP_PROFILE_MIN:-100}s), skipped"; return 0; }
   OUT="$WORK/amp_profile" WORK="$WORK/runs_amp" DEADLINE="$n" SKIP_BUILD=1 PARTS=profile PROFILE_REFERENCE=0 \
     PROFILE_IMAGES="${PROFILE_IMAGES:-128}" PROFILE_ITERS="${PROFILE_ITERS:-10}" \
     PROFILE_ARGS="${PROFILE_ARGS:-} cam.amp=true" bash benchmarks/gpu_pipeline.sh
