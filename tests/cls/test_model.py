@@ -95,6 +95,8 @@ def test_dropblock_placement(arch, place):
     (tin, tout), (ein, eout) = seen
     assert (tout == 0).float().mean() > 0.05 and not torch.equal(tin, tout)
     assert torch.equal(ein, eout)
+    if stage == "head":  # it drops from the head's output (the CAM layer's 8 channels), not its input
+        assert tin.shape[1] == 8 and (tin >= 0).all()
 
 
 def test_dropblock_multiple_places_and_none():
@@ -117,6 +119,7 @@ def test_uses_package_dropblock():
                        dropblock={**DB, "warmup_steps": 5, "shared_mask": True})
     (block,) = model.dropblocks()
     assert isinstance(block, wsss_fast.nn.DropBlock2d)
+    assert (block.p, block.block_size, block.warmup_steps, block.shared_mask) == (0.5, 3, 5, True)
 
 
 def test_vgg16_width_multiplier():
@@ -132,6 +135,7 @@ def test_build_classifier_from_config():
                              "cls.dropblock.place=after_layer1"])
     model = build_classifier(cfg)
     assert model.arch == "resnet18" and model.num_classes == 20
+    assert model.feature_map(torch.zeros(1, 3, 32, 32)).shape[1] == 8 and model.classifier.in_features == 8
     assert [n for n, _ in model.features.named_children()][3] == "dropblock_layer1"
     cfg = load_config(None, ["cls.arch=resnet18", "cls.head_channels=8", "cls.dropblock.enabled=false"])
     assert build_classifier(cfg).dropblocks() == []

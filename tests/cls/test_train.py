@@ -222,6 +222,48 @@ def test_optimizers_schedules_and_errors():
         build_scheduler(tiny_cfg("cls.schedule=cosine"), opt, 5, 2)
     with pytest.raises(ValueError, match="pos_weight has 3 values"):
         cls_mod._pos_weight(tiny_cfg("cls.pos_weight=[1,2,3]"), 2, torch.device("cpu"))
+    heads = build_optimizer(tiny_cfg("cls.optimizer=sgd", "cls.head_lr_mult=10"), model).param_groups
+    assert [g["lr"] for g in heads] == pytest.approx([1e-3, 1e-2])  # the head (3 convs + linear) at 10x
+
+
+def test_pos_weight_weighs_the_training_loss(tmp_path):
+    """cls.pos_weight weighs the positives of the training loss, not only of the val loss: with
+    lr 0 the same model sees the same batches, and positives weighted 3x give a larger loss."""
+    train = TinyDataset(16, seed=0)
+    losses = []
+    for w in ("null", "3.0"):
+        out = fit_classifier(tiny_cfg("cls.epochs=1", "cls.lr=0", f"cls.pos_weight={w}"),
+                             RunPaths(tmp_path / w), train, None)
+        losses.append(out["history"][0]["train_loss"])
+    assert losses[1] > 1.5 * losses[0], losses
+
+
+def test_resume_keeps_the_best_epoch(tmp_path, monkeypatch):
+    """After a resume, best.pt stays the earlier epoch unless a later one scores higher on val."""
+    cfg = tiny_cfg("cls.epochs=2")
+    train, val = TinyDataset(16, seed=0), TinyDataset(8, seed=1)
+    score = {"val": 0.9}
+    real_f1 = cls_mod.multilabel_f1
+    monkeypatch.setattr(cls_mod, "multilabel_f1",
+                        lambda p, y, t: torch.tensor(score["val"]) if len(y) == len(val) else real_f1(p, y, t))
+    real = cls_mod._train_one_epoch
+    calls = []
+
+    def interrupted(model, loader, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            loader = _BreakAfter(loader, 1)
+        return real(model, loader, *args, **kwargs)
+
+    monkeypatch.setattr(cls_mod, "_train_one_epoch", interrupted)
+    paths = RunPaths(tmp_path)
+    with pytest.raises(_Interrupt):
+        fit_classifier(cfg, paths, train, val)
+    monkeypatch.setattr(cls_mod, "_train_one_epoch", real)
+    score["val"] = 0.5  # the resumed epoch 2 is worse
+    out = fit_classifier(cfg, paths, train, val)
+    assert out["epochs_run"] == 1 and out["best_epoch"] == 1 and out["best_f1"] == pytest.approx(0.9)
+    assert torch.load(paths.cls / "best.pt", weights_only=True)["epoch"] == 1
 
 
 def test_label_count_mismatch(tmp_path):
