@@ -23,6 +23,9 @@ def test_shapes_and_frozen_backbone(size):
     edge_p, dp_p = net.trainable_parameters()
     n_train = sum(p.numel() for p in net.parameters() if p.requires_grad)
     assert n_train == sum(p.numel() for p in edge_p + dp_p)
+    # (boundary, displacement): train-irn gives the second irn.dp_lr_mult times the learning rate
+    assert {id(p) for p in edge_p} == {id(p) for p in net.edge_layers.parameters()}
+    assert {id(p) for p in dp_p} == {id(p) for p in net.dp_layers.parameters()}
     bn = net.backbone[0][1]
     before = bn.running_mean.clone()
     net(torch.randn(2, 3, *size) * 5 + 3)
@@ -50,6 +53,19 @@ def test_edge_displacement_flip_average():
     assert e1.shape == (2, 16, 16) and d1.shape == (2, 2, 16, 16)
     assert float(e1.min()) >= 0 and float(e1.max()) <= 1
     torch.testing.assert_close(e1, e2.flip(-1), atol=1e-5, rtol=1e-5)  # flip-averaged: equivariant
+    torch.testing.assert_close(d1, model.net(x)[1])  # the displacement of the image itself, not its flip
+
+
+def test_mean_shift_is_subtracted_at_inference():
+    """IRNet's MeanShift: the displacement field at inference is the branch's output minus the
+    mean displacement tracked while training."""
+    torch.manual_seed(0)
+    net = IRNet("resnet18").eval()
+    x = torch.randn(1, 3, 32, 32)
+    net.mean_shift.running_mean.zero_()
+    raw = net(x)[1]
+    net.mean_shift.running_mean.copy_(torch.tensor([1.0, -2.0]))
+    torch.testing.assert_close(net(x)[1], raw - torch.tensor([1.0, -2.0]).view(1, 2, 1, 1))
 
 
 def _labels(h, w, radius):

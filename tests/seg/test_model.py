@@ -116,5 +116,17 @@ def test_decoder_channels():
     model = build_seg_model("unet", "resnet18", 1, decoder_channels=[64, 32, 16, 16, 8]).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 40, 40)).shape == (1, 1, 40, 40)
+    assert model.net.segmentation_head[0].in_channels == 8  # the last decoder width
+    deeplab = build_seg_model("deeplabv3plus", "resnet18", 1, decoder_channels=64)
+    assert deeplab.net.segmentation_head[0].in_channels == 64
     with pytest.raises(ValueError, match="5 widths"):
         build_seg_model("unet", "resnet18", 1, decoder_channels=[64, 32])
+
+
+def test_model_from_cfg_reads_pad_mode_and_decoder_channels():
+    from wsss_fast.config import load_config
+    from wsss_fast.seg.model import model_from_cfg
+
+    cfg = load_config(None, ["seg.encoder=resnet18", "seg.pad_mode=zero", "seg.decoder_channels=[64,32,16,16,8]"])
+    model = model_from_cfg(cfg, 1)
+    assert model.pad_mode == "zero" and model.net.segmentation_head[0].in_channels == 8

@@ -111,6 +111,36 @@ def test_resumed_training_repeats_an_uninterrupted_one(tmp_path, monkeypatch):
         torch.testing.assert_close(again[k], straight[k], msg=k)
 
 
+def test_train_seg_uses_the_configured_loss_sampler_and_optimizer(tmp_path, monkeypatch):
+    """train-seg weighs positives by seg.pos_weight (the paper's positive-weighted BCE), balances
+    its batches by sampler.neg_pos_ratio, and SGD gets seg.momentum and seg.weight_decay."""
+    import wsss_fast.seg.train as seg_mod
+
+    cfg, paths, _ = _setup(tmp_path, monkeypatch, pos_weight=3.0, epochs=1)
+    cfg["sampler"]["neg_pos_ratio"] = 1.0
+    weights, ratios = [], []
+
+    def loss(logits, y, pos_weight=None):
+        weights.append(pos_weight)
+        return seg_loss(logits, y, pos_weight)
+
+    class Sampler(GlobalBatchSampler):
+        def __init__(self, labels, batch_size, ratio, *args, **kwargs):
+            ratios.append(ratio)
+            super().__init__(labels, batch_size, ratio, *args, **kwargs)
+
+    monkeypatch.setattr(seg_mod, "seg_loss", loss)
+    monkeypatch.setattr(seg_mod, "GlobalBatchSampler", Sampler)
+    train_seg(cfg, paths)
+    assert weights and all(w == 3.0 for w in weights), weights
+    assert ratios == [1.0]
+    model = torch.nn.Linear(2, 2)
+    sgd = seg_mod.build_optimizer(load_config(None, ["seg.optimizer=sgd", "seg.weight_decay=1e-4",
+                                                     "seg.momentum=0.8"]), model).param_groups[0]
+    assert isinstance(seg_mod.build_optimizer(cfg, model), torch.optim.Adam)
+    assert (sgd["weight_decay"], sgd["momentum"]) == (1e-4, 0.8)
+
+
 def test_missing_pseudo_labels_is_a_clear_error(tmp_path, monkeypatch):
     cfg, paths, sets = _setup(tmp_path, monkeypatch)
     (paths.sem_seg / f"{sets['train'].image_ids[3]}.png").unlink()
