@@ -27,6 +27,7 @@ def test_output_stride_and_shapes(arch):
         feats = model.feature_map(x)
         logits = model(x)
     assert feats.shape == (2, 16, 6, 4)  # output stride 8 in both directions
+    assert (feats >= 0).all() and (feats > 0).any()  # the third head conv ends in its ReLU too
     assert logits.shape == (2, 3)
     assert model.output_stride == 8
     # the CAM layer is named and its output is the map pooled by GAP

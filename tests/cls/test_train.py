@@ -73,6 +73,8 @@ def test_training_reduces_loss_and_writes_outputs(tmp_path):
     assert hist[-1]["train_loss"] < 0.6 * hist[0]["train_loss"], [h["train_loss"] for h in hist]
     assert {"train_f1", "val_f1", "val_loss", "lr", "img_per_s"} <= set(hist[0])
     assert hist[-1]["lr"] < hist[0]["lr"]  # poly schedule
+    # stepped per iteration (2 batches of 8 per epoch, 8 in all), not per epoch
+    assert [h["lr"] for h in hist] == pytest.approx([1e-3 * (1 - 2 * e / 8) ** 0.9 for e in (1, 2, 3, 4)])
     assert out["best_f1"] == max(h["val_f1"] for h in hist)
     for name in ("last.pt", "best.pt", "train.log", ".done"):
         assert (paths.cls / name).exists(), name
