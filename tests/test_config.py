@@ -118,3 +118,20 @@ def test_a_key_twice_in_a_file_is_an_error(tmp_path):
         load_config(f)
     f.write_text("seg:\n  epochs: 3\nsem_seg:\n  steps: 4\n")
     assert load_config(f)["seg"]["epochs"] == 3
+
+
+def test_empty_section_keeps_the_defaults(tmp_path):
+    """An empty section in a config file (``ir_label:`` with its keys commented out), or a dict
+    override giving a section None, keeps that section's defaults instead of wiping them."""
+    defaults = load_config(None)
+    f = tmp_path / "empty.yaml"
+    f.write_text("cls:\n  epochs: 3\nir_label:\n# conf_fg_thres: 0.3\n")
+    cfg = load_config(f)
+    assert cfg["ir_label"] == defaults["ir_label"] and cfg["cls"]["epochs"] == 3
+    assert load_config(None, {"ir_label": None})["ir_label"] == defaults["ir_label"]
+
+
+def test_override_value_may_contain_equals_signs():
+    """Only the first '=' of ``key=value`` separates the key: a path holding '=' is kept whole."""
+    cfg = load_config(None, ["dataset.root=/d/a=b", "dataset.csv=x=1=2.csv"])
+    assert cfg["dataset"]["root"] == "/d/a=b" and cfg["dataset"]["csv"] == "x=1=2.csv"

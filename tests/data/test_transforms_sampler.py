@@ -8,6 +8,7 @@ import torch
 
 from wsss_fast.config import load_config
 from wsss_fast.data import BalancedBatchSampler, denormalize, eval_transform, train_transform
+from wsss_fast.data.transforms import to_normalized_tensor
 
 CFG = load_config(None, {"dataset": {"image_size": 32},
                          "augment": {"scale": [0.9, 1.1], "rotate": 10, "blur_p": 0.5, "brightness": 0.2,
@@ -49,6 +50,59 @@ def test_augment_disabled_is_deterministic():
     cfg = load_config(None, {"dataset": {"image_size": 16}, "augment": {"enabled": False}})
     img = np.random.default_rng(0).integers(0, 255, (20, 20, 3), dtype=np.uint8)
     assert torch.equal(train_transform(cfg)(img), eval_transform(cfg)(img))
+
+
+def _no_ops(**on):
+    """Augmentation enabled with every op off, except those given."""
+    aug = {"enabled": True, "scale": None, "rotate": 0, "blur_p": 0, "brightness": 0, "contrast": 0,
+           "hflip": False}
+    return {**aug, **on}
+
+
+def test_every_augment_op_off_is_the_eval_transform():
+    """``augment`` enabled but each op off (hflip: false, scale: null, rotate/blur/jitter 0)
+    augments nothing: the training transform equals the evaluation one whatever the seed."""
+    cfg = load_config(None, {"dataset": {"image_size": 16}, "augment": _no_ops()})
+    img = np.random.default_rng(0).integers(0, 255, (20, 24, 3), dtype=np.uint8)
+    mask = np.zeros((20, 24), np.uint8)
+    mask[:, :6] = 1
+    ref = eval_transform(cfg)(img)
+    for seed in range(16):
+        torch.manual_seed(seed)
+        x, m = train_transform(cfg)(img, mask)
+        assert torch.equal(x, ref) and torch.equal(train_transform(cfg)(img), ref)
+        assert m[:, :3].eq(1).all() and m[:, -3:].eq(0).all()  # the left stripe stays left
+
+
+def test_pixels_moved_in_from_outside_are_ignore():
+    """Pixels a scaling/rotation (or the crop's padding) brings in from outside the image are
+    255 = ignore in the mask (not 0 = background, which would train on invented background)
+    and black in the image."""
+    img = np.full((32, 32, 3), 200, np.uint8)
+    mask = np.ones((32, 32), np.uint8)
+    for aug, dataset in ((_no_ops(scale=[0.5, 0.5]), {"image_size": 32}),
+                         (_no_ops(rotate=45), {"image_size": 32}),
+                         ({"enabled": False}, {"image_size": None, "crop_size": 48})):
+        cfg = load_config(None, {"dataset": dataset, "augment": aug})
+        values = set()
+        for seed in range(4):
+            torch.manual_seed(seed)
+            x, m = train_transform(cfg)(img, mask)
+            values |= set(m.unique().tolist())
+            if (m == 255).any():
+                assert denormalize(x)[:, m == 255].mean() < 0.1  # black where the mask is ignore
+        assert values == {1, 255}, aug
+
+
+def test_normalization_uses_imagenet_mean_and_std_in_rgb_order():
+    """A pure red image is normalized with ImageNet's RGB statistics (mean 0.485, 0.456, 0.406;
+    std 0.229, 0.224, 0.225), the order the pretrained backbones were trained with."""
+    red = np.zeros((8, 8, 3), np.uint8)
+    red[..., 0] = 255
+    want = [(1 - 0.485) / 0.229, -0.456 / 0.224, -0.406 / 0.225]
+    no_resize = load_config(None, {"dataset": {"image_size": None}})
+    for t in (eval_transform(CFG)(red), eval_transform(no_resize)(red), to_normalized_tensor(red)):
+        np.testing.assert_allclose(t.mean(dim=(1, 2)).numpy(), want, atol=1e-4)
 
 
 @pytest.mark.parametrize("ratio", [1.0, 3.0, 0.5])

@@ -88,6 +88,68 @@ def test_voc_mask_size_mismatch_raises_on_load(voc_root):
         ds.load_mask(1)
 
 
+
+def test_voc_item_size_is_height_width_and_index_is_bounded(voc_root):
+    """Items of non-square images give ``orig_size`` as (H0, W0), the mask's shape (the CAMs and
+    predictions are resized to it: (W0, H0) would transpose every label map), and indexing past
+    either end raises IndexError (a loop over ``ds[i]`` stops there instead of wrapping round)."""
+    ds = VOC2012(voc_root, "train_aug", progress=False)
+    sizes = {"2007_000001": (30, 40), "2007_000002": (36, 28), "2008_000003": (20, 20)}
+    for i in range(len(ds)):
+        item = ds[i]
+        h, w = sizes[item["image_id"]]
+        assert item["orig_size"] == (h, w) == tuple(item["mask"].shape)
+        assert item["image"].shape == (3, h, w)
+    assert ds[-len(ds)]["image_id"] == "2007_000001"
+    for bad in (len(ds), len(ds) + 1, -len(ds) - 1):
+        with pytest.raises(IndexError):
+            ds[bad]
+    assert [item["image_id"] for item in ds] == list(sizes)  # the old iteration protocol stops
+
+
+def test_voc_prefers_segmentation_class_aug(voc_root):
+    """An image with a mask in both SegmentationClassAug/ and SegmentationClass/ takes SBD's
+    augmented one, for its labels and its evaluation mask (SegmentationClass/ is the fallback)."""
+    voc = voc_root / "VOCdevkit" / "VOC2012"
+    other = np.zeros((30, 40), np.uint8)
+    other[5:10, 5:10] = 3
+    _palette_png(voc / "SegmentationClass" / "2007_000001.png", other)
+    ds = VOC2012(voc_root, "train_aug", progress=False)
+    assert np.flatnonzero(ds.labels[0]).tolist() == [14]
+    assert set(ds[0]["mask"].unique().tolist()) == {0, 15, 255}
+
+
+def test_voc_split_mixing_masked_and_unmasked_images(voc_root, tmp_path):
+    """With labels from cls_labels.npy, a split where only some images have a mask (as VOC's
+    test images lack them) still evaluates: the masked images' items carry their mask, the
+    others none."""
+    npy = make_cls_labels(voc_root, tmp_path / "cls_labels.npy", splits=("train_aug",))
+    (voc_root / "VOCdevkit/VOC2012/SegmentationClassAug/2008_000003.png").unlink()
+    ds = VOC2012(voc_root, "train_aug", cls_labels=npy, progress=False)
+    assert ds.has_masks and len(ds) == 3
+    assert set(ds[0]["mask"].unique().tolist()) == {0, 15, 255} and ds[1]["mask"].shape == (36, 28)
+    assert "mask" not in ds[2] and ds.load_mask(2) is None
+
+
+def test_make_cls_labels_with_num_classes(voc_root, tmp_path):
+    """make_cls_labels(num_classes=N) writes N-long labels for a set of N classes (such as the
+    synthetic VOC-layout set), which VOC2012(num_classes=N, cls_labels=...) reads back."""
+    voc = voc_root / "VOCdevkit" / "VOC2012"
+    for image_id, (h, w), classes in (("2007_000001", (30, 40), [2]), ("2007_000002", (36, 28), [1, 3])):
+        m = np.zeros((h, w), np.uint8)
+        for k, c in enumerate(classes):
+            m[2 + 5 * k: 6 + 5 * k, 3:9] = c
+        m[0, :] = 255
+        _palette_png(voc / "SegmentationClassAug" / f"{image_id}.png", m)
+    npy = make_cls_labels(voc_root, tmp_path / "cls3.npy", splits=("train_aug",), num_classes=3)
+    d = np.load(npy, allow_pickle=True).item()
+    assert sorted(d) == ["2007_000001", "2007_000002", "2008_000003"]
+    assert {k: np.asarray(v).tolist() for k, v in d.items()} == {
+        "2007_000001": [0, 1, 0], "2007_000002": [1, 0, 1], "2008_000003": [0, 0, 0]}
+    ds = VOC2012(voc_root, "train_aug", cls_labels=npy, num_classes=3, progress=False)
+    np.testing.assert_array_equal(ds.labels, [[0, 1, 0], [1, 0, 1], [0, 0, 0]])
+
+
 @pytest.fixture
 def generic_tree(tmp_path):
     rng = np.random.default_rng(1)
@@ -139,3 +201,35 @@ def test_generic_bad_rows(generic_tree):
         ds = GenericCSV(generic_tree / "bad.csv", on_bad_file="skip")
     assert ds.image_ids == ["a0"]
     assert sorted(s["row"] for s in ds.skipped) == [3, 4, 5]
+
+
+def test_generic_labels_column_of_indices_is_zero_based(generic_tree):
+    """A ``labels`` column of numbers holds 0-based class indices: 0 is the first class name."""
+    (generic_tree / "idx.csv").write_text("image,labels\nimg/a0.png,0\nimg/a1.png,1;0\nimg/a2.png,1\n")
+    ds = GenericCSV(generic_tree / "idx.csv", class_names=["cat", "dog"])
+    np.testing.assert_array_equal(ds.labels, [[1, 0], [1, 1], [0, 1]])
+    (generic_tree / "idx2.csv").write_text("image,labels\nimg/a0.png,2\n")
+    with pytest.raises(BadFileError, match="class index 2 >= 2"):
+        GenericCSV(generic_tree / "idx2.csv", class_names=["cat", "dog"])
+
+
+def test_generic_mask_with_ignore_255(generic_tree):
+    """Generic masks may mark pixels 255 = ignore (object boundaries), as VOC's do: they load,
+    in both on_bad_file modes, and keep the 255."""
+    m = np.zeros((16, 12), np.uint8)
+    m[3:6, 2:5] = 1
+    m[2, 2:5] = 255
+    Image.fromarray(m).save(generic_tree / "img" / "a0_m.png")
+    for mode in ("raise", "skip"):
+        ds = GenericCSV(generic_tree / "data.csv", on_bad_file=mode)
+        assert len(ds) == 5 and ds.skipped == []
+        assert set(ds[0]["mask"].unique().tolist()) == {0, 1, 255}
+
+
+def test_generic_split_without_split_column_is_an_error(generic_tree):
+    """Asking for a split of a CSV that has no ``split`` column raises a ValueError naming the
+    split and the column, instead of silently training or evaluating on every row."""
+    (generic_tree / "nosplit.csv").write_text("image,cat\nimg/a0.png,1\nimg/a1.png,0\n")
+    assert len(GenericCSV(generic_tree / "nosplit.csv")) == 2
+    with pytest.raises(ValueError, match="split 'val' requested.*no 'split' column"):
+        GenericCSV(generic_tree / "nosplit.csv", split="val")
