@@ -131,6 +131,10 @@ def test_split_written_and_reused(synth_root, tmp_path):
     assert len(tr) + len(va) + len(te) == N_IMAGES
     assert not (set(tr.image_ids) & set(va.image_ids)) and not (set(va.image_ids) & set(te.image_ids))
     assert va.labels.sum() >= 1 and te.labels.sum() >= 1
+    for ds in (tr, va, te):  # each split's labels are its own images' (positive = a lesion in the mask)
+        assert len(ds.labels) == len(ds.image_ids)
+        assert [bool(ds.labels[i].any()) for i in range(len(ds))] == [
+            bool((ds.load_mask(i) > 0).any()) for i in range(len(ds))]
     data = json.loads(split_file.read_text())
     assert data["splits"]["train"] == tr.image_ids
     # reused: another seed and other counts do not change an existing split
