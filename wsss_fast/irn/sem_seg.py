@@ -70,8 +70,7 @@ def labels_from_soft(rw: np.ndarray | torch.Tensor, keys: np.ndarray, bg_thres: 
 
 
 def _labels(rw: torch.Tensor, keys: np.ndarray, bg_thres: float, size: tuple[int, int] | None) -> torch.Tensor:
-    """:func:`labels_from_soft` on the maps' device: uint8 ``[H0, W0]`` (on a GPU the resize may
-    round a pixel at the threshold otherwise than the CPU's recomputation from the saved maps)."""
+    """:func:`labels_from_soft` on the maps' device, uint8 ``[H0, W0]`` (a GPU's resize may round otherwise)."""
     best, label = best_and_label(rw, keys, size)
     return torch.where(best > float(bg_thres), label, 0).to(torch.uint8)
 
