@@ -81,8 +81,9 @@ def displacement_pairs(dp: torch.Tensor, radius: int) -> torch.Tensor:
     """IRNet's ``PathIndex.to_displacement``: source minus destination displacement.
 
     One gather of every pair's destination (:func:`_pair_index`, built once per size and
-    device; ``torch.gather`` on the CPU, indexing elsewhere), not one slice per offset: on a GPU the loop's 2 x D slices (D = 152 at radius 10)
-    and their backward pass cost more host time than the kernels take.
+    device; ``torch.gather`` on the CPU, indexing elsewhere), not one slice per offset: on a
+    GPU the loop's 2 x D slices (D = 152 at radius 10) and their backward pass cost more host
+    time than the kernels take.
 
     Args:
         dp: ``[B, 2, h, w]`` displacement field (channel 0 = dy, 1 = dx).
