@@ -16,7 +16,7 @@ import torch
 
 from benchmarks.conftest import DEVICES, record
 from wsss_fast import ops
-from wsss_fast.irn.pair_labels import _pair_index, displacement_pairs
+from wsss_fast.irn.pair_labels import _displacement_pairs, displacement_pairs
 
 RADIUS, SIZE = 10, 128
 BATCH = {"cpu": 4, "cuda": 32}
@@ -32,15 +32,6 @@ def slice_per_offset(dp: torch.Tensor, radius: int) -> torch.Tensor:
     return (dp[:, :, :ch, rp:rp + cw].unsqueeze(2) - dst).reshape(b, c, dst.shape[2], -1)
 
 
-def indexing(dp: torch.Tensor, radius: int) -> torch.Tensor:
-    """The package's way off the CPU, on any device: one indexing of the flat map (its backward
-    accumulates through sorted indices)."""
-    rp = radius - 1
-    b, c, h, w = dp.shape
-    index = _pair_index(radius, h, w, dp.device)
-    return dp[:, :, :h - rp, rp:w - rp].reshape(b, c, 1, -1) - dp.reshape(b, c, h * w)[:, :, index]
-
-
 @pytest.mark.parametrize("impl", ["gather", "indexing", "slice_per_offset"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_displacement_pairs(benchmark, device, impl):
@@ -48,7 +39,8 @@ def test_displacement_pairs(benchmark, device, impl):
         pytest.skip("off the CPU, gather is this indexing")
     torch.manual_seed(0)
     dp = torch.randn(BATCH[device], 2, SIZE, SIZE, device=device, requires_grad=True)
-    fn = {"gather": displacement_pairs, "indexing": indexing, "slice_per_offset": slice_per_offset}[impl]
+    fn = {"gather": displacement_pairs, "indexing": lambda d, r: _displacement_pairs(d, r, gather=False),
+          "slice_per_offset": slice_per_offset}[impl]
     benchmark.group = f"displacement_pairs-r{RADIUS}-{device}"
 
     def step():

@@ -92,15 +92,22 @@ def displacement_pairs(dp: torch.Tensor, radius: int) -> torch.Tensor:
     Returns:
         ``[B, 2, D, (h - r') * (w - 2 r')]``.
     """
+    return _displacement_pairs(dp, radius, gather=dp.device.type == "cpu")
+
+
+def _displacement_pairs(dp: torch.Tensor, radius: int, gather: bool) -> torch.Tensor:
+    """:func:`displacement_pairs` with the destinations taken by ``torch.gather`` (its backward, a
+    scatter-add, runs in parallel on the CPU but adds with atomics on CUDA) or by indexing (its
+    backward sorts the indices: the same gradients every run on CUDA, serial on the CPU)."""
     rp = radius - 1
     b, c, h, w = dp.shape
     ch, cw = h - rp, w - 2 * rp
     index = _pair_index(int(radius), h, w, dp.device)  # [D, N]
     src = dp[:, :, :ch, rp:rp + cw].reshape(b, c, 1, ch * cw)
     flat = dp.reshape(b, c, h * w)
-    if dp.device.type == "cpu":  # gather's backward (a scatter-add) runs in parallel; indexing's is serial here
+    if gather:
         dst = torch.gather(flat, 2, index.reshape(1, 1, -1).expand(b, c, -1)).reshape(b, c, *index.shape)
-    else:  # indexing's backward sorts its indices on CUDA (deterministic); gather's adds with atomics
+    else:
         dst = flat[:, :, index]
     return src - dst
 
