@@ -129,12 +129,9 @@ class _BreakAfter:
             yield batch
 
 
-def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypatch):
-    cfg = tiny_cfg("cls.epochs=2", "cls.optimizer=sgd", "cls.lr=0.01", "cls.schedule=step", "cls.step_size=1",
-                   "cls.dropblock.warmup_steps=3")
-    train, val = TinyDataset(16, seed=0), TinyDataset(8, seed=1)
-    ref = fit_classifier(cfg, RunPaths(tmp_path / "ref"), train, val)
-
+def _crash_in_epoch_two(monkeypatch):
+    """Make fit_classifier stop with _Interrupt after one batch of its second epoch; returns the
+    real _train_one_epoch, to put back before resuming."""
     real = cls_mod._train_one_epoch
     calls = []
 
@@ -145,6 +142,16 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypat
         return real(model, loader, *args, **kwargs)
 
     monkeypatch.setattr(cls_mod, "_train_one_epoch", interrupted)
+    return real
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypatch):
+    cfg = tiny_cfg("cls.epochs=2", "cls.optimizer=sgd", "cls.lr=0.01", "cls.schedule=step", "cls.step_size=1",
+                   "cls.dropblock.warmup_steps=3")
+    train, val = TinyDataset(16, seed=0), TinyDataset(8, seed=1)
+    ref = fit_classifier(cfg, RunPaths(tmp_path / "ref"), train, val)
+
+    real = _crash_in_epoch_two(monkeypatch)
     paths = RunPaths(tmp_path / "run")
     with pytest.raises(_Interrupt):
         fit_classifier(cfg, paths, train, val)
@@ -248,16 +255,7 @@ def test_resume_keeps_the_best_epoch(tmp_path, monkeypatch):
     real_f1 = cls_mod.multilabel_f1
     monkeypatch.setattr(cls_mod, "multilabel_f1",
                         lambda p, y, t: torch.tensor(score["val"]) if len(y) == len(val) else real_f1(p, y, t))
-    real = cls_mod._train_one_epoch
-    calls = []
-
-    def interrupted(model, loader, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            loader = _BreakAfter(loader, 1)
-        return real(model, loader, *args, **kwargs)
-
-    monkeypatch.setattr(cls_mod, "_train_one_epoch", interrupted)
+    real = _crash_in_epoch_two(monkeypatch)
     paths = RunPaths(tmp_path)
     with pytest.raises(_Interrupt):
         fit_classifier(cfg, paths, train, val)
