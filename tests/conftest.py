@@ -74,3 +74,54 @@ class LoopWatch:
 def loop_watch(monkeypatch):
     """``loop_watch(module, owner, name)`` -> a :class:`LoopWatch` (undone after the test)."""
     return lambda module, owner, name: LoopWatch(monkeypatch, module, owner, name)
+
+
+class HostReads:
+    """Counts, inside ``with``, the calls that make the host wait for a device's values.
+
+    On CUDA: every synchronizing call (a value read, a blocking copy), from ``torch.cuda``'s sync
+    debug mode. On the CPU, where nothing waits, the value reads that would wait on a GPU
+    (``aten._local_scalar_dense``: ``.item()``, ``float(t)``, ``bool(t)``) stand in for them.
+    ``where`` lists the calls' ``file:line`` on CUDA (empty on the CPU).
+    """
+
+    def __init__(self, device: str) -> None:
+        self.cuda = torch.device(device).type == "cuda"
+        self.count, self.where = 0, []
+
+    def __enter__(self) -> "HostReads":
+        import warnings
+
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        if self.cuda:
+            torch.cuda.synchronize()
+            self._cm = warnings.catch_warnings(record=True)
+            self._log = self._cm.__enter__()
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            return self
+        outer = self
+
+        class Reads(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                outer.count += func is torch.ops.aten._local_scalar_dense.default
+                return func(*args, **(kwargs or {}))
+
+        self._cm = Reads()
+        self._cm.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            torch.cuda.set_sync_debug_mode("default")
+        self._cm.__exit__(*exc)
+        if self.cuda:
+            waits = [w for w in self._log if "synchroniz" in str(w.message)]
+            self.count, self.where = len(waits), [f"{w.filename}:{w.lineno}" for w in waits]
+
+
+@pytest.fixture
+def host_reads():
+    """``host_reads(device)`` -> a :class:`HostReads` to use as a context manager."""
+    return HostReads
