@@ -317,6 +317,28 @@ def test_device_matches_cpu(device, resnet, images):
     torch.testing.assert_close(res.high_res.cpu(), res_cpu.high_res, rtol=1e-3, atol=2e-3)
 
 
+@pytest.mark.parametrize("method", ["gradcam++", "cam"])
+def test_call_waits_for_the_gpu_only_to_read_predicted_labels(device, host_reads, resnet, images, method):
+    """With labels on the host (make-cam's ground truth) a call only queues work: the slot layout
+    comes from the host labels and the pairs are picked by index, not by a boolean mask.
+    Predicted labels are read once, at the reference scale."""
+    if device == "cpu":
+        pytest.skip("counts waits for a GPU")
+    model = torchvision.models.resnet18(num_classes=N_CLS)
+    model.load_state_dict(resnet.state_dict())
+    ext = CAMExtractor(model.to(device).eval(), "layer4", method=method)
+    labels = torch.tensor([[1, 0, 1, 0, 0, 0], [0, 1, 0, 0, 0, 0], [1, 0, 0, 0, 0, 1]])
+    x = images.to(device)
+    ext(x, labels, scales=(1.0, 0.5), flip=True)  # warm-up: cuDNN, the pinned-memory pool
+    with host_reads(device) as given:
+        res = ext(x, labels, scales=(1.0, 0.5), flip=True)
+    with host_reads(device) as predicted:
+        ext(x, None, scales=(1.0, 0.5), flip=True)
+    assert given.count == 0, given.where
+    assert predicted.count == 1, predicted.where
+    assert res.keys.tolist() == [0, 2, 1, 0, 5] and res.image_index.tolist() == [0, 0, 1, 2, 2]
+
+
 def test_autocast_maps_are_float32_and_close(device, resnet, images):
     """Under bfloat16 autocast (make-cam's ``cam.amp``; here a convolution as the CAM layer, so its
     activations and their gradients are bfloat16) the maps are float32 and close to the float32 run's."""

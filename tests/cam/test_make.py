@@ -164,7 +164,7 @@ def test_every_batch_runs_inside_the_loader_loop(tmp_path, data_root, loop_watch
 
 @pytest.mark.parametrize("size", [(32, 32), (30, 45)])
 def test_no_maps_is_what_the_extractor_gives_an_image_without_classes(data_root, size):
-    from wsss_fast.cam.extractor import PER_IMAGE_FIELDS, no_maps
+    from wsss_fast.cam.result import PER_IMAGE_FIELDS, no_maps
 
     cfg = make_cfg(data_root)
     torch.manual_seed(0)

@@ -1,5 +1,6 @@
 """Step 1 of the pipeline: class activation maps (CAM, Grad-CAM, Grad-CAM++) of a classifier."""
 
-from .extractor import CAMExtractor, CAMResult, LayerCAMs
+from .extractor import CAMExtractor
+from .result import CAMResult, LayerCAMs
 
 __all__ = ["CAMExtractor", "CAMResult", "LayerCAMs"]

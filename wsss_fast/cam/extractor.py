@@ -35,8 +35,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
@@ -45,109 +44,10 @@ from torch import Tensor
 
 from ..ops.gradcampp_weights import VARIANTS, gradcampp_weights
 from ..ops.weighted_cam import weighted_cam
+from .result import CAMResult, LayerCAMs, empty_result, strided_size
 
 METHODS = ("gradcam++", "gradcam", "cam")
 NORM_EPS = 1e-5  # IRNet make_cam: cam / (max + 1e-5)
-PER_IMAGE_FIELDS = ("keys", "cam", "high_res", "raw", "raw_high_res")
-
-
-@dataclass
-class CAMResult:
-    """Maps of the P positive (image, class) pairs of a batch, image-major, classes ascending.
-
-    Attributes:
-        cams: ``[P, ceil(H/4), ceil(W/4)]`` float32 maps normalized by their max (IRNet "cam").
-        high_res: ``[P, H, W]`` float32 maps at input size, normalized by their max.
-        raw: ``[P, ceil(H/4), ceil(W/4)]`` the same maps before normalization (sum over scales
-            and flips of ``relu(sum_k w_k A_k)``).
-        raw_high_res: ``[P, H, W]`` unnormalized maps at input size.
-        keys: ``[P]`` int64 class index of every pair (IRNet's ``keys``/``valid_cat``).
-        image_index: ``[P]`` int64 image of every pair within the batch.
-        labels: ``[B, N]`` bool, the positive classes used (given or predicted).
-        logits: ``[B, N]`` scores of the un-flipped batch at the scale closest to 1.
-    """
-
-    cams: Tensor
-    high_res: Tensor
-    raw: Tensor
-    raw_high_res: Tensor
-    keys: Tensor
-    image_index: Tensor
-    labels: Tensor
-    logits: Tensor
-
-    @property
-    def batch_size(self) -> int:
-        return int(self.labels.shape[0])
-
-    @property
-    def num_pairs(self) -> int:
-        return int(self.keys.shape[0])
-
-    def counts(self) -> list[int]:
-        """Number of maps of every image of the batch."""
-        return torch.bincount(self.image_index.cpu(), minlength=self.batch_size).tolist()
-
-    def per_image(self, dtype: torch.dtype | None = torch.float16, numpy: bool = False,
-                  fields: Sequence[str] = PER_IMAGE_FIELDS) -> list[dict]:
-        """Split into one IRNet-style dict per image (the saving format; fp16 by default).
-
-        Each field is converted and (``numpy``) copied to the host once for the whole batch,
-        then split; a returned map may be a view of that batch tensor or array.
-
-        Args:
-            dtype: dtype of the maps (``None`` keeps float32).
-            numpy: return numpy arrays on the host instead of tensors.
-            fields: which of ``keys``, ``cam``, ``high_res``, ``raw``, ``raw_high_res`` to return.
-
-        Returns:
-            ``B`` dicts with (of ``fields``) ``keys [n_i]``, ``cam [n_i, h4, w4]``, ``high_res
-            [n_i, H, W]``, ``raw [n_i, h4, w4]`` and ``raw_high_res [n_i, H, W]``; ``n_i`` may be 0.
-        """
-        src = {"keys": self.keys, "cam": self.cams, "high_res": self.high_res, "raw": self.raw,
-               "raw_high_res": self.raw_high_res}
-        bad = [f for f in fields if f not in src]
-        if bad:
-            raise ValueError(f"CAMResult.per_image: unknown fields {bad}; choose from {PER_IMAGE_FIELDS}")
-        sizes = self.counts()
-        parts = {}
-        for name in fields:
-            t = src[name]
-            if name != "keys" and dtype is not None:
-                t = t.to(dtype)
-            if numpy:
-                t = t.detach().cpu()
-            parts[name] = [p.numpy() for p in torch.split(t, sizes)] if numpy else torch.split(t, sizes)
-        return [{name: parts[name][i] for name in fields} for i in range(self.batch_size)]
-
-    def dense(self, which: str = "cams") -> Tensor:
-        """Scatter one field into ``[B, N, h, w]``, zero for negative classes."""
-        src = {"cams": self.cams, "high_res": self.high_res, "raw": self.raw,
-               "raw_high_res": self.raw_high_res}.get(which)
-        if src is None:
-            raise ValueError(f"CAMResult.dense: which must be cams|high_res|raw|raw_high_res, got {which!r}")
-        out = src.new_zeros((self.batch_size, self.labels.shape[1], *src.shape[1:]))
-        out[self.image_index, self.keys] = src
-        return out
-
-
-@dataclass
-class LayerCAMs:
-    """Single-scale maps at the target layer's resolution (padded ``[B, C]`` pair layout).
-
-    Attributes:
-        maps: ``[B, C, h, w]`` unnormalized ``relu(sum_k w_k A_k)``; zero where not ``valid``.
-        weights: ``[B, C, K]`` channel weights.
-        classes: ``[B, C]`` int64 class of every slot (0 in padded slots).
-        valid: ``[B, C]`` bool, which slots are real pairs; ``C`` is the largest count.
-        logits: ``[B, N]`` model scores.
-    """
-
-    maps: Tensor
-    weights: Tensor
-    classes: Tensor
-    valid: Tensor
-    logits: Tensor
 
 
 def _resolve_module(model: nn.Module, spec, what: str) -> tuple[str, nn.Module]:
@@ -179,13 +79,38 @@ def _find_classifier(model: nn.Module) -> nn.Module:
     return last
 
 
-def _positive_slots(pos: Tensor) -> tuple[Tensor, Tensor]:
-    """``[B, N]`` bool -> (classes ``[B, C]``, valid ``[B, C]``), C = max positives per image."""
+class _Slots(NamedTuple):
+    """A batch's positive pairs on the model's device: ``pos [B, N]``; ``classes``, ``valid
+    [B, C]`` (C = most positives of an image; padded slots invalid, class 0); ``image``, ``slot [P]``."""
+
+    pos: Tensor
+    classes: Tensor
+    valid: Tensor
+    image: Tensor
+    slot: Tensor
+
+
+def _slots(pos: Tensor, device: torch.device) -> _Slots:
+    """The slot layout of ``pos [B, N]`` (bool), computed on the host and sent to ``device``.
+
+    Its size depends on the labels, so they are read once: labels given on the host (make-cam's
+    ground truth) cost no wait, and nothing later in the call waits for the GPU (pairs are
+    picked by index, not by a boolean mask).
+    """
+    pos = pos.cpu()
     counts = pos.sum(dim=1)
     cmax = int(counts.max()) if pos.shape[0] else 0
     order = torch.argsort((~pos).to(torch.int8), dim=1, stable=True)[:, :cmax]
-    valid = torch.arange(cmax, device=pos.device)[None, :] < counts[:, None]
-    return torch.where(valid, order, torch.zeros_like(order)), valid
+    valid = torch.arange(cmax)[None, :] < counts[:, None]
+    classes = torch.where(valid, order, torch.zeros_like(order))
+    image, slot = valid.nonzero(as_tuple=True)
+    return _Slots(*(_to_device(t, device) for t in (pos, classes, valid, image, slot)))
+
+
+def _to_device(t: Tensor, device: torch.device) -> Tensor:
+    if device.type == "cuda":  # from pinned memory the copy is queued, not waited for
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 class CAMExtractor:
@@ -339,7 +264,7 @@ class CAMExtractor:
             raise ValueError(
                 f"CAMExtractor: labels must be a multi-hot tensor [B, N] = [{b}, {n}], got shape {list(labels.shape)}"
             )
-        pos = labels.to(logits.device) != 0
+        pos = labels != 0  # where the labels are: host labels are read without waiting for the GPU
         if not allow_empty and not bool(pos.any()):
             raise ValueError(
                 "CAMExtractor: labels have no positive class in the batch; pass labels=None to use the "
@@ -378,11 +303,10 @@ class CAMExtractor:
         with _EvalMode(self.model), torch.inference_mode(False):
             images = self._device(images)
             act, logits = self._forward(images)
-            pos = self._labels(labels, logits.detach(), threshold, allow_empty=True)
-            classes, valid = _positive_slots(pos)
-            w = self._weights(act, logits, classes, valid).detach()
+            sl = _slots(self._labels(labels, logits.detach(), threshold, allow_empty=True), logits.device)
+            w = self._weights(act, logits, sl.classes, sl.valid).detach()
             maps = weighted_cam(act.detach(), w, normalize=False)
-            return LayerCAMs(maps, w, classes, valid, logits.detach())
+            return LayerCAMs(maps, w, sl.classes, sl.valid, logits.detach())
 
     def __call__(
         self,
@@ -420,11 +344,11 @@ class CAMExtractor:
         if not scales or any(not (s > 0 and math.isfinite(s)) for s in scales):
             raise ValueError(f"CAMExtractor: scales must be a non-empty list of positive floats, got {scales}")
         b, _, h, w = images.shape
-        strided = _strided((h, w))
+        strided = strided_size((h, w))
         order = sorted(range(len(scales)), key=lambda i: (abs(math.log(scales[i])), i))
         with _EvalMode(self.model), torch.inference_mode(False):
             images = self._device(images)
-            pos = ref_logits = classes = valid = None
+            sl = ref_logits = None
             acc_s = acc_h = None
             for i in order:
                 s = scales[i]
@@ -435,13 +359,13 @@ class CAMExtractor:
                 if flip:
                     x = torch.cat([x, x.flip(-1)], dim=0)
                 act, logits = self._forward(x)
-                if pos is None:  # reference scale: labels, slots
+                if sl is None:  # reference scale: labels, slots
                     ref_logits = logits[:b].detach()
-                    pos = self._labels(labels, ref_logits, threshold, allow_empty)
-                    classes, valid = _positive_slots(pos)
-                    if classes.shape[1] == 0:
+                    sl = _slots(self._labels(labels, ref_logits, threshold, allow_empty), logits.device)
+                    if sl.classes.shape[1] == 0:
                         del act, logits
-                        return _empty_result(pos, ref_logits, (h, w))
+                        return empty_result(sl.pos, ref_logits, (h, w))
+                classes, valid = sl.classes, sl.valid
                 cls_x, val_x = (classes.repeat(2, 1), valid.repeat(2, 1)) if flip else (classes, valid)
                 wts = self._weights(act, logits, cls_x, val_x)
                 maps = weighted_cam(act.detach(), wts, normalize=False).float()
@@ -455,31 +379,10 @@ class CAMExtractor:
                 acc_s = s_map if acc_s is None else acc_s + s_map
                 acc_h = h_map if acc_h is None else acc_h + h_map
                 del maps, s_map, h_map
-        raw, raw_hr = acc_s[valid], acc_h[valid]
+        raw, raw_hr = acc_s[sl.image, sl.slot], acc_h[sl.image, sl.slot]
         cams = raw / (raw.amax(dim=(-2, -1), keepdim=True) + NORM_EPS)
         high = raw_hr / (raw_hr.amax(dim=(-2, -1), keepdim=True) + NORM_EPS)
-        image_index = torch.arange(b, device=valid.device)[:, None].expand_as(valid)[valid]
-        return CAMResult(cams, high, raw, raw_hr, classes[valid], image_index, pos, ref_logits)
-
-
-def _strided(size: tuple[int, int]) -> tuple[int, int]:
-    """``(ceil(H/4), ceil(W/4))``: the size of the stride-4 maps (``cams``, ``raw``) of an ``(H, W)`` input."""
-    return math.ceil(size[0] / 4), math.ceil(size[1] / 4)
-
-
-def _empty_result(pos: Tensor, logits: Tensor, size: tuple[int, int]) -> CAMResult:
-    z, strided = logits.new_zeros, _strided(size)
-    e = torch.zeros(0, dtype=torch.long, device=pos.device)
-    return CAMResult(z((0, *strided)).float(), z((0, *size)).float(), z((0, *strided)).float(),
-                     z((0, *size)).float(), e, e.clone(), pos, logits)
-
-
-def no_maps(size: tuple[int, int], fields: Sequence[str] = PER_IMAGE_FIELDS) -> dict:
-    """What a call gives an image without classes, as one :meth:`CAMResult.per_image` dict
-    (fp16 numpy maps): empty ``keys`` ``[0]``, ``cam`` / ``raw`` ``[0, ceil(H/4), ceil(W/4)]``,
-    ``high_res`` / ``raw_high_res`` ``[0, H, W]`` for ``size = (H, W)``; no network runs."""
-    z = torch.zeros((1, 0))
-    return _empty_result(z.bool(), z, tuple(size)).per_image(numpy=True, fields=fields)[0]
+        return CAMResult(cams, high, raw, raw_hr, sl.classes[sl.image, sl.slot], sl.image, sl.pos, ref_logits)
 
 
 class _EvalMode:

@@ -94,7 +94,8 @@ def make_cam(cfg: dict, paths: RunPaths) -> None:
     from ..data import build_dataset, without_masks
     from ..cls.model import load_classifier
     from ..engine.dist import rank_device
-    from .extractor import CAMExtractor, no_maps
+    from .extractor import CAMExtractor
+    from .result import no_maps
 
     shard, num_shards = shard_of(cfg)
     device = rank_device(cfg)
