@@ -235,6 +235,36 @@ def test_optimizers_schedules_and_errors():
     assert [g["lr"] for g in heads] == pytest.approx([1e-3, 1e-2])  # the head (3 convs + linear) at 10x
 
 
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_an_epoch_waits_for_values_only_to_log(device, host_reads, name):
+    """The loss, scores and labels stay on the device between progress-bar updates, and on CUDA
+    the optimizer is fused, so that the GradScaler's step reads no flag: the host's waits do not
+    grow with the number of iterations (on the CPU the reads that would wait are counted)."""
+    if name == "adam" and device == "cpu":
+        pytest.skip("the CPU's Adam reads its step counts, which stay on the host (no wait on CUDA)")
+    cfg = tiny_cfg(f"device={device}", f"cls.optimizer={name}")
+    model = cls_mod.build_classifier(cfg, load_pretrained=False).to(device)
+    opt = build_optimizer(cfg, model)
+    assert opt.param_groups[0]["fused"] is (True if device == "cuda" else None)
+    sched = build_scheduler(cfg, opt, iters_per_epoch=100, epochs=1)
+    amp = device == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    ctx = DistContext(device=torch.device(device))
+    ds = TinyDataset(8)
+    batch = (ds.images[:4].to(device), torch.from_numpy(ds.labels[:4]).to(device))
+
+    def waits(iterations: int):
+        with host_reads(device) as reads:
+            cls_mod._train_one_epoch(model, [batch] * iterations, opt, sched, scaler, None, ctx, amp, "t",
+                                     0.5, log_every=1000)
+        return reads
+
+    waits(2)  # the optimizer's and the scaler's state come with the first steps
+    two, six = waits(2), waits(6)
+    assert two.count > 0  # the epoch's end reads the loss
+    assert six.count == two.count, six.where
+
+
 def test_pos_weight_weighs_the_training_loss(tmp_path):
     """cls.pos_weight weighs the positives of the training loss, not only of the val loss: with
     lr 0 the same model sees the same batches, and positives weighted 3x give a larger loss."""

@@ -141,6 +141,43 @@ def test_train_seg_uses_the_configured_loss_sampler_and_optimizer(tmp_path, monk
     assert (sgd["weight_decay"], sgd["momentum"]) == (1e-4, 0.8)
 
 
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_an_epoch_waits_for_values_only_to_log(device, host_reads, monkeypatch, name):
+    """The epoch's loss stays on the device between progress-bar updates, and on CUDA the
+    optimizer is fused (the GradScaler's step reads no flag): with a loss that reads nothing,
+    the host's waits do not grow with the number of iterations (on the CPU the reads that would
+    wait are counted)."""
+    import torch.nn.functional as F
+
+    import wsss_fast.seg.train as seg_mod
+    from wsss_fast.seg.model import model_from_cfg
+
+    if name == "adam" and device == "cpu":
+        pytest.skip("the CPU's Adam reads its step counts, which stay on the host (no wait on CUDA)")
+    cfg = load_config(None, {"device": device, "seg": {"arch": "unet", "encoder": "resnet18", "optimizer": name,
+                                                       "decoder_channels": [16, 16, 8, 8, 8]}})
+    net = model_from_cfg(cfg, 1).to(device)
+    opt = seg_mod.build_optimizer(cfg, net)
+    assert opt.param_groups[0]["fused"] is (True if device == "cuda" else None)
+    scaler = torch.amp.GradScaler("cuda", enabled=device == "cuda")
+    monkeypatch.setattr(seg_mod, "seg_loss", lambda logits, y, pw: F.binary_cross_entropy_with_logits(
+        logits[:, 0], (y == 1).float()))
+    g = torch.Generator().manual_seed(0)
+    batch = {"image": torch.randn(4, 3, 32, 32, generator=g).to(device),
+             "mask": torch.randint(0, 2, (4, 32, 32), generator=g).to(device)}
+
+    def waits(iterations: int):
+        with host_reads(device) as reads:
+            seg_mod._train_one_epoch(net, [batch] * iterations, opt, scaler, None, device == "cuda",
+                                     log_every=1000, lr=1e-3, desc="t", show=True)
+        return reads
+
+    waits(2)  # the optimizer's and the scaler's state come with the first steps
+    two, six = waits(2), waits(6)
+    assert two.count > 0  # the epoch's end reads the loss
+    assert six.count == two.count, six.where
+
+
 def test_missing_pseudo_labels_is_a_clear_error(tmp_path, monkeypatch):
     cfg, paths, sets = _setup(tmp_path, monkeypatch)
     (paths.sem_seg / f"{sets['train'].image_ids[3]}.png").unlink()

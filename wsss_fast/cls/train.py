@@ -30,7 +30,8 @@ from ..data.sampler import GlobalBatchSampler
 from ..engine.dist import DistContext, init_distributed
 from ..engine.files import atomic_torch_save
 from ..engine.paths import RunPaths
-from ..engine.training import TrainLog, load_checkpoint, poly_factor, save_checkpoint, seed_everything
+from ..engine.training import (TrainLog, fused_on_cuda, load_checkpoint, poly_factor, save_checkpoint,
+                               seed_everything)
 from ..metrics import multilabel_f1
 from .model import build_classifier, classifier_kwargs
 
@@ -63,15 +64,16 @@ def _collate_list(items: Sequence[dict]) -> list[dict]:
 
 
 def build_optimizer(cfg: dict, model: nn.Module) -> torch.optim.Optimizer:
-    """Adam, SGD or RAdam over the model's parameter groups (``cls.*`` keys)."""
+    """Adam, SGD or RAdam over the model's parameter groups (``cls.*`` keys); fused on CUDA
+    (Adam, SGD), so that the AMP step does not wait for the GPU."""
     lr, wd = float(get(cfg, "cls.lr")), float(get(cfg, "cls.weight_decay"))
     groups = (model.param_groups(lr, float(get(cfg, "cls.head_lr_mult")))
               if hasattr(model, "param_groups") else [{"params": list(model.parameters())}])
-    name = str(get(cfg, "cls.optimizer")).lower()
+    name, fused = str(get(cfg, "cls.optimizer")).lower(), fused_on_cuda(model)
     if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, weight_decay=wd)
+        return torch.optim.Adam(groups, lr=lr, weight_decay=wd, **fused)
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=float(get(cfg, "cls.momentum")), weight_decay=wd)
+        return torch.optim.SGD(groups, lr=lr, momentum=float(get(cfg, "cls.momentum")), weight_decay=wd, **fused)
     if name == "radam":
         return torch.optim.RAdam(groups, lr=lr, weight_decay=wd)
     raise ValueError(f"cls.optimizer: unknown optimizer '{name}'; choose adam, sgd or radam")
@@ -139,9 +141,14 @@ def _train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.opti
                      scheduler, scaler: torch.amp.GradScaler, pos_weight: torch.Tensor | None,
                      ctx: DistContext, amp: bool, desc: str, f1_threshold: float,
                      log_every: int) -> dict[str, float]:
-    """One pass over ``loader``; returns the epoch's mean loss and F1 over all ranks."""
+    """One pass over ``loader``; returns the epoch's mean loss and F1 over all ranks.
+
+    Loss, scores and labels stay on the device until a progress-bar update (every ``log_every``
+    iterations) or the epoch's end: a read in every iteration would make the host wait for the
+    GPU to finish the step before it queues the next one.
+    """
     model.train()
-    loss_sum, n_seen = 0.0, 0
+    loss_sum, n_seen = torch.zeros((), dtype=torch.float64, device=ctx.device), 0
     probs, labels = [], []
     t0 = time.perf_counter()
     bar = tqdm(loader, desc=desc, disable=not ctx.is_main, dynamic_ncols=True, leave=False)
@@ -155,19 +162,19 @@ def _train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.opti
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        loss_sum += float(loss.detach()) * len(x)
+        loss_sum += loss.detach().double() * len(x)
         n_seen += len(x)
-        probs.append(torch.sigmoid(logits.detach().float()).cpu())
-        labels.append(y.detach().cpu())
-        if ctx.is_main and (it % max(1, log_every) == 0 or it == len(loader) - 1):
+        probs.append(torch.sigmoid(logits.detach().float()))
+        labels.append(y.detach())
+        if ctx.is_main and (it % max(1, log_every) == 0 or it == len(loader) - 1):  # reads wait for the GPU
             f1 = multilabel_f1(torch.cat(probs), torch.cat(labels), f1_threshold)
             rate = n_seen * ctx.world_size / max(1e-9, time.perf_counter() - t0)
-            bar.set_postfix(loss=f"{loss_sum / n_seen:.4f}", f1=f"{f1:.3f}", img_s=f"{rate:.1f}",
+            bar.set_postfix(loss=f"{float(loss_sum) / n_seen:.4f}", f1=f"{f1:.3f}", img_s=f"{rate:.1f}",
                             lr=f"{optimizer.param_groups[0]['lr']:.2e}")
     bar.close()
-    total_loss, total_n = ctx.all_reduce_sum([loss_sum, float(n_seen)])
-    p = torch.cat(probs) if probs else torch.zeros(0, 1)
-    y_ = torch.cat(labels) if labels else torch.zeros(0, 1)
+    total_loss, total_n = ctx.all_reduce_sum([float(loss_sum), float(n_seen)])
+    p = torch.cat(probs).cpu() if probs else torch.zeros(0, 1)
+    y_ = torch.cat(labels).cpu() if labels else torch.zeros(0, 1)
     gathered = ctx.all_gather_object((p, y_))
     f1 = multilabel_f1(torch.cat([g[0] for g in gathered]), torch.cat([g[1] for g in gathered]), f1_threshold)
     elapsed = time.perf_counter() - t0

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from ..config import get
 from .files import atomic_torch_save
 
-__all__ = ["seed_everything", "poly_factor", "rng_state", "set_rng_state", "save_checkpoint",
+__all__ = ["seed_everything", "poly_factor", "fused_on_cuda", "rng_state", "set_rng_state", "save_checkpoint",
            "load_checkpoint", "TrainLog"]
 
 
@@ -72,6 +72,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def fused_on_cuda(model: torch.nn.Module) -> dict[str, bool]:
+    """``{"fused": True}`` when every parameter is on CUDA, else ``{}`` (the default, foreach).
+
+    A fused SGD/Adam/AdamW step takes the GradScaler's scale and inf flag on the device; with
+    any other optimizer ``GradScaler.step`` reads the flag, and the host waits for the GPU in
+    every iteration.
+    """
+    params = list(model.parameters())
+    return {"fused": True} if params and all(p.is_cuda for p in params) else {}
 
 
 def _architecture(cfg: dict, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -129,7 +140,10 @@ def load_checkpoint(path: str | Path, *, cfg: dict, arch_keys: tuple[str, ...], 
             f"{k} is {old!r} there but {new!r} in the config" for k, (old, new) in diff.items())
             + f" (remove {path} to start over)")
     model.load_state_dict(ckpt["model"])
+    impl = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
     optimizer.load_state_dict(ckpt["optimizer"])
+    for g, flags in zip(optimizer.param_groups, impl):  # as built for this device, not as saved
+        g.update(flags)
     if scaler is not None and scaler.is_enabled() and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
     if restore_rng and ckpt.get("rng") is not None:

@@ -27,7 +27,8 @@ from ..data.sampler import GlobalBatchSampler
 from ..engine.dist import init_distributed
 from ..engine.files import atomic_torch_save
 from ..engine.paths import RunPaths
-from ..engine.training import TrainLog, load_checkpoint, poly_factor, save_checkpoint, seed_everything
+from ..engine.training import (TrainLog, fused_on_cuda, load_checkpoint, poly_factor, save_checkpoint,
+                               seed_everything)
 from .data import IGNORE, PseudoLabelDataset, train_transform
 from .model import model_from_cfg
 
@@ -73,14 +74,48 @@ ARCH_KEYS = ("seg.arch", "seg.encoder", "seg.decoder_channels", "dataset.num_cla
 
 
 def build_optimizer(cfg: dict, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """SGD (the paper's), Adam or AdamW at ``seg.lr`` with ``seg.weight_decay``."""
+    """SGD (the paper's), Adam or AdamW at ``seg.lr`` with ``seg.weight_decay``; fused on CUDA,
+    so that the AMP step does not wait for the GPU."""
     lr, wd = float(get(cfg, "seg.lr")), float(get(cfg, "seg.weight_decay"))
-    name = str(get(cfg, "seg.optimizer")).lower()
+    name, fused = str(get(cfg, "seg.optimizer")).lower(), fused_on_cuda(model)
     if name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=float(get(cfg, "seg.momentum")), weight_decay=wd)
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=float(get(cfg, "seg.momentum")), weight_decay=wd,
+                               **fused)
     if name in ("adam", "adamw"):
-        return (torch.optim.Adam if name == "adam" else torch.optim.AdamW)(model.parameters(), lr=lr, weight_decay=wd)
+        return (torch.optim.Adam if name == "adam" else torch.optim.AdamW)(model.parameters(), lr=lr,
+                                                                            weight_decay=wd, **fused)
     raise ValueError(f"seg.optimizer must be sgd, adam or adamw, got '{name}'")
+
+
+def _train_one_epoch(net: torch.nn.Module, loader, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                     pos_weight: float | None, amp: bool, log_every: int, lr: float, desc: str,
+                     show: bool) -> float:
+    """One pass over ``loader`` (batches with ``image`` and ``mask``); returns the mean loss.
+
+    The loss stays on the device between progress-bar updates (every ``log_every`` iterations):
+    a read in every iteration would make the host wait for the GPU to finish the step before
+    it queues the next one.
+    """
+    device = next(net.parameters()).device
+    net.train()
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
+    bar = tqdm(loader, desc=desc, disable=not show, leave=False)
+    for it, batch in enumerate(bar):
+        x = batch["image"].to(device, non_blocking=True)
+        y = batch["mask"].to(device, non_blocking=True)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+            logits = net(x)
+        loss = seg_loss(logits.float(), y, pos_weight)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        total += loss.detach().double() * len(x)
+        count += len(x)
+        if show and (it % log_every == 0 or it == len(loader) - 1):
+            bar.set_postfix(loss=f"{float(total) / max(count, 1):.4f}", lr=f"{lr:.2e}")
+    bar.close()
+    return float(total) / max(count, 1)
 
 
 def train_seg(cfg: dict, paths: RunPaths) -> None:
@@ -121,6 +156,7 @@ def train_seg(cfg: dict, paths: RunPaths) -> None:
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     epochs = int(get(cfg, "seg.epochs"))
     pos_weight = get(cfg, "seg.pos_weight")
+    log_every = max(1, int(get(cfg, "seg.log_every")))
 
     last = paths.seg / "last.pt"
     ckpt = load_checkpoint(last, cfg=cfg, arch_keys=ARCH_KEYS, model=model, optimizer=opt, scaler=scaler)
@@ -136,27 +172,13 @@ def train_seg(cfg: dict, paths: RunPaths) -> None:
         # per-epoch seed (augmentation, loader workers): a resumed run repeats an uninterrupted one
         seed_everything(seed + 1000 * (epoch + 1) + dist.rank)
         batches.set_epoch(epoch)
-        net.train()
-        total, count, t0 = 0.0, 0, time.time()
-        bar = tqdm(loader, desc=f"train-seg {epoch + 1}/{epochs}", disable=not dist.is_main, leave=False)
-        for batch in bar:
-            x = batch["image"].to(device, non_blocking=True)
-            y = batch["mask"].to(device, non_blocking=True)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                logits = net(x)
-            loss = seg_loss(logits.float(), y, pos_weight)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            total += float(loss.detach()) * len(x)
-            count += len(x)
-            bar.set_postfix(loss=f"{total / max(count, 1):.4f}", lr=f"{lr:.2e}")
-        bar.close()
+        t0 = time.time()
+        loss = _train_one_epoch(net, loader, opt, scaler, pos_weight, use_amp, log_every, lr,
+                                f"train-seg {epoch + 1}/{epochs}", dist.is_main)
         if dist.is_main:
             save_checkpoint(last, cfg=cfg, arch_keys=ARCH_KEYS, model=model, optimizer=opt, epoch=epoch + 1,
                             scaler=scaler)
-        log.write({"epoch": epoch + 1, "loss": total / max(count, 1), "lr": lr,
+        log.write({"epoch": epoch + 1, "loss": loss, "lr": lr,
                    "seconds": round(time.time() - t0, 2)})
         dist.barrier()
 
