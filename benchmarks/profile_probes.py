@@ -103,7 +103,8 @@ class ProbedLoader(DataLoader):
 class SyncSites:
     """Where a traced window waits for the GPU: ``torch.cuda.set_sync_debug_mode("warn")`` warns
     at every synchronizing call (a value read, a blocking copy); the warnings are counted by the
-    file and line that made the call. Does nothing without CUDA."""
+    file and line that made the call; the window's other warnings are passed on when it closes.
+    Does nothing without CUDA."""
 
     def __init__(self) -> None:
         self._cm: Any = None
@@ -124,8 +125,11 @@ class SyncSites:
         torch.cuda.set_sync_debug_mode("default")
         self._cm.__exit__(None, None, None)
         self._cm = None
-        sites = collections.Counter(f"{os.path.basename(w.filename)}:{w.lineno}" for w in self._log
-                                    if "synchroniz" in str(w.message))
+        waits = [w for w in self._log if "synchroniz" in str(w.message)]
+        for w in self._log:
+            if w not in waits:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+        sites = collections.Counter(f"{os.path.basename(w.filename)}:{w.lineno}" for w in waits)
         return [{"where": k, "calls": n} for k, n in sites.most_common(top)]
 
 

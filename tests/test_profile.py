@@ -78,9 +78,10 @@ def test_trace_covers_k_batches_of_the_first_loader_and_leaves_the_steady_state(
     assert "host in ops" in prof.trace_line(t)
 
 
-def test_sync_sites_count_the_waits_by_the_line_that_made_them(monkeypatch):
+def test_sync_sites_count_the_waits_by_the_line_that_made_them(monkeypatch, recwarn):
     """SyncSites turns torch.cuda's sync debug warnings in its window into call counts per
-    file:line (CUDA stubbed: the warnings are raised by hand), and nothing without CUDA."""
+    file:line (CUDA stubbed: the warnings are raised by hand), passes the window's other warnings
+    on, and does nothing without CUDA."""
     import warnings
 
     import profile_probes  # on the path since pipeline_profile's import
@@ -93,8 +94,9 @@ def test_sync_sites_count_the_waits_by_the_line_that_made_them(monkeypatch):
     for _ in range(3):
         warnings.warn("called a synchronizing CUDA operation")  # the same line three times
     warnings.warn("called a synchronizing CUDA operation")
-    warnings.warn("something else")
+    warnings.warn("something else", UserWarning)
     got = sites.stop()
+    assert [(str(w.message), w.category) for w in recwarn] == [("something else", UserWarning)]
     line = test_sync_sites_count_the_waits_by_the_line_that_made_them.__code__.co_firstlineno
     assert modes == ["warn", "default"]
     assert [r["calls"] for r in got] == [3, 1] and got[0]["where"].startswith("test_profile.py:")
