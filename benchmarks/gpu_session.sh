@@ -10,7 +10,8 @@
 #   pipeline  gpu_pipeline.sh: the build for sm_90 (unless one is there), torchrun (NCCL), the demo on
 #             CUDA, the GPU profile (PROFILE_IMAGES, default 128; PROFILE_ITERS, default 10);
 #   amp       make-cam under bfloat16 autocast (cam.amp): the CUDA tests of tests/cam, tests/seg,
-#             tests/irn and random_walk's; the paper-setting CAM benchmark in float32, bfloat16 and
+#             tests/irn, random_walk's and the training loops' waits (tests/cls/test_train.py,
+#             tests/engine); the paper-setting CAM benchmark in float32, bfloat16 and
 #             bfloat16 channels-last;
 #             the pipeline stage's demo rerun from make-cam with cam.amp=true (paired figures); the
 #             profile again with cam.amp=true (without the reference code), in the time left;
@@ -50,7 +51,8 @@ amp_stage() {  # the CUDA tests of the code this stage measures, cam.amp's bench
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
   "$PY" -c "import xdist" 2>/dev/null && xd="-n 4"
   # shellcheck disable=SC2086
-  timeout "$(lim n*3/10)" "$PY" -m pytest tests/cam tests/seg tests/irn tests/ops/test_random_walk.py -m cuda $xd -v \
+  timeout "$(lim n*3/10)" "$PY" -m pytest tests/cam tests/seg tests/irn tests/ops/test_random_walk.py \
+    tests/cls/test_train.py tests/engine -m cuda $xd -v \
     --tb=short -p no:cacheprovider -o addopts="--import-mode=importlib" > "$a/tests.log" 2>&1
   echo "amp tests rc=$?: $(grep -c ' PASSED' "$a/tests.log") passed, $(grep -c ' FAILED' "$a/tests.log") failed"
   grep -E "^(FAILED|ERROR) |^E  " "$a/tests.log" | cut -c1-200 | head -20
