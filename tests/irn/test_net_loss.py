@@ -56,6 +56,21 @@ def test_edge_displacement_flip_average():
     torch.testing.assert_close(d1, model.net(x)[1])  # the displacement of the image itself, not its flip
 
 
+def test_boundaries_only_skip_the_displacement_branch():
+    """displacement=False (make-sem-seg's walk) gives the same boundaries and never runs the
+    displacement branch."""
+    torch.manual_seed(0)
+    net = IRNet("resnet18").eval()
+    runs = []
+    for m in net.dp_layers:
+        m.register_forward_hook(lambda *a: runs.append(1))
+    x = torch.randn(2, 3, 48, 64)
+    e_only, none = EdgeDisplacement(net, displacement=False)(x)
+    assert none is None and not runs
+    e, d = EdgeDisplacement(net)(x)
+    assert torch.equal(e_only, e) and d.shape == (2, 2, 12, 16) and runs
+
+
 def test_mean_shift_is_subtracted_at_inference():
     """IRNet's MeanShift: the displacement field at inference is the branch's output minus the
     mean displacement tracked while training."""
@@ -154,3 +169,36 @@ def test_loss_on_cuda_never_waits_for_the_gpu():
         irn_loss(edge, dp, *labels, radius=radius)["total"].backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_displacement_mean_over_every_pixel_in_batches_of_one_size(device):
+    """estimate_displacement_mean runs the images in batches of consecutive same-size images
+    and gives the mean raw displacement over every pixel of the first max_images images."""
+    from wsss_fast.irn.train import estimate_displacement_mean, normalize_uint8
+
+    class Images:
+        def __init__(self, sizes):
+            rng = np.random.default_rng(0)
+            self.imgs = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+
+        def __len__(self):
+            return len(self.imgs)
+
+        def load(self, i):
+            return self.imgs[i], None
+
+    torch.manual_seed(0)
+    model = IRNet("resnet18").to(device)
+    model.mean_shift.running_mean.fill_(5.0)  # a stale mean must not enter the estimate
+    ds = Images([(32, 32), (32, 32), (32, 40), (32, 32), (32, 32), (48, 32)])
+    batches = []
+    model.register_forward_hook(lambda m, i, o: batches.append(tuple(i[0].shape)))
+    got = estimate_displacement_mean(model, ds, torch.device(device), max_images=5, batch_size=4)
+    assert [b[0] for b in batches] == [2, 1, 1, 1]  # [32², 32²], [32x40], [32²] | [32²]
+    torch.testing.assert_close(model.mean_shift.running_mean.cpu(), got)
+    model.mean_shift.running_mean.zero_()  # the raw output
+    with torch.no_grad():
+        dps = [model(normalize_uint8(img)[None].to(device))[1].double() for img in ds.imgs[:5]]
+    want = sum(dp.sum(dim=(0, 2, 3)) for dp in dps) / sum(dp[0, 0].numel() for dp in dps)
+    torch.testing.assert_close(got, want.float().cpu(), rtol=1e-5, atol=1e-6)
+    assert got.abs().max() > 1e-4  # not trivially zero

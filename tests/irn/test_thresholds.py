@@ -118,10 +118,21 @@ def test_make_ir_label_with_val_thresholds(fake_data, monkeypatch):
 
 
 @pytest.mark.parametrize("metric", ["miou_all", "dice"])
-def test_walk_steps_and_bg_thres_chosen_on_val(fake_data, metric):
+def test_walk_steps_and_bg_thres_chosen_on_val(fake_data, metric, monkeypatch):
     """The chosen (steps, bg_thres) is the best of the grid on val by ``sem_seg.eval_metric``,
     the grid's figures are those of make-sem-seg + eval-sem-seg with those numbers, and every
-    split is labelled with the choice."""
+    split is labelled with the choice; neither the choice nor the labels run IRNet's
+    displacement branch (the walk uses the boundaries only)."""
+    import wsss_fast.irn.sem_seg as sem_seg_mod
+
+    built = []
+
+    class Spy(sem_seg_mod.EdgeDisplacement):
+        def __init__(self, net, displacement=True):
+            built.append(displacement)
+            super().__init__(net, displacement)
+
+    monkeypatch.setattr(sem_seg_mod, "EdgeDisplacement", Spy)
     paths, datasets = fake_data
     val = datasets["val"]
     # a CAM that fires on a negative val image (as with cam.use_labels false): its false
@@ -137,6 +148,7 @@ def test_walk_steps_and_bg_thres_chosen_on_val(fake_data, metric):
     make_ir_label(tiny_cfg(), paths)
     train_irn(cfg, paths)
     make_sem_seg(cfg, paths)
+    assert len(built) >= 2 and not any(built), built  # the choice on val, then the labels
     tune = json.loads((paths.sem_seg / "tune.json").read_text())
     scores = {m: {(int(n), float(t)): r[m] for n, row in tune["grid"].items() for t, r in row.items()}
               for m in ("miou_all", "dice")}
@@ -170,6 +182,7 @@ def test_edge_mask_chosen_on_val(fake_data):
     make_ir_label(tiny_cfg(), paths)
     train_irn(cfg, paths)
     make_sem_seg(cfg, paths)
+    assert len(built) >= 2 and not any(built), built  # the choice on val, then the labels
     tune = json.loads((paths.sem_seg / "tune.json").read_text())
     cells = {(m, int(n), float(t)): r["miou_all"] for m, grid in tune["grids"].items()
              for n, row in grid.items() for t, r in row.items()}

@@ -73,6 +73,8 @@ class IRNet(nn.Module):
     ``forward(x)`` takes ``[B, 3, H, W]`` normalized images and returns ``(edge_logits
     [B, 1, h, w], displacement [B, 2, h, w])`` with ``h = ceil(H / 4)`` (for H divisible
     by 4: H / 4). Displacement channel 0 is dy, channel 1 is dx, in stride-4 pixels.
+    ``forward(x, displacement=False)`` skips the displacement branch (None in its place): the
+    random walk of the semantic labels needs the boundaries only.
     """
 
     def __init__(self, backbone: str = "resnet50", pretrained_path: str | Path | None = None):
@@ -112,13 +114,15 @@ class IRNet(nn.Module):
                 feats.append(x)
         return [f.detach() for f in feats]
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, displacement: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         x1, x2, x3, x4, x5 = self.features(x)
         e, d = self.edge_layers, self.dp_layers
         h, w = x2.shape[-2:]
         edge = torch.cat([e[0](x1), e[1](x2), _fit(e[2](x3), h, w), _fit(e[3](x4), h, w),
                           _fit(e[4](x5), h, w)], dim=1)
         edge = e[5](edge)
+        if not displacement:
+            return edge, None
         dp3 = d[2](x3)
         h3, w3 = dp3.shape[-2:]
         up3 = d[5](torch.cat([dp3, _fit(d[3](x4), h3, w3), _fit(d[4](x5), h3, w3)], dim=1))
@@ -149,20 +153,21 @@ class EdgeDisplacement(nn.Module):
 
     ``forward(x)`` runs the images and their horizontal flips in one pass and returns
     ``(edge [B, h, w] = sigmoid(mean of the image's and the un-flipped flip's logits),
-    displacement [B, 2, h, w] of the unflipped image, mean-shifted)``.
+    displacement [B, 2, h, w] of the unflipped image, mean-shifted)``; with
+    ``displacement=False`` the displacement branch does not run and is None.
     """
 
-    def __init__(self, net: IRNet):
+    def __init__(self, net: IRNet, displacement: bool = True):
         super().__init__()
-        self.net = net
+        self.net, self.displacement = net, displacement
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         b = x.shape[0]
-        edge, dp = self.net(torch.cat([x, x.flip(-1)], dim=0))
+        edge, dp = self.net(torch.cat([x, x.flip(-1)], dim=0), self.displacement)
         edge = edge.float()
         edge = torch.sigmoid(edge[:b, 0] / 2 + edge[b:, 0].flip(-1) / 2)
-        return edge, dp[:b].float()
+        return edge, None if dp is None else dp[:b].float()
 
 
 def load_irnet(path: str | Path, map_location: str | torch.device = "cpu") -> IRNet:

@@ -209,10 +209,6 @@ def _process_batch(model: EdgeDisplacement, items: list[dict], cfg: dict, paths:
         writer.submit(write_png, label.numpy(), png)
 
 
-def _collate(batch: list[dict]) -> list[dict]:  # items stay dicts (sizes and class counts differ)
-    return batch
-
-
 def run_shard(cfg: dict, root: str, split: str, indices: list[int], device: str,
               show_progress: bool = True) -> None:
     """Write the pseudo labels of ``indices`` of ``split`` (one shard, one device)."""
@@ -224,12 +220,12 @@ def run_shard(cfg: dict, root: str, split: str, indices: list[int], device: str,
         torch.cuda.set_device(dev)
     base = without_masks(common.build_split(cfg, split, paths, train=False))
     net = load_irnet(paths.irn / "final.pt", map_location="cpu")
-    model = EdgeDisplacement(net.to(dev).eval())
+    model = EdgeDisplacement(net.to(dev).eval(), displacement=False)  # the walk uses the boundaries
     bs = max(1, int(get(cfg, "sem_seg.batch_size")))
     workers = get(cfg, "sem_seg.workers")
     workers = int(get(cfg, "num_workers")) if workers is None else int(workers)
     loader = DataLoader(_InferDataset(base, paths, indices), batch_size=1,
-                        shuffle=False, num_workers=workers, collate_fn=_collate)
+                        shuffle=False, num_workers=workers, collate_fn=list)  # items stay dicts
     pending: dict[tuple, list[dict]] = {}
     bar = tqdm(total=len(indices), desc=f"sem-seg {split} {device}", unit="img", disable=not show_progress)
     with BackgroundWriter() as writer:
@@ -341,10 +337,11 @@ def _val_counts(cfg: dict, paths: RunPaths, device: str, base, indices: list[int
     n_cls = int(base.num_classes) + 1
     evals = {(m, n, t): SegEvaluator(n_cls) for m in masks for n in steps_list for t in thres_list}
     dev = torch.device(device)
-    model = EdgeDisplacement(load_irnet(paths.irn / "final.pt", map_location="cpu").to(dev).eval())
+    net = load_irnet(paths.irn / "final.pt", map_location="cpu").to(dev).eval()
+    model = EdgeDisplacement(net, displacement=False)
     indices = list(range(len(base.image_ids))) if indices is None else indices
     loader = DataLoader(_InferDataset(base, paths, indices), batch_size=max(1, int(get(cfg, "sem_seg.batch_size"))),
-                        shuffle=False, num_workers=0, collate_fn=_collate)
+                        shuffle=False, num_workers=0, collate_fn=list)  # sizes and class counts differ
     for items in tqdm(loader, desc="sem-seg: choose the walk on val", unit="batch", disable=not show_progress):
         for group in {it["size"]: None for it in items}:
             same = [it for it in items if it["size"] == group]

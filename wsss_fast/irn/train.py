@@ -106,27 +106,59 @@ class AffinityDataset(Dataset):
                 "image_id": self.base.image_ids[i]}
 
 
+class _WholeImages(Dataset):
+    """The first ``n`` images of an :class:`AffinityDataset`, whole and normalized: ``[3, H, W]``."""
+
+    def __init__(self, dataset: AffinityDataset, n: int) -> None:
+        self.dataset, self.n = dataset, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return normalize_uint8(self.dataset.load(i)[0])
+
+
+def _stack_by_size(images: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Runs of consecutive images of one size, stacked: ``[k, 3, H, W]`` each, in order."""
+    runs: list[list[torch.Tensor]] = []
+    for x in images:
+        if runs and runs[-1][-1].shape == x.shape:
+            runs[-1].append(x)
+        else:
+            runs.append([x])
+    return [torch.stack(r) for r in runs]
+
+
 @torch.no_grad()
 def estimate_displacement_mean(model: IRNet, dataset: AffinityDataset, device: torch.device,
-                               max_images: int | None = None) -> torch.Tensor:
+                               max_images: int | None = None, batch_size: int = 1,
+                               num_workers: int = 0) -> torch.Tensor:
     """Mean of the raw displacement output over whole training images (IRNet's MeanShift mean).
 
+    Images are decoded by ``num_workers`` loader processes and run ``batch_size`` at a time
+    (consecutive images of one size together); the sum stays on the device until the end.
+
     Returns:
-        ``[2]`` float32 mean (dy, dx); also written into ``model.mean_shift.running_mean``.
+        ``[2]`` float32 mean (dy, dx) over every pixel of every image; also written into
+        ``model.mean_shift.running_mean``.
     """
     ms = model.mean_shift
     model.eval()
     ms.running_mean.zero_()
-    total = torch.zeros(2, dtype=torch.float64)
+    total = torch.zeros(2, dtype=torch.float64, device=device)
     count = 0
     n = len(dataset) if max_images is None else min(len(dataset), int(max_images))
-    for i in tqdm(range(n), desc="irn dp mean", unit="img", leave=False):
-        img, _ = dataset.load(i)
-        x = normalize_uint8(img)[None].to(device)
-        _, dp = model(x)
-        total += dp.double().sum(dim=(0, 2, 3)).cpu()
-        count += dp.shape[0] * dp.shape[2] * dp.shape[3]
-    mean = (total / max(count, 1)).float()
+    loader = DataLoader(_WholeImages(dataset, n), batch_size=max(1, int(batch_size)), num_workers=num_workers,
+                        collate_fn=_stack_by_size, pin_memory=device.type == "cuda")
+    with tqdm(total=n, desc="irn dp mean", unit="img", leave=False) as bar:
+        for runs in loader:
+            for x in runs:
+                _, dp = model(x.to(device, non_blocking=True))
+                total += dp.double().sum(dim=(0, 2, 3))
+                count += dp.shape[0] * dp.shape[2] * dp.shape[3]
+                bar.update(len(x))
+    mean = (total.cpu() / max(count, 1)).float()
     ms.running_mean.copy_(mean.to(ms.running_mean.device))
     return mean
 
@@ -223,7 +255,7 @@ def train_irn(cfg: dict, paths: RunPaths) -> None:
     bar.close()
 
     eval_ds = AffinityDataset(base, paths.ir_label, ds.crop_size, radius, augment=False)
-    mean = estimate_displacement_mean(model, eval_ds, device, get(cfg, "irn.dp_mean_images"))
+    mean = estimate_displacement_mean(model, eval_ds, device, get(cfg, "irn.dp_mean_images"), bs, workers)
     atomic_torch_save({"model": model.state_dict(), "backbone": model.arch, "radius": radius,
                        "dp_mean": mean, "steps": step}, out / "final.pt")
     paths.mark_done(out)
