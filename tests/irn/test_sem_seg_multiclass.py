@@ -79,11 +79,11 @@ class MultiFake:
 
 
 class WallNet(torch.nn.Module):
-    """IRNet stand-in: edge logits of 6.9 everywhere (sigmoid 0.999), no displacement."""
+    """IRNet stand-in: edge logits of 6.9 everywhere (sigmoid 0.999), zero displacement."""
 
-    def forward(self, x):
+    def forward(self, x, displacement=True):
         h, w = (x.shape[-2] + 3) // 4, (x.shape[-1] + 3) // 4
-        return x.new_full((x.shape[0], 1, h, w), 6.9), x.new_zeros((x.shape[0], 2, h, w))
+        return x.new_full((x.shape[0], 1, h, w), 6.9), x.new_zeros((x.shape[0], 2, h, w)) if displacement else None
 
 
 @pytest.fixture

@@ -182,7 +182,6 @@ def test_edge_mask_chosen_on_val(fake_data):
     make_ir_label(tiny_cfg(), paths)
     train_irn(cfg, paths)
     make_sem_seg(cfg, paths)
-    assert len(built) >= 2 and not any(built), built  # the choice on val, then the labels
     tune = json.loads((paths.sem_seg / "tune.json").read_text())
     cells = {(m, int(n), float(t)): r["miou_all"] for m, grid in tune["grids"].items()
              for n, row in grid.items() for t, r in row.items()}

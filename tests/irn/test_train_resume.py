@@ -87,10 +87,10 @@ def test_amp_bf16_autocast_and_resume_on_the_device(fake_data, device, monkeypat
     seen = []
     real_forward = IRNet.forward
 
-    def forward(self, x):
+    def forward(self, x, *args):
         if self.training:
             seen.append(torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None)
-        return real_forward(self, x)
+        return real_forward(self, x, *args)
 
     monkeypatch.setattr(IRNet, "forward", forward)
     cfg = tiny_cfg(device=device, irn={"amp": True, "epochs": 2, "batch_size": 4})
