@@ -44,8 +44,8 @@ class StubNet(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.seen += x.shape[0]
-        lesion = (x[:, 0] > 0).double().numpy()
-        return torch.from_numpy(np.stack([_logits(m, self.coef) for m in lesion])).float()
+        lesion = (x[:, 0] > 0).double().cpu().numpy()
+        return torch.from_numpy(np.stack([_logits(m, self.coef) for m in lesion])).float().to(x.device)
 
 
 def _probs(lesion: np.ndarray, coef: np.ndarray, flip: bool) -> np.ndarray:
@@ -104,6 +104,25 @@ def test_predict_files_are_the_bytes_of_each_images_prediction(setup, n_out, seg
                 assert (paths.seg_pred / f).read_bytes() == (ref / f).read_bytes(), f
     names = sorted(p.name for p in paths.seg_pred.glob("*.png"))
     assert names == sorted(p.name for p in ref.glob("*.png")) and len(names) == 14 * (2 if n_out == 1 else 1)
+
+
+def test_batches_reach_a_gpu_from_pinned_memory(setup, device, monkeypatch):
+    """On CUDA every loader of predict-seg (the threshold's choice on val, then each split) gives
+    pinned batches, whose copies to the GPU are queued, not waited for; on the CPU none is pinned."""
+    import wsss_fast.seg.infer as infer
+
+    cfg, paths, _, _ = setup(1, image_size=40, eval_batch_size=2, threshold="val")
+    cfg["device"] = device
+    pins, real = [], infer._loader
+
+    def spy(*args, **kwargs):
+        loader = real(*args, **kwargs)
+        pins.append(loader.pin_memory)
+        return loader
+
+    monkeypatch.setattr(infer, "_loader", spy)
+    predict_seg(cfg, paths)
+    assert pins == [device == "cuda"] * 3 and (paths.seg_pred / ".done").exists()
 
 
 @pytest.mark.parametrize("flip", [True, False])
