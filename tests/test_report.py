@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent / "seg"))
@@ -79,6 +80,9 @@ def test_report_structure_and_values(tmp_path, monkeypatch, capsys):
     assert on_disk["timings_s"] == {"train-cls": 1.5, "total": 9.0}
     assert on_disk["cam_bg_thres"] == 0.5 and on_disk["cam_bg_thres_source"].startswith("eval-cam")
     assert on_disk["cam_classes"].startswith("ground-truth")
+    env = on_disk["environment"]  # what the figures depend on besides code, config and seed
+    assert env["packages"]["torch"] == torch.__version__.split("+")[0]  # the distribution's version
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and env["cpu"] and "gpu" not in env
     figs = sorted(paths.figures.glob("*.png"))
     assert len(figs) == 2 and all(f.name.startswith("test_") for f in figs)
     im = Image.open(figs[0])
@@ -185,5 +189,6 @@ def test_summarize_runs_mean_std_and_paired_gains():
     assert s["splits"]["test"]["cam"]["miou_all"]["mean"] == pytest.approx(np.mean([0.5, 0.3, 0.6]))
     assert s["splits"]["test"]["seg"]["dice"]["std"] == pytest.approx(np.std([0.7, 0.35, 0.6], ddof=1))
     assert s["thresholds"]["b"]["cam.bg_thres"]["value"] == 0.3
+    assert s["environments"] == {"a": None, "b": None, "c": None}  # reports without one
     text = format_summary(s)
     assert "| test | IRNet − CAM (Grad-CAM++) | 5.00 ± " in text and "(2/3)" in text

@@ -26,13 +26,16 @@ report records which (``cam_classes``).
 Everything is compared at the original mask resolution (maps resized bilinearly,
 label maps with nearest). A step whose outputs are missing for a split is left out of
 that split (and listed under ``missing``). Writes ``report.json`` and Figure-1-style
-panels (image | CAM | IRNet | segmentation | ground truth) into ``figures/``.
+panels (image | CAM | IRNet | segmentation | ground truth) into ``figures/``. The report
+names the machine and packages it was computed with (``environment``): the same code and
+seed give other figures on another CPU (its vector instructions), GPU or package version.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +47,7 @@ from tqdm import tqdm
 
 from .cam.make import cam_threshold
 from .config import get
+from .engine.dist import resolve_device
 from .engine.paths import RunPaths
 from .engine.files import atomic_write_bytes, load_cam_file, read_json, read_png
 from .metrics.segmentation import SegEvaluator, image_counts
@@ -236,6 +240,36 @@ def cam_classes(cfg: dict) -> str:
     return f"predicted classes (sigmoid > cam.pred_threshold = {float(get(cfg, 'cam.pred_threshold')):g})"
 
 
+ENV_PACKAGES = ("torch", "torchvision", "numpy", "pillow", "scipy", "segmentation-models-pytorch", "timm",
+                "pydicom", "opencv-python-headless")
+
+
+def environment(device: str | torch.device | None = None) -> dict:
+    """What a run's figures depend on besides code, config and seed: the Python and package
+    versions, the CPU and the vector instructions torch's kernels use there, and the GPU."""
+    import platform
+    from importlib import metadata
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    versions = {}
+    for name in ENV_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    env = {"python": platform.python_version(), "packages": versions, "cpu": cpu, "cpu_count": os.cpu_count(),
+           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch_threads": torch.get_num_threads()}
+    dev = torch.device(device) if device is not None else None
+    if dev is not None and dev.type == "cuda" and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(dev)
+    return env
+
+
 def evaluate(cfg: dict, paths: RunPaths) -> dict:
     """Evaluate CAM, IRNet and segmentation on ``evaluate.splits``; write report and figures.
 
@@ -247,7 +281,7 @@ def evaluate(cfg: dict, paths: RunPaths) -> dict:
              "cam_bg_thres": float, "cam_bg_thres_source": str, "cam_classes": str,
              "thresholds": {"cam.bg_thres": {"value", "source"}, "ir_label.conf_fg_thres": ...,
                             "sem_seg.steps": ..., "sem_seg.bg_thres": ..., "seg.threshold": ...},
-             "timings_s": {...},
+             "timings_s": {...}, "environment": :func:`environment`,
              "missing": {split: {step: images without outputs}}}   (only when some are)
     """
     from .data import build_dataset
@@ -265,6 +299,7 @@ def evaluate(cfg: dict, paths: RunPaths) -> dict:
         if missing:
             report.setdefault("missing", {})[split] = missing
     report["timings_s"] = read_timings(paths)
+    report["environment"] = environment(resolve_device(cfg))
     write_report(report, paths)
     n_fig = int(get(cfg, "evaluate.num_figures"))
     fig_split = "test" if "test" in datasets else (next(iter(datasets)) if datasets else None)
@@ -300,13 +335,15 @@ def summarize_runs(reports: dict[str, dict]) -> dict:
     Returns:
         ``{"runs": [names], "splits": {split: {step: {metric: {"mean", "std", "values"}}}},
         "gains": {split: {"irnet-cam": {metric: {"mean", "std", "values", "positive", "n"}}, ...}},
-        "thresholds": {name: the run's thresholds}}``. Gains are paired: the later step minus
+        "thresholds": {name: the run's thresholds}, "environments": {name: its machine and
+        packages}}``. Gains are paired: the later step minus
         the earlier one within each run; ``positive`` counts the runs where it is > 0. The
         std is the sample standard deviation (ddof 1).
     """
     names = list(reports)
     out: dict = {"runs": names, "splits": {}, "gains": {},
-                 "thresholds": {n: reports[n].get("thresholds", {}) for n in names}}
+                 "thresholds": {n: reports[n].get("thresholds", {}) for n in names},
+                 "environments": {n: reports[n].get("environment") for n in names}}
     splits = [s for s in (reports[names[0]].get("splits", {}) if names else {})]
     for split in splits:
         rows = {n: reports[n].get("splits", {}).get(split, {}) for n in names}
