@@ -118,8 +118,9 @@ class SyncSites:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
 
-    def stop(self, top: int = 8) -> list[dict[str, Any]] | None:
-        """``[{"where": "file.py:line", "calls": n}]``, most calls first (None without CUDA)."""
+    def stop(self, top: int | None = 8) -> list[dict[str, Any]] | None:
+        """``[{"where": "file.py:line", "calls": n}]``, most calls first, the ``top`` ones (None:
+        all); None without CUDA."""
         if self._cm is None:
             return None
         torch.cuda.set_sync_debug_mode("default")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -79,10 +82,11 @@ def loop_watch(monkeypatch):
 class HostReads:
     """Counts, inside ``with``, the calls that make the host wait for a device's values.
 
-    On CUDA: every synchronizing call (a value read, a blocking copy), from ``torch.cuda``'s sync
-    debug mode. On the CPU, where nothing waits, the value reads that would wait on a GPU
+    On CUDA: every synchronizing call (a value read, a blocking copy), counted by the pipeline
+    profile's ``SyncSites`` (``benchmarks/profile_probes.py``, ``torch.cuda``'s sync debug mode).
+    On the CPU, where nothing waits, the value reads that would wait on a GPU
     (``aten._local_scalar_dense``: ``.item()``, ``float(t)``, ``bool(t)``) stand in for them.
-    ``where`` lists the calls' ``file:line`` on CUDA (empty on the CPU).
+    ``where`` lists the calls' ``file:line xN`` on CUDA (empty on the CPU).
     """
 
     def __init__(self, device: str) -> None:
@@ -90,16 +94,17 @@ class HostReads:
         self.count, self.where = 0, []
 
     def __enter__(self) -> "HostReads":
-        import warnings
-
         from torch.utils._python_dispatch import TorchDispatchMode
 
         if self.cuda:
+            bench = str(Path(__file__).resolve().parents[1] / "benchmarks")
+            if bench not in sys.path:
+                sys.path.insert(0, bench)
+            from profile_probes import SyncSites
+
             torch.cuda.synchronize()
-            self._cm = warnings.catch_warnings(record=True)
-            self._log = self._cm.__enter__()
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
+            self._sites = SyncSites()
+            self._sites.start()
             return self
         outer = self
 
@@ -114,11 +119,11 @@ class HostReads:
 
     def __exit__(self, *exc) -> None:
         if self.cuda:
-            torch.cuda.set_sync_debug_mode("default")
+            sites = self._sites.stop(top=None)
+            self.count = sum(s["calls"] for s in sites)
+            self.where = [f"{s['where']} x{s['calls']}" for s in sites]
+            return
         self._cm.__exit__(*exc)
-        if self.cuda:
-            waits = [w for w in self._log if "synchroniz" in str(w.message)]
-            self.count, self.where = len(waits), [f"{w.filename}:{w.lineno}" for w in waits]
 
 
 @pytest.fixture
