@@ -46,7 +46,7 @@ def score(run: str | Path, splits: tuple[str, ...] = ("val", "test")) -> dict:
         if int(base.num_classes) < 2:
             raise ValueError(f"{run}: a binary run (num_classes {base.num_classes}) has no classes to give")
         plain, given = SegEvaluator(int(base.num_classes) + 1), SegEvaluator(int(base.num_classes) + 1)
-        loader = _loader(cfg, base, list(range(len(base.image_ids))))
+        loader = _loader(cfg, base, list(range(len(base.image_ids))), device)
         for idx, probs in _predictions(model, loader, device, bool(get(cfg, "seg.tta_flip")), False):
             gt = base.load_mask(idx)
             labels = np.asarray(base.labels[idx]).astype(bool)

@@ -76,11 +76,11 @@ def probs_to_label(probs: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     return probs.argmax(0).to(torch.uint8)
 
 
-def _loader(cfg: dict, base, todo: list[int], pin: bool = False) -> DataLoader:
-    """Batches of ``todo``; ``pin``: in pinned memory, whose copies to a GPU are queued, not waited for."""
+def _loader(cfg: dict, base, todo: list[int], device: torch.device) -> DataLoader:
+    """Batches of ``todo`` for ``device``; for a GPU in pinned memory, whose copies are queued, not waited for."""
     ds = torch.utils.data.Subset(ImageDataset(base, eval_transform(cfg)), todo)
     bs = int(get(cfg, "seg.eval_batch_size")) if seg_image_size(cfg) else 1
-    return DataLoader(ds, batch_size=bs, num_workers=int(get(cfg, "num_workers")), pin_memory=pin)
+    return DataLoader(ds, batch_size=bs, num_workers=int(get(cfg, "num_workers")), pin_memory=device.type == "cuda")
 
 
 def _batch_predictions(model: torch.nn.Module, loader: DataLoader, device: torch.device, flip: bool,
@@ -141,7 +141,7 @@ def seg_threshold(cfg: dict, paths: RunPaths, model: torch.nn.Module | None = No
     evals = [SegEvaluator(2) for _ in thresholds]
     paths.seg_pred.mkdir(parents=True, exist_ok=True)
     flip, amp = bool(get(cfg, "seg.tta_flip")), bool(get(cfg, "seg.amp")) and device.type == "cuda"
-    loader = _loader(cfg, base, list(range(len(base.image_ids))), pin=device.type == "cuda")
+    loader = _loader(cfg, base, list(range(len(base.image_ids))), device)
     for idx, p in tqdm(_predictions(model, loader, device, flip, amp), total=len(base.image_ids),
                        desc="predict-seg: choose the threshold on val", leave=False):
         if p.shape[0] != 1:  # multi-class: no threshold to choose
@@ -191,7 +191,7 @@ def predict_seg(cfg: dict, paths: RunPaths) -> None:
         todo = [i for i, name in enumerate(base.image_ids) if not (out / f"{name}.png").exists()]
         if not todo:
             continue
-        loader = _loader(cfg, base, todo, pin=device.type == "cuda")
+        loader = _loader(cfg, base, todo, device)
         bar = tqdm(total=len(todo), desc=f"predict-seg {split}", leave=False)
         with BackgroundWriter() as writer:
             for preds in _batch_predictions(model, loader, device, flip, amp):
