@@ -34,6 +34,9 @@ class _Split:
         self.labels = np.zeros((N, 1), np.float32)
         self.labels[np.linspace(0, N - 1, round(0.22 * N)).astype(int)] = 1
 
+    def __len__(self) -> int:
+        return N
+
     def load_mask(self, i: int) -> np.ndarray:
         if not self.labels[i, 0]:
             return np.zeros((ORIG, ORIG), np.uint8)

@@ -254,6 +254,8 @@ def test_tiny_profile_runs_every_step(tmp_path):
     # make-ir-label: its loader (the batched CRF) probed, its thresholds' choice on val timed apart
     irl = by["make-ir-label"]["parts"]
     assert irl["eval"]["images"] > 0 and irl["val_choice"]["images"] > 0 and irl["val_choice"]["seconds"] > 0
+    labelled = len(list((out / "run" / "ir_label").glob("*.png")))  # the val choice's loaders are not its part
+    assert irl["eval"]["images"] == labelled
     # evaluate: its per-image loop over the evaluated splits timed, the rest set-up (counted once)
     ev = by["evaluate"]
     report = json.loads((out / "run" / "report.json").read_text())

@@ -9,7 +9,7 @@ import torch
 from wsss_fast.engine.files import read_png
 from wsss_fast.irn.common import resize_label
 from wsss_fast.irn.crf import CRFParams, crf_inference_label, to_rgb_uint8, validate_crf_inputs
-from wsss_fast.irn.ir_label import cam_to_ir_label, make_ir_label, remove_small_regions
+from wsss_fast.irn.ir_label import _fg_counts, _fg_maps, cam_to_ir_label, make_ir_label, remove_small_regions
 
 from .conftest import tiny_cfg
 
@@ -286,3 +286,38 @@ def test_crf_backend_setting(monkeypatch):
     img, cam = _cam_case(0, size=48)
     with pytest.raises(KeyError, match="ir_label.crf.backend"):  # no second default in the code
         cam_to_ir_label(img, cam, cfg)
+
+
+def test_fg_maps_are_irnet_padded_argmax():
+    """Each threshold's map is IRNet's argmax of the CAMs padded with a channel at it: a tie
+    with the threshold is background, a tie between classes goes to the first."""
+    rng = np.random.default_rng(0)
+    thresholds = [0.0, 0.25, 0.3, 0.5, 1.0]
+    for k in (0, 1, 3):
+        cams = (rng.integers(0, 5, (k, 6, 7)) / 4).astype(np.float32)  # ties with each other and the thresholds
+        if k:
+            cams[0, 0, :3] = np.float32(0.3)  # equal to a threshold only in float32
+        want = np.stack([np.argmax(np.concatenate([np.full((1, 6, 7), t, np.float32), cams]), 0) for t in thresholds])
+        for dtype in (np.int64, np.uint8):
+            got = _fg_maps(cams, thresholds, dtype)
+            assert got.dtype == dtype
+            np.testing.assert_array_equal(got, want)
+
+
+def test_fg_counts_against_the_pixel_sets():
+    """True/false positives and false negatives over the non-ignored pixels, and whether any fg
+    was kept (ignored pixels included), per map."""
+    rng = np.random.default_rng(1)
+    keys = np.array([0, 2, 5, 7])
+    preds = rng.integers(0, 4, (4, 9, 11))
+    gt = rng.choice(np.array([0, 2, 5, 7, 255], np.uint8), (9, 11))
+    preds[0] = 0
+    preds[0][gt == 255] = 1  # fg only where the truth is ignored: kept, yet no positive counted
+    preds[1] = 0
+    got = _fg_counts(preds.astype(np.uint8), keys, gt)
+    lab, valid = keys[preds], gt != 255
+    for t in range(len(preds)):
+        fg, right = lab[t] > 0, lab[t] == gt
+        assert list(got[:, t]) == [(fg & right & valid).sum(), (fg & ~right & valid).sum(),
+                                   ((gt > 0) & ~right & valid).sum(), fg.any()], t
+    assert list(got[:, 0]) == [0, 0, ((gt > 0) & valid).sum(), 1] and got[3, 1] == 0

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from wsss_fast.cam.make import eval_cam
-from wsss_fast.irn.ir_label import cam_to_ir_label, ir_thresholds, make_ir_label
-from wsss_fast.irn.sem_seg import eval_sem_seg, make_sem_seg, walk_settings
+from wsss_fast.irn.ir_label import cam_to_ir_label, fg_threshold_on_val, ir_thresholds, make_ir_label
+from wsss_fast.irn.sem_seg import eval_sem_seg, make_sem_seg, tune_walk, walk_settings
 from wsss_fast.irn.train import train_irn
 from wsss_fast.engine.files import load_cam_file, read_png, save_cam_file
 from wsss_fast.engine.paths import RunPaths
@@ -86,7 +86,10 @@ def test_make_ir_label_with_val_thresholds(fake_data, monkeypatch):
     grid = [0.05, 0.2, 0.5, 0.8, 0.97]
     cfg = tiny_cfg(cam={"eval_thresholds": grid, "eval_splits": ["val"]},
                    ir_label={"conf_fg_thres": "val", "conf_bg_thres": "val", "bg_recall": 0.9})
+    eval_cam({**cfg, "num_workers": 2}, paths)  # counted in loader workers: the same file
+    by_workers = (paths.cam / "eval.json").read_bytes()
     sweep = eval_cam(cfg, paths)["splits"]["val"]
+    assert (paths.cam / "eval.json").read_bytes() == by_workers
     val = datasets["val"]
     for row in sweep["thresholds"]:
         above = total = 0
@@ -107,6 +110,14 @@ def test_make_ir_label_with_val_thresholds(fake_data, monkeypatch):
     assert len({round(v, 6) for v in ious.values()}) == len(grid)  # the thresholds differ ...
     assert fg == max(grid, key=ious.get) and fg != grid[0]  # ... and the best one is taken
     assert {r["threshold"]: r["iou"] for r in chosen["conf_fg_thres"]["sweep"]} == pytest.approx(ious)
+    assert fg_threshold_on_val({**cfg, "num_workers": 2}, paths) == (fg, chosen["conf_fg_thres"]["sweep"])
+    plain = {**cfg, "ir_label": {**cfg["ir_label"], "crf": {**cfg["ir_label"]["crf"], "enabled": False}}}
+    no_crf = {t: _fg_iou(val, paths, tiny_cfg(ir_label={"conf_fg_thres": t, "conf_bg_thres": 0.0,
+                                                        "crf": {"enabled": False}})) for t in grid}
+    assert no_crf != pytest.approx(ious)  # the CRF changes the maps ...
+    for workers in (0, 2):  # ... and without it the loader workers count them
+        _, rows = fg_threshold_on_val({**plain, "num_workers": workers}, paths)
+        assert {r["threshold"]: r["iou"] for r in rows} == pytest.approx(no_crf)
     ok = [r["threshold"] for r in sweep["thresholds"] if r["threshold"] < fg and r["fg_recall"] >= 0.9]
     assert chosen["conf_bg_thres"]["value"] == (max(ok) if ok else 0.2)
     num = tiny_cfg(ir_label={"conf_fg_thres": fg, "conf_bg_thres": chosen["conf_bg_thres"]["value"]})
@@ -158,6 +169,8 @@ def test_walk_steps_and_bg_thres_chosen_on_val(fake_data, metric, monkeypatch):
     assert best != max(rival, key=rival.get)  # the metric decides
     assert (tune["steps"], tune["bg_thres"]) == best and tune["metric"] == metric
     assert walk_settings(cfg, paths) == tune  # reused
+    by_workers = tune_walk({**cfg, "sem_seg": {**cfg["sem_seg"], "workers": 2}}, paths, "cpu")
+    assert json.dumps(by_workers, sort_keys=True) == json.dumps({k: tune[k] for k in by_workers}, sort_keys=True)
     # an independent check of one grid cell: labels with those numbers, evaluated
     n, t = best
     other = RunPaths(paths.root.parent / "check")

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from ..config import get
@@ -191,6 +191,32 @@ def _fg_recall(conf: np.ndarray) -> float:
     return float(1.0 - conf[1:, 0].sum() / fg) if fg else float("nan")
 
 
+class _SweepCounts(Dataset):
+    """Per image, in loader workers: its confusion matrices and Dice at every threshold
+    (:func:`threshold_sweep` of the labels :func:`predict_from_cam` gives each), or None
+    without a mask. Reading the maps, resizing them to the mask and counting is the work here."""
+
+    def __init__(self, ds, paths: RunPaths, thresholds: list[float], num_classes: int) -> None:
+        self.ds, self.paths, self.thresholds, self.num_classes = ds, paths, thresholds, num_classes
+
+    def __len__(self) -> int:
+        return len(self.ds.image_ids)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray] | None:
+        from ..metrics import best_and_label, threshold_sweep
+
+        gt = self.ds.load_mask(i)
+        if gt is None:
+            return None
+        d = load_cam_file(self.paths.cam_file(self.ds.image_ids[i]))
+        best, label = best_and_label(np.asarray(d["high_res"], dtype=np.float32), d["keys"], tuple(np.shape(gt)))
+        return threshold_sweep(best, label, gt, self.thresholds, self.num_classes)
+
+
+def _as_is(item):  # the loader hands items over as they are
+    return item
+
+
 def eval_cam(cfg: dict, paths: RunPaths) -> dict:
     """``wsss-fast eval-cam``: sweep the background threshold over the cached CAM files.
 
@@ -209,7 +235,7 @@ def eval_cam(cfg: dict, paths: RunPaths) -> dict:
         ValueError: the split has no ground-truth masks, or a bad ``cam.eval_metric``.
     """
     from ..data import build_dataset
-    from ..metrics import SegEvaluator, add_sweep, best_and_label
+    from ..metrics import SegEvaluator
 
     thresholds = [float(t) for t in get(cfg, "cam.eval_thresholds")]
     metric = str(get(cfg, "cam.eval_metric"))
@@ -226,15 +252,14 @@ def eval_cam(cfg: dict, paths: RunPaths) -> dict:
         names = ["background"] + list(getattr(ds, "class_names", []) or [])
         n_cls = int(getattr(ds, "num_classes", len(names) - 1)) + 1
         evals = [SegEvaluator(n_cls, class_names=names if len(names) == n_cls else None) for _ in thresholds]
-        for i, image_id in enumerate(tqdm(ds.image_ids, desc=f"eval-cam {split}", unit="img", dynamic_ncols=True)):
-            gt = ds.load_mask(i)
-            if gt is None:
-                raise ValueError(f"eval-cam: split '{split}' has no ground-truth mask for image {image_id}")
-            d = load_cam_file(paths.cam_file(image_id))
+        loader = DataLoader(_SweepCounts(ds, paths, thresholds, n_cls), batch_size=None, collate_fn=_as_is,
+                            num_workers=int(get(cfg, "num_workers")))
+        for i, counts in enumerate(tqdm(loader, desc=f"eval-cam {split}", unit="img", dynamic_ncols=True)):
+            if counts is None:
+                raise ValueError(f"eval-cam: split '{split}' has no ground-truth mask for image {ds.image_ids[i]}")
             positive = bool(np.asarray(ds.labels[i]).any())
-            # every threshold in one pass: the labels predict_from_cam gives each of them
-            best, label = best_and_label(np.asarray(d["high_res"], dtype=np.float32), d["keys"], tuple(gt.shape))
-            add_sweep(evals, best, label, gt, thresholds, positive)
+            for ev, c, d in zip(evals, *counts):
+                ev.add_counts(c, d, positive)
         rows = []
         for t, ev in zip(thresholds, evals):
             r = ev.result()

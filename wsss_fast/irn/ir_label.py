@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -41,10 +41,40 @@ from .common import as_list, resize_image_uint8
 from .crf import CRFParams, crf_inference_labels, crf_inference_many, resolve_backend, to_rgb_uint8
 
 
-def _padded_argmax(cams: np.ndarray, thres: float) -> np.ndarray:
-    """argmax of the CAMs padded with a bg channel at ``thres`` (channel indices)."""
-    padded = np.concatenate([np.full((1,) + cams.shape[1:], thres, dtype=np.float32), cams], axis=0)
-    return np.argmax(padded, axis=0)
+def _fg_maps(cams: np.ndarray, thresholds: Sequence[float], dtype: type = np.int64) -> np.ndarray:
+    """For each threshold, the argmax of the CAMs padded with a bg channel at it (IRNet's
+    ``np.pad(..., constant_values=thres)`` then ``argmax``), all thresholds from one max.
+
+    Args:
+        cams: float ``[K, H, W]``.
+        thresholds: ``T`` background scores (compared in float32, as the padded channel is).
+        dtype: of the result (``np.uint8`` needs ``K < 256``).
+
+    Returns:
+        ``[T, H, W]`` channel indices: 0 where no CAM exceeds the threshold (a tie is
+        background), else 1 + the first CAM of the highest score.
+    """
+    t = np.asarray(thresholds, dtype=np.float32).reshape(-1, 1, 1)
+    if cams.shape[0] == 0:
+        return np.zeros((t.shape[0],) + cams.shape[1:], dtype=dtype)
+    arg = (cams.argmax(0) + 1).astype(dtype)
+    return np.greater(cams.max(0)[None], t) * arg  # bool x index: the index where above, else 0
+
+
+def _fg_counts(preds: np.ndarray, keys: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """``[4, T]`` int64: true positive, false positive and false negative pixels and whether any
+    fg was kept, of the fg maps ``preds`` (``[T, H, W]`` channel indices) against ``gt``
+    (``[H, W]`` labels, 255 ignored); ``keys`` ``[K + 1]``: the label of each channel."""
+    fg = preds > 0
+    valid = gt != 255
+    hit = np.take(keys.astype(np.int64), preds) == gt  # the channel's label is the truth
+    out = np.zeros((4, preds.shape[0]), dtype=np.int64)
+    gt_fg = np.count_nonzero((gt > 0) & valid)
+    for k in range(preds.shape[0]):  # a whole-map count_nonzero is fast, one along axes is not
+        out[0, k] = np.count_nonzero(fg[k] & hit[k])  # a hit on a fg channel is never an ignored pixel
+        pos = np.count_nonzero(fg[k] & valid)
+        out[1, k], out[2, k], out[3, k] = pos - out[0, k], gt_fg - out[0, k], pos > 0 or fg[k].any()
+    return out
 
 
 def _crf_backend(cfg: dict) -> tuple[str, torch.device]:
@@ -117,8 +147,7 @@ def _ir_inputs(img: np.ndarray, cam: dict, cfg: dict) -> tuple[np.ndarray, np.nd
     if "val" in (get(cfg, "ir_label.conf_fg_thres"), get(cfg, "ir_label.conf_bg_thres")):
         raise ValueError("cam_to_ir_label needs numeric ir_label.conf_fg_thres / conf_bg_thres; "
                          "make_ir_label resolves 'val' with ir_thresholds()")
-    preds = np.stack([_padded_argmax(cams, float(get(cfg, "ir_label.conf_fg_thres"))),
-                      _padded_argmax(cams, float(get(cfg, "ir_label.conf_bg_thres")))])
+    preds = _fg_maps(cams, [float(get(cfg, "ir_label.conf_fg_thres")), float(get(cfg, "ir_label.conf_bg_thres"))])
     return img, cams, keys, preds
 
 
@@ -196,6 +225,10 @@ class _Inputs(Dataset):
                 torch.from_numpy(preds.astype(np.uint8)))
 
 
+def _as_is(item):  # the loader hands items over as they are
+    return item
+
+
 def _run_batched(cfg: dict, paths: RunPaths, ds, todo: list[int], bar: tqdm, device: torch.device) -> None:
     """The compiled CRF in the main process on ``ir_label.batch_size`` images per call (the maps
     of the images of one size and label count in one batch), the inputs prepared by
@@ -254,48 +287,75 @@ def _run_split(cfg: dict, paths: RunPaths, split: str, workers: int) -> int:
     return len(todo)
 
 
+class _FgValInputs(Dataset):
+    """Per val image, in loader workers: None without CAM classes; else ``{"id", "counts"}``
+    (:func:`_fg_counts`) without a CRF, or the CRF's inputs ``{"id", "img" [H, W, 3], "preds"
+    [T, H, W], "keys", "gt"}`` (uint8 tensors, through shared memory); ``"gt"`` None when the
+    image has no mask."""
+
+    def __init__(self, ds, paths: RunPaths, thresholds: list[float], crf: bool) -> None:
+        self.ds, self.paths, self.thresholds, self.crf = ds, paths, thresholds, crf
+
+    def __len__(self) -> int:
+        return len(self.ds.image_ids)
+
+    def __getitem__(self, i: int) -> dict | None:
+        from PIL import Image
+
+        image_id = str(self.ds.image_ids[i])
+        cam = load_cam_file(self.paths.cam_file(image_id))
+        cams = np.asarray(cam["high_res"], dtype=np.float32)
+        if cams.shape[0] == 0:
+            return None
+        keys = np.pad(np.asarray(cam["keys"], dtype=np.int64) + 1, (1, 0))
+        gt = self.ds.load_mask(i)
+        if gt is None:
+            return {"id": image_id, "gt": None}
+        size = tuple(cams.shape[1:])
+        gt = np.asarray(Image.fromarray(np.asarray(gt, np.uint8)).resize(size[::-1], Image.NEAREST))
+        preds = _fg_maps(cams, self.thresholds, np.uint8 if keys.shape[0] <= 256 else np.int64)
+        if not self.crf:
+            return {"id": image_id, "gt": True, "counts": torch.from_numpy(_fg_counts(preds, keys, gt))}
+        img = to_rgb_uint8(resize_image_uint8(np.asarray(self.ds.load_image(i)), size))
+        return {"id": image_id, "keys": keys, "gt": torch.from_numpy(np.require(gt, requirements=["C", "W"])),
+                "img": torch.from_numpy(np.require(img, requirements=["C", "W"])), "preds": torch.from_numpy(preds)}
+
+
 def fg_threshold_on_val(cfg: dict, paths: RunPaths) -> tuple[float, list[dict]]:
     """The confident-fg threshold with the best IoU on val, after the CRF.
 
     For every val image with CAM classes, the fg map of each threshold of
     ``cam.eval_thresholds`` (argmax of the CAMs padded with the threshold) is refined by the
     CRF (all thresholds in one call) and compared with the mask at the CAM's resolution.
+    ``num_workers`` loader processes read the files and build the maps (and count them
+    without a CRF); the CRF runs in this process, on its backend's device.
 
     Returns:
         ``(threshold, rows)``: rows ``{"threshold", "iou", "precision", "recall", "images"}``
         (``images``: how many kept some confident fg); ties go to the higher threshold.
     """
-    from PIL import Image
-
     thresholds = sorted(float(t) for t in get(cfg, "cam.eval_thresholds"))
     crf = CRFParams.from_cfg(get(cfg, "ir_label.crf")) if get(cfg, "ir_label.crf.enabled") else None
     backend, device = _crf_backend(cfg) if crf is not None else ("", torch.device("cpu"))
     ds = common.build_split(cfg, "val", paths, train=False)
-    tp, fp, fn, kept = (np.zeros(len(thresholds), np.int64) for _ in range(4))
-    for i, image_id in enumerate(tqdm(ds.image_ids, desc="ir-label: conf_fg_thres on val", unit="img")):
-        f = paths.cam_file(image_id)
-        if not f.exists():
-            raise FileNotFoundError(f"make-ir-label: conf_fg_thres 'val' needs the val CAMs; {f} is missing")
-        cam = load_cam_file(f)
-        cams = np.asarray(cam["high_res"], dtype=np.float32)
-        if cams.shape[0] == 0:
+    missing = [f for f in map(paths.cam_file, ds.image_ids) if not f.exists()]
+    if missing:
+        raise FileNotFoundError(f"make-ir-label: conf_fg_thres 'val' needs the val CAMs; {missing[0]} is missing")
+    loader = DataLoader(_FgValInputs(ds, paths, thresholds, crf is not None), batch_size=None,
+                        collate_fn=_as_is, num_workers=int(get(cfg, "num_workers")))
+    counts = np.zeros((4, len(thresholds)), np.int64)
+    for it in tqdm(loader, total=len(ds.image_ids), desc="ir-label: conf_fg_thres on val", unit="img"):
+        if it is None:
             continue
-        keys = np.pad(np.asarray(cam["keys"], dtype=np.int64) + 1, (1, 0))
-        size = tuple(cams.shape[1:])
-        gt = ds.load_mask(i)
-        if gt is None:
-            raise ValueError(f"make-ir-label: conf_fg_thres 'val' needs val masks; {image_id} has none")
-        gt = np.asarray(Image.fromarray(np.asarray(gt, np.uint8)).resize(size[::-1], Image.NEAREST))
-        preds = np.stack([_padded_argmax(cams, t) for t in thresholds])
-        if crf is not None:
-            img = to_rgb_uint8(resize_image_uint8(np.asarray(ds.load_image(i)), size))
-            preds = crf_inference_labels(img, preds, keys.shape[0], crf, backend, device)
-        lab, valid = keys[preds], gt != 255
-        hit = (lab == gt) & valid
-        tp += ((lab > 0) & hit).sum((1, 2))
-        fp += ((lab > 0) & ~hit & valid).sum((1, 2))
-        fn += ((gt > 0) & ~hit & valid).sum((1, 2))
-        kept += (lab > 0).any((1, 2))
+        if it["gt"] is None:
+            raise ValueError(f"make-ir-label: conf_fg_thres 'val' needs val masks; {it['id']} has none")
+        if crf is None:
+            counts += it["counts"].numpy()
+            continue
+        keys = it["keys"]
+        preds = crf_inference_labels(it["img"].numpy(), it["preds"].numpy(), keys.shape[0], crf, backend, device)
+        counts += _fg_counts(preds, keys, it["gt"].numpy())
+    tp, fp, fn, kept = counts
     rows = [{"threshold": t, "iou": float(tp[k] / max(1, tp[k] + fp[k] + fn[k])),
              "precision": float(tp[k] / max(1, tp[k] + fp[k])), "recall": float(tp[k] / max(1, tp[k] + fn[k])),
              "images": int(kept[k])} for k, t in enumerate(thresholds)]

@@ -78,10 +78,14 @@ def _labels(rw: torch.Tensor, keys: np.ndarray, bg_thres: float, size: tuple[int
 class _InferDataset(Dataset):
     """The walk's inputs of the given indices: ``image`` ``[3, H, W]`` at the working
     resolution (None for an image without classes, which is not read: its empty maps take the
-    working size ``size`` from its CAM file), ``cam``, ``keys``, ``id``, ``index``, ``orig_size``."""
+    working size ``size`` from its CAM file), ``cam``, ``keys``, ``id``, ``index``, ``orig_size``;
+    with ``with_mask`` also ``gt``, the ground truth ``[H0, W0]`` (None where there is none)."""
 
-    def __init__(self, base, paths: RunPaths, indices: list[int]):
-        self.base, self.paths, self.indices = base, paths, indices
+    def __init__(self, base, paths: RunPaths, indices: list[int], with_mask: bool = False):
+        from ..data import without_masks
+
+        self.base, self.paths, self.indices = without_masks(base), paths, indices
+        self.masks = base if with_mask else None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -96,8 +100,18 @@ class _InferDataset(Dataset):
         else:
             item = self.base[i]
             image, size, orig = item["image"], item["image"].shape[-2:], item["orig_size"]
-        return {"id": image_id, "index": i, "keys": keys, "cam": torch.from_numpy(np.asarray(cam["cam"], np.float32)),
-                "image": image, "size": tuple(int(s) for s in size), "orig_size": tuple(int(s) for s in orig)}
+        out = {"id": image_id, "index": i, "keys": keys, "cam": torch.from_numpy(np.asarray(cam["cam"], np.float32)),
+               "image": image, "size": tuple(int(s) for s in size), "orig_size": tuple(int(s) for s in orig)}
+        if self.masks is not None:
+            gt = self.masks.load_mask(i)
+            out["gt"] = None if gt is None else torch.from_numpy(np.require(gt, requirements=["C", "W"]))
+        return out
+
+
+def _workers(cfg: dict) -> int:
+    """Loader processes of the walk (``sem_seg.workers``, or ``num_workers`` when null)."""
+    workers = get(cfg, "sem_seg.workers")
+    return int(get(cfg, "num_workers")) if workers is None else int(workers)
 
 
 def _stride4(n: int) -> int:
@@ -212,20 +226,16 @@ def _process_batch(model: EdgeDisplacement, items: list[dict], cfg: dict, paths:
 def run_shard(cfg: dict, root: str, split: str, indices: list[int], device: str,
               show_progress: bool = True) -> None:
     """Write the pseudo labels of ``indices`` of ``split`` (one shard, one device)."""
-    from ..data import without_masks
-
     paths = RunPaths(root)
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    base = without_masks(common.build_split(cfg, split, paths, train=False))
+    base = common.build_split(cfg, split, paths, train=False)  # the loader reads no masks
     net = load_irnet(paths.irn / "final.pt", map_location="cpu")
     model = EdgeDisplacement(net.to(dev).eval(), displacement=False)  # the walk uses the boundaries
     bs = max(1, int(get(cfg, "sem_seg.batch_size")))
-    workers = get(cfg, "sem_seg.workers")
-    workers = int(get(cfg, "num_workers")) if workers is None else int(workers)
     loader = DataLoader(_InferDataset(base, paths, indices), batch_size=1,
-                        shuffle=False, num_workers=workers, collate_fn=list)  # items stay dicts
+                        shuffle=False, num_workers=_workers(cfg), collate_fn=list)  # items stay dicts
     pending: dict[tuple, list[dict]] = {}
     bar = tqdm(total=len(indices), desc=f"sem-seg {split} {device}", unit="img", disable=not show_progress)
     with BackgroundWriter() as writer:
@@ -340,19 +350,20 @@ def _val_counts(cfg: dict, paths: RunPaths, device: str, base, indices: list[int
     net = load_irnet(paths.irn / "final.pt", map_location="cpu").to(dev).eval()
     model = EdgeDisplacement(net, displacement=False)
     indices = list(range(len(base.image_ids))) if indices is None else indices
-    loader = DataLoader(_InferDataset(base, paths, indices), batch_size=max(1, int(get(cfg, "sem_seg.batch_size"))),
-                        shuffle=False, num_workers=0, collate_fn=list)  # sizes and class counts differ
+    loader = DataLoader(_InferDataset(base, paths, indices, with_mask=True),
+                        batch_size=max(1, int(get(cfg, "sem_seg.batch_size"))), shuffle=False,
+                        num_workers=_workers(cfg), collate_fn=list)  # sizes and class counts differ
     for items in tqdm(loader, desc="sem-seg: choose the walk on val", unit="batch", disable=not show_progress):
         for group in {it["size"]: None for it in items}:
             same = [it for it in items if it["size"] == group]
             softs = _walk_soft(model, same, cfg, dev, steps_list, tuple(masks), host=False)
             for j, it in enumerate(same):
-                gt = base.load_mask(it["index"])
+                gt = it["gt"]
                 if gt is None:
                     raise ValueError(f"make-sem-seg: val image {it['id']} has no mask; give sem_seg.steps, "
                                      "bg_thres and edge_mask as values")
                 positive = bool(np.asarray(base.labels[it["index"]]).any())
-                gt_dev = torch.as_tensor(np.asarray(gt)).to(dev)
+                gt_dev = gt.to(dev)
                 for m, n in itertools.product(masks, steps_list):  # every threshold in one pass, on dev
                     best, label = best_and_label(softs[(m, n)][j].float(), it["keys"], tuple(gt.shape))
                     add_sweep([evals[(m, n, t)] for t in thres_list], best, label, gt_dev, thres_list, positive)
