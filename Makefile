@@ -18,11 +18,14 @@ DEMO_OUT ?= demo_out
 
 venv: $(VENV)/.stamp
 
-$(VENV)/.stamp: pyproject.toml
+# constraints.txt: the other packages' versions, the same on every machine (CONSTRAINTS= drops them)
+CONSTRAINTS ?= -c constraints.txt
+
+$(VENV)/.stamp: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade "pip>=24" "setuptools>=68" wheel ninja
 	$(PIP) install -q $(TORCH_PINS)
-	WSSS_FAST_NO_EXT=1 $(PIP) install -q --no-build-isolation -e ".[test]"
+	WSSS_FAST_NO_EXT=1 $(PIP) install -q --no-build-isolation $(CONSTRAINTS) -e ".[test]"
 	touch $@
 
 # Incremental in-place build of wsss_fast._C (ninja keeps its state under build/).
