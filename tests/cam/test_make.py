@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from wsss_fast.cam import CAMExtractor
 from wsss_fast.cam.make import eval_cam, make_cam, predict_from_cam, shard_of
 from wsss_fast.config import load_config
-from wsss_fast.data import build_dataset
+from wsss_fast.data import WSSSDataset, build_dataset
 from wsss_fast.cls.model import Classifier, classifier_kwargs
 from wsss_fast.engine.paths import RunPaths
 from wsss_fast.engine.files import atomic_torch_save, load_cam_file, save_cam_file
@@ -90,7 +90,7 @@ def test_make_cam_files(tmp_path, data_root):
 
 
 @pytest.mark.parametrize("overrides", [(), ("cam.save_raw=false", "cam.batch_size=3", "cam.use_labels=false"),
-                                       ("cam.amp=true",), ("cam.batch_size=2",)])
+                                       ("cam.amp=true",), ("cam.batch_size=2",), ("dataset.image_size=null",)])
 def test_make_cam_files_are_the_bytes_of_each_images_maps(tmp_path, data_root, overrides, monkeypatch):
     """Every file holds the bytes save_cam_file writes for that image's own slice of the
     extractor's batch result, fp16, with ``raw`` only when ``cam.save_raw`` (``cam.amp`` is for
@@ -106,6 +106,9 @@ def test_make_cam_files_are_the_bytes_of_each_images_maps(tmp_path, data_root, o
     call = CAMExtractor.__call__
     monkeypatch.setattr(CAMExtractor, "__call__", lambda self, images, *a, **k: seen.append(
         images.shape[0]) or call(self, images, *a, **k))
+    read = []  # the images the loader decoded
+    getitem = WSSSDataset.__getitem__
+    monkeypatch.setattr(WSSSDataset, "__getitem__", lambda self, i: read.append(self.image_ids[i]) or getitem(self, i))
     make_cam(cfg, run)
     monkeypatch.undo()
     model = load_classifier(run.cls / "best.pt")
@@ -147,6 +150,9 @@ def test_make_cam_files_are_the_bytes_of_each_images_maps(tmp_path, data_root, o
     assert 0 < n_empty < n_files or not use_labels  # ground truth: negatives have no maps
     if use_labels:
         assert sum(seen) == n_files - n_empty
+        assert len(read) == sum(seen)  # an image without a class is not even read
+    else:
+        assert len(read) == n_files
 
 
 def test_every_batch_runs_inside_the_loader_loop(tmp_path, data_root, loop_watch):
@@ -316,3 +322,28 @@ def test_cli_help_lists_options(command, keys, capsys):
     text = capsys.readouterr().out
     for key in keys + ["--config", "--out", "key.sub=value"]:
         assert key in text, key
+
+
+def test_cam_inputs_give_sizes_without_reading_and_check_them(data_root):
+    """With ground-truth labels an image without a class is not read: its working size comes from
+    dataset.image_size (or its stored size); an image read at another size than that is an error."""
+    from wsss_fast.cam.make import _CamInputs
+
+    class Stub:
+        image_ids, labels = ["pos", "neg"], np.array([[1.0], [0.0]], np.float32)
+
+        def original_size(self, i):
+            return (40, 50)
+
+        def __getitem__(self, i):
+            return {"image_id": self.image_ids[i], "image": torch.zeros(3, 30, 30), "orig_size": (40, 50),
+                    "label": torch.from_numpy(self.labels[i])}
+
+    fixed = _CamInputs(make_cfg(data_root), Stub(), [1, 0], use_labels=True)
+    assert fixed[0] == {"image_id": "neg", "size": (WORK, WORK)}
+    with pytest.raises(ValueError, match=r"image pos is \(30, 30\) after the data set's transform, not \(32, 32\)"):
+        fixed[1]
+    stored = _CamInputs(make_cfg(data_root, "dataset.image_size=null"), Stub(), [1, 0], use_labels=True)
+    assert stored[0]["size"] == (40, 50)
+    with pytest.raises(ValueError, match="image neg is"):  # without the labels every image is read
+        _CamInputs(make_cfg(data_root), Stub(), [1], use_labels=False)[0]

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..config import get
@@ -66,6 +66,35 @@ def checkpoint_path(cfg: dict, paths: RunPaths) -> Path:
 
 def _collate_list(items: list[dict]) -> list[dict]:
     return items
+
+
+class _CamInputs(Dataset):
+    """make-cam's items of ``ds`` at ``indices``: the data set's own, except that with
+    ``use_labels`` an image without a class is not read (``{"image_id", "size"}``, the working
+    size :func:`~wsss_fast.data.transforms.eval_size` gives it): no network sees it, and decoding,
+    normalizing and pinning 78 % of SIIM's images for their size alone cost the loader most of
+    its work."""
+
+    def __init__(self, cfg: dict, ds, indices: list[int], use_labels: bool) -> None:
+        self.cfg, self.ds, self.indices, self.use_labels = cfg, ds, indices, use_labels
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, j: int) -> dict:
+        from ..data.transforms import eval_size
+
+        i = self.indices[j]
+        if self.use_labels and not np.asarray(self.ds.labels[i]).any():
+            fixed = get(self.cfg, "dataset.image_size") is not None
+            return {"image_id": str(self.ds.image_ids[i]),
+                    "size": eval_size(self.cfg, None if fixed else self.ds.original_size(i))}
+        item = self.ds[i]
+        want = eval_size(self.cfg, item["orig_size"])
+        if tuple(item["image"].shape[-2:]) != want:  # the size given the others would be wrong
+            raise ValueError(f"make-cam: image {item['image_id']} is {tuple(item['image'].shape[-2:])} after the "
+                             f"data set's transform, not {want} (dataset.image_size)")
+        return item
 
 
 def _groups_by_size(items: list[dict]) -> list[list[dict]]:
@@ -124,8 +153,8 @@ def make_cam(cfg: dict, paths: RunPaths) -> None:
         todo = [i for i in mine if not paths.cam_file(ds.image_ids[i]).exists()]
         desc = f"make-cam {split}" + (f" [shard {shard}/{num_shards}]" if num_shards > 1 else "")
         bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, unit="img", dynamic_ncols=True)
-        loader = DataLoader(Subset(ds, todo), batch_size=batch_size, shuffle=False, num_workers=workers,
-                            collate_fn=_collate_list, pin_memory=device.type == "cuda")
+        loader = DataLoader(_CamInputs(cfg, ds, todo, use_labels), batch_size=batch_size, shuffle=False,
+                            num_workers=workers, collate_fn=_collate_list, pin_memory=device.type == "cuda")
         with BackgroundWriter() as writer:
             def run(batch: list[dict]) -> None:
                 for group in _groups_by_size(batch):
@@ -141,9 +170,8 @@ def make_cam(cfg: dict, paths: RunPaths) -> None:
             pending: list[dict] = []  # images with maps to compute, run batch_size at a time
             for n, items in enumerate(loader, 1):
                 for it in items:
-                    if use_labels and not np.asarray(it["label"]).any():  # no class, no maps: no network
-                        writer.submit(partial(_save, paths.cam_file(it["image_id"]),
-                                              no_maps(tuple(it["image"].shape[-2:]), fields)))
+                    if "image" not in it:  # no class (cam.use_labels), no maps: no network, not read
+                        writer.submit(partial(_save, paths.cam_file(it["image_id"]), no_maps(it["size"], fields)))
                     else:
                         pending.append(it)
                 while len(pending) >= batch_size or (pending and n == len(loader)):  # the rest with the last

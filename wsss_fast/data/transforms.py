@@ -167,6 +167,17 @@ def eval_transform(cfg: dict) -> WSSSTransform:
     return WSSSTransform([v2.Resize((size, size), antialias=True)] if size is not None else [])
 
 
+def eval_size(cfg: dict, original: tuple[int, int] | None) -> tuple[int, int]:
+    """``(H, W)`` of an image of size ``original`` after :func:`eval_transform`; ``original`` may be
+    None when ``dataset.image_size`` is set (then it is not needed)."""
+    size = _size(cfg)
+    if size is not None:
+        return size, size
+    if original is None:
+        raise ValueError("eval_size: the original size is needed when dataset.image_size is null")
+    return int(original[0]), int(original[1])
+
+
 def to_normalized_tensor(image: Any) -> torch.Tensor:
     """uint8 [H, W, 3] (or [H, W]) -> float32 [3, H, W] normalized, no resize."""
     img = _rgb(_image_tensor(image).as_subclass(torch.Tensor)).float().div_(255.0)
