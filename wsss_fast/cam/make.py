@@ -64,7 +64,7 @@ def checkpoint_path(cfg: dict, paths: RunPaths) -> Path:
     return Path(which).expanduser()
 
 
-def _collate_list(items: list[dict]) -> list[dict]:
+def _collate_list(items):  # the loader hands items (or batches of them) over as they are
     return items
 
 
@@ -241,10 +241,6 @@ class _SweepCounts(Dataset):
         return threshold_sweep(best, label, gt, self.thresholds, self.num_classes)
 
 
-def _as_is(item):  # the loader hands items over as they are
-    return item
-
-
 def eval_cam(cfg: dict, paths: RunPaths) -> dict:
     """``wsss-fast eval-cam``: sweep the background threshold over the cached CAM files.
 
@@ -280,7 +276,7 @@ def eval_cam(cfg: dict, paths: RunPaths) -> dict:
         names = ["background"] + list(getattr(ds, "class_names", []) or [])
         n_cls = int(getattr(ds, "num_classes", len(names) - 1)) + 1
         evals = [SegEvaluator(n_cls, class_names=names if len(names) == n_cls else None) for _ in thresholds]
-        loader = DataLoader(_SweepCounts(ds, paths, thresholds, n_cls), batch_size=None, collate_fn=_as_is,
+        loader = DataLoader(_SweepCounts(ds, paths, thresholds, n_cls), batch_size=None, collate_fn=_collate_list,
                             num_workers=int(get(cfg, "num_workers")))
         for i, counts in enumerate(tqdm(loader, desc=f"eval-cam {split}", unit="img", dynamic_ncols=True)):
             if counts is None:
