@@ -47,6 +47,7 @@ from tqdm import tqdm
 
 from .cam.make import cam_threshold
 from .config import get
+from .data.base import as_is
 from .engine.dist import resolve_device
 from .engine.paths import RunPaths
 from .engine.files import atomic_write_bytes, load_cam_file, read_json, read_png
@@ -128,10 +129,6 @@ class _ImageCounts(Dataset):
         return out
 
 
-def _items(batch):  # the loader hands items over as they are
-    return batch
-
-
 def evaluate_split(cfg: dict, paths: RunPaths, base, cam_thres: float,
                    split: str = "") -> tuple[dict, dict]:
     """Metrics of every available step on one dataset split, the images counted in
@@ -147,7 +144,7 @@ def evaluate_split(cfg: dict, paths: RunPaths, base, cam_thres: float,
     evals = {s: SegEvaluator(n_cls, class_names=names[:n_cls]) for s in STEPS}
     missing = {s: 0 for s in STEPS}
     labels = np.asarray(base.labels)
-    loader = DataLoader(_ImageCounts(base, paths, cam_thres, n_cls), batch_size=None, collate_fn=_items,
+    loader = DataLoader(_ImageCounts(base, paths, cam_thres, n_cls), batch_size=None, collate_fn=as_is,
                         num_workers=int(get(cfg, "num_workers")))
     for i, counts in enumerate(tqdm(loader, desc=f"evaluate {split}", leave=False)):
         if counts is None:

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..config import get
+from ..data.base import as_is
 from ..engine.paths import RunPaths
 from ..engine.files import BackgroundWriter, atomic_write_bytes, load_cam_file, read_json, save_cam_file
 
@@ -62,10 +63,6 @@ def checkpoint_path(cfg: dict, paths: RunPaths) -> Path:
     if which in ("best", "last"):
         return paths.cls / f"{which}.pt"
     return Path(which).expanduser()
-
-
-def _collate_list(items):  # the loader hands items (or batches of them) over as they are
-    return items
 
 
 class _CamInputs(Dataset):
@@ -154,7 +151,7 @@ def make_cam(cfg: dict, paths: RunPaths) -> None:
         desc = f"make-cam {split}" + (f" [shard {shard}/{num_shards}]" if num_shards > 1 else "")
         bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, unit="img", dynamic_ncols=True)
         loader = DataLoader(_CamInputs(cfg, ds, todo, use_labels), batch_size=batch_size, shuffle=False,
-                            num_workers=workers, collate_fn=_collate_list, pin_memory=device.type == "cuda")
+                            num_workers=workers, collate_fn=as_is, pin_memory=device.type == "cuda")
         with BackgroundWriter() as writer:
             def run(batch: list[dict]) -> None:
                 for group in _groups_by_size(batch):
@@ -276,7 +273,7 @@ def eval_cam(cfg: dict, paths: RunPaths) -> dict:
         names = ["background"] + list(getattr(ds, "class_names", []) or [])
         n_cls = int(getattr(ds, "num_classes", len(names) - 1)) + 1
         evals = [SegEvaluator(n_cls, class_names=names if len(names) == n_cls else None) for _ in thresholds]
-        loader = DataLoader(_SweepCounts(ds, paths, thresholds, n_cls), batch_size=None, collate_fn=_collate_list,
+        loader = DataLoader(_SweepCounts(ds, paths, thresholds, n_cls), batch_size=None, collate_fn=as_is,
                             num_workers=int(get(cfg, "num_workers")))
         for i, counts in enumerate(tqdm(loader, desc=f"eval-cam {split}", unit="img", dynamic_ncols=True)):
             if counts is None:

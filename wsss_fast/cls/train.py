@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..config import get
+from ..data.base import as_is
 from ..data.sampler import GlobalBatchSampler
 from ..engine.dist import DistContext, init_distributed
 from ..engine.files import atomic_torch_save
@@ -57,10 +58,6 @@ def _collate(items: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
                          "dataset.image_size (or dataset.crop_size when image_size is null)")
     return (torch.stack([it["image"] for it in items]),
             torch.stack([torch.as_tensor(it["label"], dtype=torch.float32) for it in items]))
-
-
-def _collate_list(items: Sequence[dict]) -> list[dict]:
-    return list(items)
 
 
 def build_optimizer(cfg: dict, model: nn.Module) -> torch.optim.Optimizer:
@@ -120,7 +117,7 @@ def _predict(model: nn.Module, dataset: Dataset, indices: list[int], batch_size:
     probs, labels = [torch.zeros(0)], [torch.zeros(0)]
     if mine:
         loader = DataLoader(torch.utils.data.Subset(dataset, mine), batch_size=batch_size,
-                            shuffle=False, num_workers=num_workers, collate_fn=_collate_list)
+                            shuffle=False, num_workers=num_workers, collate_fn=as_is)
         for items in loader:
             by_size: dict[tuple, list[dict]] = {}
             for it in items:  # evaluation images may differ in size (VOC at original size)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import get
-from .base import BadFileError, WSSSDataset, without_masks, wsss_collate
+from .base import BadFileError, WSSSDataset, as_is, without_masks, wsss_collate
 from .dicom import DicomReadError, read_dicom
 from .rle import RLEError, rle_decode, rle_decode_union, rle_encode, rle_encode_regions
 from .sampler import BalancedBatchSampler
@@ -23,7 +23,7 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, eval_transform
 
 __all__ = [
     "build_dataset", "synthetic_root", "write_synthetic_from_config", "WSSSDataset", "BadFileError", "wsss_collate",
-    "without_masks",
+    "as_is", "without_masks",
     "SIIMPneumothorax", "VOC2012", "GenericCSV", "stratified_split", "PAPER_SPLIT_COUNTS",
     "BalancedBatchSampler", "train_transform", "eval_transform", "denormalize",
     "IMAGENET_MEAN", "IMAGENET_STD", "write_synthetic_siim", "generate_image", "write_synthetic_voc",

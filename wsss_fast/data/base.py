@@ -178,6 +178,12 @@ def without_masks(ds: Dataset) -> Dataset:
     return ds
 
 
+def as_is(batch: Any) -> Any:
+    """A DataLoader ``collate_fn`` that hands the items (a batch's list, or one item with
+    ``batch_size=None``) over as they are: no stacking, numpy arrays stay arrays."""
+    return batch
+
+
 def wsss_collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
     """Collate items whose masks differ in size (VOC): images and labels are stacked,
     ``image_id``, ``orig_size`` and ``mask`` stay lists.

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from ..cam.make import val_sweep
 from ..config import get
+from ..data.base import as_is
 from ..engine.dist import resolve_device
 from ..engine.files import BackgroundWriter, atomic_write_bytes, load_cam_file, write_png
 from ..engine.paths import RunPaths
@@ -225,10 +226,6 @@ class _Inputs(Dataset):
                 torch.from_numpy(preds.astype(np.uint8)))
 
 
-def _as_is(item):  # the loader hands items over as they are
-    return item
-
-
 def _run_batched(cfg: dict, paths: RunPaths, ds, todo: list[int], bar: tqdm, device: torch.device) -> None:
     """The compiled CRF in the main process on ``ir_label.batch_size`` images per call (the maps
     of the images of one size and label count in one batch), the inputs prepared by
@@ -342,7 +339,7 @@ def fg_threshold_on_val(cfg: dict, paths: RunPaths) -> tuple[float, list[dict]]:
     if missing:
         raise FileNotFoundError(f"make-ir-label: conf_fg_thres 'val' needs the val CAMs; {missing[0]} is missing")
     loader = DataLoader(_FgValInputs(ds, paths, thresholds, crf is not None), batch_size=None,
-                        collate_fn=_as_is, num_workers=int(get(cfg, "num_workers")))
+                        collate_fn=as_is, num_workers=int(get(cfg, "num_workers")))
     counts = np.zeros((4, len(thresholds)), np.int64)
     for it in tqdm(loader, total=len(ds.image_ids), desc="ir-label: conf_fg_thres on val", unit="img"):
         if it is None:
