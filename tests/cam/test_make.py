@@ -332,7 +332,10 @@ def test_cam_inputs_give_sizes_without_reading_and_check_them(data_root):
     class Stub:
         image_ids, labels = ["pos", "neg"], np.array([[1.0], [0.0]], np.float32)
 
+        asked = 0  # original_size calls (a file header read, or a decode)
+
         def original_size(self, i):
+            Stub.asked += 1
             return (40, 50)
 
         def __getitem__(self, i):
@@ -340,10 +343,10 @@ def test_cam_inputs_give_sizes_without_reading_and_check_them(data_root):
                     "label": torch.from_numpy(self.labels[i])}
 
     fixed = _CamInputs(make_cfg(data_root), Stub(), [1, 0], use_labels=True)
-    assert fixed[0] == {"image_id": "neg", "size": (WORK, WORK)}
+    assert fixed[0] == {"image_id": "neg", "size": (WORK, WORK)} and Stub.asked == 0  # nothing read
     with pytest.raises(ValueError, match=r"image pos is \(30, 30\) after the data set's transform, not \(32, 32\)"):
         fixed[1]
     stored = _CamInputs(make_cfg(data_root, "dataset.image_size=null"), Stub(), [1, 0], use_labels=True)
-    assert stored[0]["size"] == (40, 50)
+    assert stored[0]["size"] == (40, 50) and Stub.asked == 1
     with pytest.raises(ValueError, match="image neg is"):  # without the labels every image is read
         _CamInputs(make_cfg(data_root), Stub(), [1], use_labels=False)[0]

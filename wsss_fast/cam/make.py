@@ -83,9 +83,7 @@ class _CamInputs(Dataset):
 
         i = self.indices[j]
         if self.use_labels and not np.asarray(self.ds.labels[i]).any():
-            fixed = get(self.cfg, "dataset.image_size") is not None
-            return {"image_id": str(self.ds.image_ids[i]),
-                    "size": eval_size(self.cfg, None if fixed else self.ds.original_size(i))}
+            return {"image_id": str(self.ds.image_ids[i]), "size": eval_size(self.cfg, lambda: self.ds.original_size(i))}
         item = self.ds[i]
         want = eval_size(self.cfg, item["orig_size"])
         if tuple(item["image"].shape[-2:]) != want:  # the size given the others would be wrong

@@ -18,7 +18,7 @@ It returns the float32 image [3, H', W'] (and the uint8 mask [H', W']).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -167,15 +167,15 @@ def eval_transform(cfg: dict) -> WSSSTransform:
     return WSSSTransform([v2.Resize((size, size), antialias=True)] if size is not None else [])
 
 
-def eval_size(cfg: dict, original: tuple[int, int] | None) -> tuple[int, int]:
-    """``(H, W)`` of an image of size ``original`` after :func:`eval_transform`; ``original`` may be
-    None when ``dataset.image_size`` is set (then it is not needed)."""
+def eval_size(cfg: dict, original: tuple[int, int] | Callable[[], tuple[int, int]]) -> tuple[int, int]:
+    """``(H, W)`` of an image of size ``original`` after :func:`eval_transform`. ``original`` may
+    be a function giving it, called only when ``dataset.image_size`` is null (the size is then
+    the image's own)."""
     size = _size(cfg)
     if size is not None:
         return size, size
-    if original is None:
-        raise ValueError("eval_size: the original size is needed when dataset.image_size is null")
-    return int(original[0]), int(original[1])
+    h, w = original() if callable(original) else original
+    return int(h), int(w)
 
 
 def to_normalized_tensor(image: Any) -> torch.Tensor:
