@@ -215,3 +215,15 @@ def test_edge_mask_chosen_on_val(fake_data):
     assert listed["value"] is tune["edge_mask"] and listed["source"] == tune["source"]
     assert run_thresholds(num, other, (0.5, "test"))["sem_seg.edge_mask"] == {"value": best[0] == "true",
                                                                               "source": "sem_seg.edge_mask"}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_fg_threshold_on_val_needs_the_masks(fake_data, monkeypatch, workers):
+    """A val image with CAM classes but no mask stops the choice with an error naming it."""
+    paths, datasets = fake_data
+    val = datasets["val"]
+    monkeypatch.setattr(val, "load_mask", lambda i: None)
+    cfg = tiny_cfg(num_workers=workers, ir_label={"conf_fg_thres": "val", "crf": {"enabled": False}})
+    named = next(n for i, n in enumerate(val.image_ids) if len(load_cam_file(paths.cam / f"{n}.npy")["keys"]))
+    with pytest.raises(ValueError, match=f"needs val masks; {named} has none"):
+        fg_threshold_on_val(cfg, paths)

@@ -285,10 +285,10 @@ def _run_split(cfg: dict, paths: RunPaths, split: str, workers: int) -> int:
 
 
 class _FgValInputs(Dataset):
-    """Per val image, in loader workers: None without CAM classes; else ``{"id", "counts"}``
-    (:func:`_fg_counts`) without a CRF, or the CRF's inputs ``{"id", "img" [H, W, 3], "preds"
-    [T, H, W], "keys", "gt"}`` (uint8 tensors, through shared memory); ``"gt"`` None when the
-    image has no mask."""
+    """Per val image, in loader workers: None without CAM classes; ``{"id", "no_mask": True}``
+    without a mask; else ``{"id", "counts"}`` (:func:`_fg_counts`) without a CRF, or the CRF's
+    inputs ``{"id", "img" [H, W, 3], "preds" [T, H, W], "keys", "gt"}`` (uint8 tensors, through
+    shared memory)."""
 
     def __init__(self, ds, paths: RunPaths, thresholds: list[float], crf: bool) -> None:
         self.ds, self.paths, self.thresholds, self.crf = ds, paths, thresholds, crf
@@ -307,12 +307,12 @@ class _FgValInputs(Dataset):
         keys = np.pad(np.asarray(cam["keys"], dtype=np.int64) + 1, (1, 0))
         gt = self.ds.load_mask(i)
         if gt is None:
-            return {"id": image_id, "gt": None}
+            return {"id": image_id, "no_mask": True}
         size = tuple(cams.shape[1:])
         gt = np.asarray(Image.fromarray(np.asarray(gt, np.uint8)).resize(size[::-1], Image.NEAREST))
         preds = _fg_maps(cams, self.thresholds, np.uint8 if keys.shape[0] <= 256 else np.int64)
         if not self.crf:
-            return {"id": image_id, "gt": True, "counts": torch.from_numpy(_fg_counts(preds, keys, gt))}
+            return {"id": image_id, "counts": torch.from_numpy(_fg_counts(preds, keys, gt))}
         img = to_rgb_uint8(resize_image_uint8(np.asarray(self.ds.load_image(i)), size))
         return {"id": image_id, "keys": keys, "gt": torch.from_numpy(np.require(gt, requirements=["C", "W"])),
                 "img": torch.from_numpy(np.require(img, requirements=["C", "W"])), "preds": torch.from_numpy(preds)}
@@ -344,7 +344,7 @@ def fg_threshold_on_val(cfg: dict, paths: RunPaths) -> tuple[float, list[dict]]:
     for it in tqdm(loader, total=len(ds.image_ids), desc="ir-label: conf_fg_thres on val", unit="img"):
         if it is None:
             continue
-        if it["gt"] is None:
+        if it.get("no_mask"):
             raise ValueError(f"make-ir-label: conf_fg_thres 'val' needs val masks; {it['id']} has none")
         if crf is None:
             counts += it["counts"].numpy()
