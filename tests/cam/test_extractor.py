@@ -321,7 +321,8 @@ def test_device_matches_cpu(device, resnet, images):
 def test_call_waits_for_the_gpu_only_to_read_predicted_labels(device, host_reads, resnet, images, method):
     """With labels on the host (make-cam's ground truth) a call only queues work: the slot layout
     comes from the host labels and the pairs are picked by index, not by a boolean mask.
-    Predicted labels are read once, at the reference scale."""
+    Predicted labels are read once, at the reference scale. The maps' copy to the host
+    (``to_host``) is queued too."""
     if device == "cpu":
         pytest.skip("counts waits for a GPU")
     model = torchvision.models.resnet18(num_classes=N_CLS)
@@ -334,8 +335,14 @@ def test_call_waits_for_the_gpu_only_to_read_predicted_labels(device, host_reads
         res = ext(x, labels, scales=(1.0, 0.5), flip=True)
     with host_reads(device) as predicted:
         ext(x, None, scales=(1.0, 0.5), flip=True)
+    with host_reads(device) as copied:  # make-cam's copy to the host is queued, waited for later
+        host = res.to_host(torch.float16, ("keys", "cam", "high_res"))
     assert given.count == 0, given.where
     assert predicted.count == 1, predicted.where
+    assert copied.count == 0, copied.where
+    for got, want in zip(host.wait(), res.per_image(numpy=True, fields=("keys", "cam", "high_res"))):
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k])
     assert res.keys.tolist() == [0, 2, 1, 0, 5] and res.image_index.tolist() == [0, 0, 1, 2, 2]
 
 

@@ -156,14 +156,15 @@ def test_make_cam_files_are_the_bytes_of_each_images_maps(tmp_path, data_root, o
 
 
 def test_every_batch_runs_inside_the_loader_loop(tmp_path, data_root, loop_watch):
-    """make-cam runs its last, partial batch inside the loader's last iteration, so a profile
-    timing the loader's loop (benchmarks/profile_probes.py) sees all of its work."""
+    """make-cam runs its last, partial batch, and waits for its maps, inside the loader's last
+    iteration, so a profile timing the loader's loop (benchmarks/profile_probes.py) sees all
+    of its work although one batch is in flight."""
     import wsss_fast.cam.make as make
 
     cfg = make_cfg(data_root, "cam.batch_size=3")  # 2 train images with classes: one partial batch
     paths = RunPaths(tmp_path)
     write_checkpoint(cfg, paths)
-    watch = loop_watch(make, CAMExtractor, "__call__")
+    watch = loop_watch(make, make, "_finish")
     make_cam(cfg, paths)
     assert watch.calls > 0 and watch.outside == 0
 

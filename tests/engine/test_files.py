@@ -1,5 +1,5 @@
 """wsss_fast.engine.files: atomic writes (a crash while writing never leaves a partial file under
-the final name; a resumed step skips every output file that exists) and one-copy ``to_host``."""
+the final name; a resumed step skips every output file that exists)."""
 
 from __future__ import annotations
 
@@ -104,19 +104,3 @@ def test_background_writer_writes_everything_and_raises_the_first_error(tmp_path
             w.submit(boom)
             for k in range(5):  # the failure surfaces here (a finished write is checked) or at the end
                 w.submit(files.write_png, np.zeros((3, 3), np.uint8), tmp_path / f"x{k}.png")
-
-
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA device"))])
-def test_to_host_returns_each_tensor_in_order(device):
-    """One copy for the list, each tensor back in its place: equal shapes with different values,
-    other shapes, empty ones, one dtype."""
-    from wsss_fast.engine.files import to_host
-
-    ts = [torch.full((1, 4, 5), float(i), device=device) for i in range(3)]
-    ts += [torch.zeros((0, 4, 5), device=device), torch.arange(6.0, device=device).view(2, 3)]
-    got = to_host(ts)
-    assert len(got) == len(ts) and to_host([]) == []
-    for g, t in zip(got, ts):
-        assert g.device.type == "cpu" and g.shape == t.shape and g.dtype == t.dtype
-        torch.testing.assert_close(g, t.cpu(), rtol=0, atol=0)

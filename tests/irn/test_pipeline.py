@@ -116,11 +116,15 @@ def test_sem_seg_outputs_eval_and_show(trained):
     assert Image.open(panels[0]).size[0] > 6 * 64
 
 
+def positive_of(datasets: dict) -> set[str]:
+    return {k for ds in datasets.values() for i, k in enumerate(ds.image_ids) if ds.labels[i].any()}
+
+
 @pytest.mark.parametrize("choose", [False, True])
 def test_images_without_classes_skip_the_network(trained, monkeypatch, choose, device):
     """Only images with classes are read and reach the boundary branch and the walk (in
     make-sem-seg and in its choice of the walk on val); the others get empty maps and
-    all-background labels."""
+    all-background labels, made on the host (no launched batch holds one)."""
     import wsss_fast.irn.sem_seg as sem_seg
 
     paths, datasets = trained
@@ -132,9 +136,14 @@ def test_images_without_classes_skip_the_network(trained, monkeypatch, choose, d
     walk = sem_seg._walk_classes
     monkeypatch.setattr(sem_seg, "_walk_classes", lambda model, items, *a, **k: seen.append(
         [it["id"] for it in items]) or walk(model, items, *a, **k))
+    launched = []  # the batches that make device work and a copy back: images with classes only
+    launch = sem_seg._launch
+    monkeypatch.setattr(sem_seg, "_launch", lambda model, items, *a: launched.append(
+        [it["id"] for it in items]) or launch(model, items, *a))
     over = {"steps": "val", "val_steps": [0, 4, 8], "bg_thres": "val"} if choose else {}
     make_sem_seg(tiny_cfg(device=device, sem_seg=over), paths)
-    positive = {k for ds in datasets.values() for i, k in enumerate(ds.image_ids) if ds.labels[i].any()}
+    assert {k for b in launched for k in b} == positive_of(datasets)
+    positive = positive_of(datasets)
     every = {k for ds in datasets.values() for k in ds.image_ids}
     ids = [k for batch in seen for k in batch]
     assert set(ids) == positive and len(ids) == len(positive) + (sum(
@@ -151,9 +160,67 @@ def test_every_batch_runs_inside_the_loader_loop(trained, loop_watch):
     import wsss_fast.irn.sem_seg as sem_seg
 
     paths, _ = trained
-    watch = loop_watch(sem_seg, sem_seg, "_process_batch")
+    watch = loop_watch(sem_seg, sem_seg, "_finish")
     make_sem_seg(tiny_cfg(), paths)  # batch_size 3: 4 train images with classes leave one for the end
     assert watch.calls > 0 and watch.outside == 0
+
+
+def test_a_batch_is_saved_once_the_next_is_launched(trained, monkeypatch):
+    """One batch in flight: make-sem-seg waits for a batch's maps (``_finish``) only after it
+    queued the next batch (``_launch``); every batch is finished once, in order."""
+    import wsss_fast.irn.sem_seg as sem_seg
+
+    paths, datasets = trained
+    calls: list[tuple[str, tuple]] = []
+    launch, finish = sem_seg._launch, sem_seg._finish
+
+    def spy_launch(model, items, *args):
+        out = launch(model, items, *args)
+        calls.append(("launch", tuple(it["id"] for it in items)))
+        return out
+
+    def spy_finish(pending, *args):
+        calls.append(("finish", tuple(it["id"] for it in pending[0])))
+        finish(pending, *args)
+
+    monkeypatch.setattr(sem_seg, "_launch", spy_launch)
+    monkeypatch.setattr(sem_seg, "_finish", spy_finish)
+    n = len(datasets["train"].image_ids)
+    run_shard(tiny_cfg(sem_seg={"batch_size": 1}), str(paths.root), "train", list(range(n)), "cpu",
+              show_progress=False)
+    launched = [b for what, b in calls if what == "launch"]
+    assert [b for what, b in calls if what == "finish"] == launched and len(launched) >= 3
+    for b, after in zip(launched, launched[1:]):
+        assert calls.index(("finish", b)) > calls.index(("launch", after))
+
+
+def test_a_batch_is_launched_without_waiting_for_the_device(device, host_reads, monkeypatch, tmp_path):
+    """``_launch`` queues a batch's walk, labels and their copy to the host without a wait (the
+    images and CAMs go to a GPU from pinned memory); ``_finish`` writes what the walk and
+    :func:`labels_from_soft` give."""
+    import wsss_fast.irn.sem_seg as sem_seg
+    from wsss_fast.config import load_config
+    from wsss_fast.engine.files import BackgroundWriter
+
+    g = torch.Generator().manual_seed(0)
+    edge = (torch.rand(2, 8, 10, generator=g) ** 3).to(device)
+    monkeypatch.setattr(sem_seg, "_edges", lambda model, x, scales: edge)
+    items = [{"image": torch.zeros(3, 32, 40), "size": (32, 40), "orig_size": (45, 50), "id": f"i{b}",
+              "keys": np.arange(k, dtype=np.int64) * 2, "cam": torch.rand(k, 8, 10, generator=g)}
+             for b, k in enumerate((2, 1))]
+    cfg = load_config(None, {"sem_seg": {"radius": 3, "steps": 4, "bg_thres": 0.3, "edge_mask": True}})
+    dev = torch.device(device)
+    want = sem_seg._walk_soft(None, items, cfg, dev, [4], (True,))[(True, 4)]
+    with host_reads(device) as reads:
+        pending = sem_seg._launch(None, items, cfg, dev)
+    assert reads.count == 0, reads.where
+    paths = RunPaths(tmp_path)
+    with BackgroundWriter() as writer:
+        sem_seg._finish(pending, paths, writer)
+    for it, soft in zip(items, want):
+        torch.testing.assert_close(torch.from_numpy(np.load(paths.rw / f"{it['id']}.npy")), soft, rtol=0, atol=0)
+        np.testing.assert_array_equal(read_png(paths.sem_seg / f"{it['id']}.png"),
+                                      labels_from_soft(soft.to(dev).float(), it["keys"], 0.3, (45, 50)))
 
 
 class TwoClassFake(FakeDataset):

@@ -106,6 +106,24 @@ def test_predict_files_are_the_bytes_of_each_images_prediction(setup, n_out, seg
     assert names == sorted(p.name for p in ref.glob("*.png")) and len(names) == 14 * (2 if n_out == 1 else 1)
 
 
+def test_batches_are_saved_inside_the_loader_loop_one_in_flight(setup, loop_watch, monkeypatch):
+    """predict-seg waits for a batch's maps (``_finish``) after it queued the next batch's copy,
+    and for the last one inside the loader's last iteration, so a profile timing the loader's
+    loop (benchmarks/profile_probes.py) sees all of its work."""
+    import wsss_fast.seg.infer as infer
+
+    cfg, paths, _, _ = setup(1, n=7, image_size=40, eval_batch_size=3, threshold=0.5)
+    events: list[str] = []
+    copy = infer.HostCopy
+    monkeypatch.setattr(infer, "HostCopy", lambda maps: events.append("launch") or copy(maps))
+    watch = loop_watch(infer, infer, "_finish")
+    counted = infer._finish
+    monkeypatch.setattr(infer, "_finish", lambda *a: events.append("finish") or counted(*a))
+    predict_seg(cfg, paths)
+    assert watch.calls == 6 and watch.outside == 0
+    assert events == ["launch", "launch", "finish", "launch", "finish", "finish"] * 2  # 7 images, 3 a batch, 2 splits
+
+
 def test_batches_reach_a_gpu_from_pinned_memory(setup, device, monkeypatch):
     """On CUDA every loader of predict-seg (the threshold's choice on val, then each split) gives
     pinned batches, whose copies to the GPU are queued, not waited for; on the CPU none is pinned."""

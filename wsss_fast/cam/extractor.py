@@ -42,6 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..engine.transfer import to_device
 from ..ops.gradcampp_weights import VARIANTS, gradcampp_weights
 from ..ops.weighted_cam import weighted_cam
 from .result import CAMResult, LayerCAMs, empty_result, strided_size
@@ -104,13 +105,7 @@ def _slots(pos: Tensor, device: torch.device) -> _Slots:
     valid = torch.arange(cmax)[None, :] < counts[:, None]
     classes = torch.where(valid, order, torch.zeros_like(order))
     image, slot = valid.nonzero(as_tuple=True)
-    return _Slots(*(_to_device(t, device) for t in (pos, classes, valid, image, slot)))
-
-
-def _to_device(t: Tensor, device: torch.device) -> Tensor:
-    if device.type == "cuda":  # from pinned memory the copy is queued, not waited for
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
+    return _Slots(*(to_device(t, device) for t in (pos, classes, valid, image, slot)))
 
 
 class CAMExtractor:

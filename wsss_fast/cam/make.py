@@ -36,6 +36,7 @@ from ..config import get
 from ..data.base import as_is
 from ..engine.paths import RunPaths
 from ..engine.files import BackgroundWriter, atomic_write_bytes, load_cam_file, read_json, save_cam_file
+from ..engine.transfer import InFlight, to_device
 
 __all__ = ["make_cam", "eval_cam", "shard_of", "predict_from_cam", "checkpoint_path", "cam_threshold",
            "val_sweep"]
@@ -103,6 +104,13 @@ def _save(path: Path, d: dict[str, np.ndarray]) -> None:
     save_cam_file(path, d["keys"], d["cam"], d["high_res"], **({"raw": d["raw"]} if "raw" in d else {}))
 
 
+def _finish(paths: RunPaths, writer: BackgroundWriter, pending: tuple[list[dict], Any]) -> None:
+    """Wait for a launched batch's maps and queue its files on ``writer``."""
+    group, host = pending
+    for it, d in zip(group, host.wait()):
+        writer.submit(partial(_save, paths.cam_file(it["image_id"]), d))
+
+
 def make_cam(cfg: dict, paths: RunPaths) -> None:
     """``wsss-fast make-cam``: CAM files for every image of ``cam.splits`` (resumable, shardable).
 
@@ -112,7 +120,9 @@ def make_cam(cfg: dict, paths: RunPaths) -> None:
     batches of ``cam.batch_size`` images that have classes (in loader order; with
     ``cam.use_labels`` an image without a positive class gets its empty file at once, no network)
     and writes one file per image with :func:`wsss_fast.engine.files.save_cam_file` on writer
-    threads (:class:`~wsss_fast.engine.files.BackgroundWriter`) while the next batch runs. Marks
+    threads (:class:`~wsss_fast.engine.files.BackgroundWriter`), one batch in flight
+    (:class:`~wsss_fast.engine.transfer.InFlight`): a batch's maps are copied out once the next
+    batch is queued. Marks
     ``paths.cam`` done once the files of every split exist (whichever shard finishes last).
     """
     from ..data import build_dataset, without_masks
@@ -150,17 +160,15 @@ def make_cam(cfg: dict, paths: RunPaths) -> None:
         bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, unit="img", dynamic_ncols=True)
         loader = DataLoader(_CamInputs(cfg, ds, todo, use_labels), batch_size=batch_size, shuffle=False,
                             num_workers=workers, collate_fn=as_is, pin_memory=device.type == "cuda")
-        with BackgroundWriter() as writer:
-            def run(batch: list[dict]) -> None:
-                for group in _groups_by_size(batch):
-                    images = torch.stack([it["image"] for it in group]).to(device, non_blocking=True)
-                    labels = torch.stack([torch.as_tensor(it["label"]) for it in group]) if use_labels else None
-                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                        result = extractor(images, labels, scales=scales, flip=flip, threshold=threshold,
-                                           allow_empty=True)
-                    # one host copy per field and batch; nothing writes to these arrays afterwards
-                    for it, d in zip(group, result.per_image(dtype=torch.float16, numpy=True, fields=fields)):
-                        writer.submit(partial(_save, paths.cam_file(it["image_id"]), d))
+        with BackgroundWriter() as writer, InFlight(partial(_finish, paths, writer)) as flight:
+            def launch(group: list[dict]) -> tuple[list[dict], Any]:
+                images = torch.stack([to_device(it["image"], device) for it in group])  # pinned: queued copies
+                labels = torch.stack([torch.as_tensor(it["label"]) for it in group]) if use_labels else None
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                    result = extractor(images, labels, scales=scales, flip=flip, threshold=threshold,
+                                       allow_empty=True)
+                # one host copy per dtype and batch, queued; nothing writes to these arrays afterwards
+                return group, result.to_host(torch.float16, fields)
 
             pending: list[dict] = []  # images with maps to compute, run batch_size at a time
             for n, items in enumerate(loader, 1):
@@ -170,8 +178,11 @@ def make_cam(cfg: dict, paths: RunPaths) -> None:
                     else:
                         pending.append(it)
                 while len(pending) >= batch_size or (pending and n == len(loader)):  # the rest with the last
-                    run(pending[:batch_size])
+                    for group in _groups_by_size(pending[:batch_size]):
+                        flight.push(launch(group))  # the batch before it is saved now, while this one runs
                     del pending[:batch_size]
+                if n == len(loader):  # inside the loader's last iteration, where a profile times the loop
+                    flight.drain()
                 bar.update(len(items))
         bar.close()
     # checked once this process's share of every split is written: of several torchrun ranks, the

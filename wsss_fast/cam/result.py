@@ -14,7 +14,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["CAMResult", "LayerCAMs", "PER_IMAGE_FIELDS", "no_maps", "empty_result", "strided_size"]
+from ..engine.transfer import HostCopy
+
+__all__ = ["CAMResult", "HostImages", "LayerCAMs", "PER_IMAGE_FIELDS", "no_maps", "empty_result", "strided_size"]
 
 PER_IMAGE_FIELDS = ("keys", "cam", "high_res", "raw", "raw_high_res")
 
@@ -60,8 +62,8 @@ class CAMResult:
                   fields: Sequence[str] = PER_IMAGE_FIELDS) -> list[dict]:
         """Split into one IRNet-style dict per image (the saving format; fp16 by default).
 
-        Each field is converted and (``numpy``) copied to the host once for the whole batch,
-        then split; a returned map may be a view of that batch tensor or array.
+        With ``numpy``, the maps of each dtype are copied to the host once for the whole batch
+        (:meth:`to_host`), then split; a returned map may be a view of that batch tensor or array.
 
         Args:
             dtype: dtype of the maps (``None`` keeps float32).
@@ -72,21 +74,25 @@ class CAMResult:
             ``B`` dicts with (of ``fields``) ``keys [n_i]``, ``cam [n_i, h4, w4]``, ``high_res
             [n_i, H, W]``, ``raw [n_i, h4, w4]`` and ``raw_high_res [n_i, H, W]``; ``n_i`` may be 0.
         """
+        if numpy:
+            return self.to_host(dtype, fields).wait()
+        parts = {name: torch.split(t, self.counts()) for name, t in self._fields(dtype, fields).items()}
+        return [{name: parts[name][i] for name in fields} for i in range(self.batch_size)]
+
+    def to_host(self, dtype: torch.dtype | None = torch.float16,
+                fields: Sequence[str] = PER_IMAGE_FIELDS) -> "HostImages":
+        """:meth:`per_image` with ``numpy``, in two halves: the copies to the host are queued now
+        (:class:`~wsss_fast.engine.transfer.HostCopy`), :meth:`HostImages.wait` waits and splits."""
+        return HostImages(HostCopy([self.image_index, *self._fields(dtype, fields).values()]), tuple(fields),
+                          self.batch_size)
+
+    def _fields(self, dtype: torch.dtype | None, fields: Sequence[str]) -> dict[str, Tensor]:
         src = {"keys": self.keys, "cam": self.cams, "high_res": self.high_res, "raw": self.raw,
                "raw_high_res": self.raw_high_res}
         bad = [f for f in fields if f not in src]
         if bad:
             raise ValueError(f"CAMResult.per_image: unknown fields {bad}; choose from {PER_IMAGE_FIELDS}")
-        sizes = self.counts()
-        parts = {}
-        for name in fields:
-            t = src[name]
-            if name != "keys" and dtype is not None:
-                t = t.to(dtype)
-            if numpy:
-                t = t.detach().cpu()
-            parts[name] = [p.numpy() for p in torch.split(t, sizes)] if numpy else torch.split(t, sizes)
-        return [{name: parts[name][i] for name in fields} for i in range(self.batch_size)]
+        return {name: src[name].to(dtype) if name != "keys" and dtype is not None else src[name] for name in fields}
 
     def dense(self, which: str = "cams") -> Tensor:
         """Scatter one field into ``[B, N, h, w]``, zero for negative classes."""
@@ -97,6 +103,20 @@ class CAMResult:
         out = src.new_zeros((self.batch_size, self.labels.shape[1], *src.shape[1:]))
         out[self.image_index, self.keys] = src
         return out
+
+
+class HostImages:
+    """A batch's per-image dicts on their way to the host (:meth:`CAMResult.to_host`)."""
+
+    def __init__(self, copy: HostCopy, fields: tuple[str, ...], batch_size: int) -> None:
+        self._copy, self._fields, self._batch_size = copy, fields, batch_size
+
+    def wait(self) -> list[dict]:
+        """``B`` dicts of numpy arrays, as :meth:`CAMResult.per_image` with ``numpy``."""
+        index, *maps = self._copy.wait()
+        sizes = torch.bincount(index, minlength=self._batch_size).tolist()
+        parts = {name: [p.numpy() for p in torch.split(t, sizes)] for name, t in zip(self._fields, maps)}
+        return [{name: parts[name][i] for name in self._fields} for i in range(self._batch_size)]
 
 
 @dataclass

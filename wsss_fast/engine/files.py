@@ -80,21 +80,6 @@ class BackgroundWriter:
             self._pool.shutdown(wait=True, cancel_futures=exc_type is not None)
 
 
-def to_host(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Tensors of one dtype and device on the CPU, with one copy (one sync) for all of them.
-
-    Args:
-        tensors: any shapes, one dtype, one device.
-
-    Returns:
-        CPU tensors of the same shapes (views of one buffer).
-    """
-    if not tensors:
-        return []
-    flat = torch.cat([t.reshape(-1) for t in tensors]).cpu()
-    return [f.view(t.shape) for f, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
-
-
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` that never leaves a half-written checkpoint behind."""
     buf = io.BytesIO()

@@ -36,8 +36,8 @@ from tqdm import tqdm
 from .. import ops
 from ..config import get
 from ..engine.dist import env_rank_world, resolve_device
-from ..engine.files import (BackgroundWriter, atomic_write_bytes, load_cam_file, read_json, read_png, to_host,
-                            write_npy, write_png)
+from ..engine.files import BackgroundWriter, atomic_write_bytes, load_cam_file, read_json, read_png, write_npy, write_png
+from ..engine.transfer import HostCopy, InFlight, to_device, to_host
 from ..engine.paths import RunPaths
 from ..metrics.segmentation import best_and_label
 from . import common
@@ -174,7 +174,8 @@ def _walk_soft(model: EdgeDisplacement, items: list[dict], cfg: dict, device: to
 def _walk_classes(model: EdgeDisplacement, items: list[dict], cfg: dict, device: torch.device,
                   steps: list[int], masks: tuple[bool, ...]) -> dict[tuple[bool, int], list[torch.Tensor]]:
     """:func:`_walk_soft` of images that have classes, on ``device``."""
-    x = torch.stack([it["image"] for it in items]).to(device)
+    # from pinned memory (the loader's, on a GPU): queued copies, stacked on the device
+    x = torch.stack([to_device(it["image"], device) for it in items])
     H, W = x.shape[-2:]
     xe, up = walk_image(cfg, x)
     edge = _edges(model, xe, [float(s) for s in get(cfg, "sem_seg.scales")])  # [B, h, w]
@@ -182,7 +183,7 @@ def _walk_classes(model: EdgeDisplacement, items: list[dict], cfg: dict, device:
     h0, w0 = _stride4(H), _stride4(W)
     cams = torch.zeros((len(items), max(int(it["cam"].shape[0]) for it in items), h, w), device=device)
     for b, it in enumerate(items):
-        c = it["cam"].to(device)
+        c = to_device(it["cam"], device)
         if c.shape[-2:] != (h0, w0):
             raise ValueError(f"{it['id']}: CAM 'cam' is {tuple(c.shape[-2:])}, expected stride-4 size "
                              f"{(h0, w0)} of the {H}x{W} image")
@@ -208,24 +209,43 @@ def _walk_classes(model: EdgeDisplacement, items: list[dict], cfg: dict, device:
 
 
 @torch.no_grad()
-def _process_batch(model: EdgeDisplacement, items: list[dict], cfg: dict, paths: RunPaths,
-                   device: torch.device, writer: BackgroundWriter) -> None:
-    """Walk a batch, label it at the original size on ``device``, copy maps and labels to the
-    host once each, and queue the files on ``writer``."""
+def _launch(model: EdgeDisplacement, items: list[dict], cfg: dict,
+            device: torch.device) -> tuple[list[dict], HostCopy]:
+    """Queue a batch's walk, its labels at the original size on ``device`` and one copy of maps
+    and labels to the host; nothing waits for the device."""
     steps = int(get(cfg, "sem_seg.steps"))
     bg_thres = float(get(cfg, "sem_seg.bg_thres"))
     mask = _edge_mask(get(cfg, "sem_seg.edge_mask"))
     softs = _walk_soft(model, items, cfg, device, [steps], (mask,), host=False)[(mask, steps)]
-    labels = to_host([_labels(soft.float(), it["keys"], bg_thres, it["orig_size"]) for it, soft in zip(items, softs)])
-    for it, soft, label in zip(items, to_host(softs), labels):
+    labels = [_labels(soft.float(), it["keys"], bg_thres, it["orig_size"]) for it, soft in zip(items, softs)]
+    return items, HostCopy([*softs, *labels])
+
+
+def _finish(pending: tuple[list[dict], HostCopy], paths: RunPaths, writer: BackgroundWriter) -> None:
+    """Wait for a launched batch's copy and queue its files on ``writer``."""
+    items, copy = pending
+    host = copy.wait()
+    for it, soft, label in zip(items, host[: len(items)], host[len(items):]):
         png, npy = _outputs(paths, it["id"])
         writer.submit(write_npy, soft.numpy(), npy)
         writer.submit(write_png, label.numpy(), png)
 
 
+def _write_empty(item: dict, paths: RunPaths, writer: BackgroundWriter) -> None:
+    """The files of an image without classes, made on the host: no maps, all background."""
+    png, npy = _outputs(paths, item["id"])
+    writer.submit(write_npy, np.zeros((0, *item["size"]), np.float16), npy)
+    writer.submit(write_png, np.zeros(item["orig_size"], np.uint8), png)
+
+
 def run_shard(cfg: dict, root: str, split: str, indices: list[int], device: str,
               show_progress: bool = True) -> None:
-    """Write the pseudo labels of ``indices`` of ``split`` (one shard, one device)."""
+    """Write the pseudo labels of ``indices`` of ``split`` (one shard, one device).
+
+    Images of one working size are walked ``sem_seg.batch_size`` at a time, one batch in flight
+    (:class:`~wsss_fast.engine.transfer.InFlight`): a batch's files are queued once the next
+    batch is queued on the device. Images without classes are written at once, on the host.
+    """
     paths = RunPaths(root)
     dev = torch.device(device)
     if dev.type == "cuda":
@@ -234,18 +254,20 @@ def run_shard(cfg: dict, root: str, split: str, indices: list[int], device: str,
     net = load_irnet(paths.irn / "final.pt", map_location="cpu")
     model = EdgeDisplacement(net.to(dev).eval(), displacement=False)  # the walk uses the boundaries
     bs = max(1, int(get(cfg, "sem_seg.batch_size")))
-    loader = DataLoader(_InferDataset(base, paths, indices), batch_size=1,
-                        shuffle=False, num_workers=_workers(cfg), collate_fn=list)  # items stay dicts
+    loader = DataLoader(_InferDataset(base, paths, indices), batch_size=1, shuffle=False, num_workers=_workers(cfg),
+                        collate_fn=list, pin_memory=dev.type == "cuda")  # items stay dicts
     pending: dict[tuple, list[dict]] = {}
     bar = tqdm(total=len(indices), desc=f"sem-seg {split} {device}", unit="img", disable=not show_progress)
-    with BackgroundWriter() as writer:
+    with BackgroundWriter() as writer, InFlight(lambda p: _finish(p, paths, writer)) as flight:
         for n, (item,) in enumerate(loader, 1):
             if item["cam"].shape[0] == 0:  # no classes: no network, written at once
-                _process_batch(model, [item], cfg, paths, dev, writer)
+                _write_empty(item, paths, writer)
             else:
                 pending.setdefault(item["size"], []).append(item)
             for key in [k for k, v in pending.items() if len(v) >= bs or n == len(loader)]:  # the rest with the last
-                _process_batch(model, pending.pop(key), cfg, paths, dev, writer)
+                flight.push(_launch(model, pending.pop(key), cfg, dev))
+            if n == len(loader):  # inside the loader's last iteration, where a profile times the loop
+                flight.drain()
             bar.update(1)
     bar.close()
 
@@ -352,7 +374,8 @@ def _val_counts(cfg: dict, paths: RunPaths, device: str, base, indices: list[int
     indices = list(range(len(base.image_ids))) if indices is None else indices
     loader = DataLoader(_InferDataset(base, paths, indices, with_mask=True),
                         batch_size=max(1, int(get(cfg, "sem_seg.batch_size"))), shuffle=False,
-                        num_workers=_workers(cfg), collate_fn=list)  # sizes and class counts differ
+                        num_workers=_workers(cfg), collate_fn=list,  # sizes and class counts differ
+                        pin_memory=dev.type == "cuda")
     for items in tqdm(loader, desc="sem-seg: choose the walk on val", unit="batch", disable=not show_progress):
         for group in {it["size"]: None for it in items}:
             same = [it for it in items if it["size"] == group]
@@ -363,7 +386,7 @@ def _val_counts(cfg: dict, paths: RunPaths, device: str, base, indices: list[int
                     raise ValueError(f"make-sem-seg: val image {it['id']} has no mask; give sem_seg.steps, "
                                      "bg_thres and edge_mask as values")
                 positive = bool(np.asarray(base.labels[it["index"]]).any())
-                gt_dev = gt.to(dev)
+                gt_dev = to_device(gt, dev)
                 for m, n in itertools.product(masks, steps_list):  # every threshold in one pass, on dev
                     best, label = best_and_label(softs[(m, n)][j].float(), it["keys"], tuple(gt.shape))
                     add_sweep([evals[(m, n, t)] for t in thres_list], best, label, gt_dev, thres_list, positive)

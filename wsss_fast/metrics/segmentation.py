@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..engine.transfer import to_device
+
 __all__ = ["confusion_matrix", "miou", "dice_per_image", "image_counts", "best_and_label", "threshold_sweep",
            "add_sweep", "SegEvaluator"]
 
@@ -129,7 +131,7 @@ def best_and_label(maps: ArrayLike, keys: ArrayLike,
     if rw.shape[0] == 0:
         return rw.new_full(rw.shape[-2:], float("-inf")), torch.zeros(rw.shape[-2:], dtype=torch.long, device=rw.device)
     arg = torch.argmax(rw, dim=0)  # the first best channel
-    lut = torch.as_tensor(np.asarray(keys, dtype=np.int64) + 1, device=rw.device)
+    lut = to_device(torch.from_numpy(np.asarray(keys, dtype=np.int64) + 1), rw.device)  # queued, not waited for
     return rw.gather(0, arg[None])[0], lut[arg]
 
 

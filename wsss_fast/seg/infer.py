@@ -11,20 +11,21 @@ original image size and thresholded (binary) or arg-maxed (multi-class). With
 
 from __future__ import annotations
 
+import json
+from functools import partial
+from pathlib import Path
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-import json
-from pathlib import Path
-
-import numpy as np
-
 from ..config import get
-from ..engine.paths import RunPaths
 from ..engine.dist import resolve_device
-from ..engine.files import BackgroundWriter, atomic_write_bytes, to_host, write_png
+from ..engine.paths import RunPaths
+from ..engine.files import BackgroundWriter, atomic_write_bytes, write_png
+from ..engine.transfer import HostCopy, InFlight, to_device
 from .data import ImageDataset, eval_transform, seg_image_size
 from .model import model_from_cfg
 
@@ -111,6 +112,14 @@ def _write_prediction(label: np.ndarray, prob: np.ndarray | None, out: Path, nam
     write_png(label, out / f"{name}.png")
 
 
+def _finish(out: Path, names, writer: BackgroundWriter, pending: tuple[list[int], bool, HostCopy]) -> None:
+    """Wait for a batch's label maps (and probabilities) and queue their PNGs on ``writer``."""
+    indices, with_probs, copy = pending
+    host = [t.numpy() for t in copy.wait()]
+    for j, idx in enumerate(indices):
+        writer.submit(_write_prediction, host[j], host[len(indices) + j] if with_probs else None, out, names[idx])
+
+
 def seg_threshold(cfg: dict, paths: RunPaths, model: torch.nn.Module | None = None,
                   device: torch.device | None = None) -> dict:
     """``seg.threshold`` as a number: as configured, or chosen on val (``val``).
@@ -153,7 +162,7 @@ def seg_threshold(cfg: dict, paths: RunPaths, model: torch.nn.Module | None = No
             raise ValueError(f"predict-seg: seg.threshold 'val' needs val masks; {base.image_ids[idx]} has none")
         positive = bool(np.asarray(base.labels[idx]).any())
         # every threshold in one pass, where p is: probs_to_label(p, t) of each
-        add_sweep(evals, p[0], torch.ones_like(p[0], dtype=torch.long), torch.as_tensor(np.asarray(gt)).to(p.device),
+        add_sweep(evals, p[0], torch.ones_like(p[0], dtype=torch.long), to_device(torch.as_tensor(np.asarray(gt)), p.device),
                   thresholds, positive)
     sweep = {f"{t:g}": {k: v for k, v in ev.result().items() if k in ("miou_all", "miou_pos", "dice")}
              for t, ev in zip(thresholds, evals)}
@@ -172,8 +181,10 @@ def predict_seg(cfg: dict, paths: RunPaths) -> None:
     Existing predictions are kept (resume); ``seg_pred/.done`` marks the end. With
     ``seg.save_probs`` the foreground probability (binary) is also stored as
     ``seg_pred/<id>_prob.png`` (uint8, p * 255) at the original resolution. The binary
-    threshold is :func:`seg_threshold`'s. The PNGs are encoded and written on writer threads
-    (:class:`~wsss_fast.engine.files.BackgroundWriter`) while the next batch runs.
+    threshold is :func:`seg_threshold`'s. One batch in flight
+    (:class:`~wsss_fast.engine.transfer.InFlight`): a batch's maps are copied out once the next
+    batch is queued, and its PNGs encoded and written on writer threads
+    (:class:`~wsss_fast.engine.files.BackgroundWriter`).
     """
     from ..data import build_dataset
 
@@ -193,17 +204,17 @@ def predict_seg(cfg: dict, paths: RunPaths) -> None:
             continue
         loader = _loader(cfg, base, todo, device)
         bar = tqdm(total=len(todo), desc=f"predict-seg {split}", leave=False)
-        with BackgroundWriter() as writer:
-            for preds in _batch_predictions(model, loader, device, flip, amp):
-                # the batch's maps on the device, one copy to the host, PNGs encoded on writer threads
+        with BackgroundWriter() as writer, InFlight(partial(_finish, out, base.image_ids, writer)) as flight:
+            for n, preds in enumerate(_batch_predictions(model, loader, device, flip, amp), 1):
+                # the batch's maps on the device, one queued copy to the host; they are waited for
+                # once the next batch is queued, and the PNGs encoded on writer threads
                 maps = [probs_to_label(p, thr) for _, p in preds]
                 with_probs = save_probs and preds[0][1].shape[0] == 1
                 if with_probs:
                     maps += [(p[0].clamp(0, 1) * 255).round().byte() for _, p in preds]
-                host = [t.numpy() for t in to_host(maps)]
-                for j, (idx, _) in enumerate(preds):
-                    prob = host[len(preds) + j] if with_probs else None
-                    writer.submit(_write_prediction, host[j], prob, out, base.image_ids[idx])
+                flight.push(([idx for idx, _ in preds], with_probs, HostCopy(maps)))
+                if n == len(loader):  # inside the loader's last iteration, where a profile times the loop
+                    flight.drain()
                 bar.update(len(preds))
         bar.close()
     paths.mark_done(out)
