@@ -13,8 +13,7 @@ import pytest
 import torch
 
 from benchmarks.conftest import DEVICES, record
-from wsss_fast.irn.sem_seg import best_and_label
-from wsss_fast.metrics import SegEvaluator, add_sweep
+from wsss_fast.metrics import SegEvaluator, add_sweep, best_and_label
 
 THRESHOLDS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99]
 CASES = {"siim": ((1024, 1024), 2), "voc": ((375, 500), 21)}

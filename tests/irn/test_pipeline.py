@@ -13,9 +13,11 @@ from scipy import ndimage
 from wsss_fast.engine.files import read_png
 from wsss_fast.irn.ir_label import make_ir_label
 from wsss_fast.irn.model import load_irnet
-from wsss_fast.irn.sem_seg import eval_sem_seg, labels_from_soft, make_sem_seg, run_shard
+from wsss_fast.irn.sem_seg import eval_sem_seg, make_sem_seg, run_shard
 from wsss_fast.irn.show import show
 from wsss_fast.irn.train import train_irn
+import wsss_fast.irn.walk as walk
+from wsss_fast.irn.walk import labels_from_soft
 from wsss_fast.engine.paths import RunPaths
 from wsss_fast.engine.files import load_cam_file, save_cam_file
 
@@ -133,9 +135,9 @@ def test_images_without_classes_skip_the_network(trained, monkeypatch, choose, d
         monkeypatch.setattr(ds, "load_image",
                             lambda i, ds=ds, load=ds.load_image: read.append(ds.image_ids[i]) or load(i))
     seen = []
-    walk = sem_seg._walk_classes
-    monkeypatch.setattr(sem_seg, "_walk_classes", lambda model, items, *a, **k: seen.append(
-        [it["id"] for it in items]) or walk(model, items, *a, **k))
+    walk_classes = walk._walk_classes
+    monkeypatch.setattr(walk, "_walk_classes", lambda model, items, *a, **k: seen.append(
+        [it["id"] for it in items]) or walk_classes(model, items, *a, **k))
     launched = []  # the batches that make device work and a copy back: images with classes only
     launch = sem_seg._launch
     monkeypatch.setattr(sem_seg, "_launch", lambda model, items, *a: launched.append(
@@ -204,13 +206,13 @@ def test_a_batch_is_launched_without_waiting_for_the_device(device, host_reads, 
 
     g = torch.Generator().manual_seed(0)
     edge = (torch.rand(2, 8, 10, generator=g) ** 3).to(device)
-    monkeypatch.setattr(sem_seg, "_edges", lambda model, x, scales: edge)
+    monkeypatch.setattr(walk, "_edges", lambda model, x, scales: edge)
     items = [{"image": torch.zeros(3, 32, 40), "size": (32, 40), "orig_size": (45, 50), "id": f"i{b}",
               "keys": np.arange(k, dtype=np.int64) * 2, "cam": torch.rand(k, 8, 10, generator=g)}
              for b, k in enumerate((2, 1))]
     cfg = load_config(None, {"sem_seg": {"radius": 3, "steps": 4, "bg_thres": 0.3, "edge_mask": True}})
     dev = torch.device(device)
-    want = sem_seg._walk_soft(None, items, cfg, dev, [4], (True,))[(True, 4)]
+    want = walk._walk_soft(None, items, cfg, dev, [4], (True,))[(True, 4)]
     with host_reads(device) as reads:
         pending = sem_seg._launch(None, items, cfg, dev)
     assert reads.count == 0, reads.where

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from wsss_fast.engine.files import read_png
-from wsss_fast.irn.sem_seg import eval_sem_seg, labels_from_soft, make_sem_seg
+from wsss_fast.irn.sem_seg import eval_sem_seg, make_sem_seg
+from wsss_fast.irn.walk import labels_from_soft
 from wsss_fast.metrics import SegEvaluator
 from wsss_fast.engine.paths import RunPaths
 from wsss_fast.engine.files import save_cam_file

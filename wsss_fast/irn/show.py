@@ -24,7 +24,7 @@ from ..engine.files import read_png
 from .common import as_list, resize_image_uint8, resize_label
 from .crf import to_rgb_uint8
 from .model import EdgeDisplacement, load_irnet
-from .sem_seg import walk_image
+from .walk import walk_image
 
 TITLES = ["image", "CAM", "boundary", "displacement", "random walk", "pseudo label", "ground truth"]
 

@@ -1,5 +1,6 @@
-"""Pseudo labels from soft maps: labels_from_soft and best_and_label (the threshold sweeps' input)
-against the definition, an argmax over [bg_thres, maps...] with ties to background."""
+"""wsss_fast.irn.walk: pseudo labels from soft maps (labels_from_soft and best_and_label, the
+threshold sweeps' input) against the definition, an argmax over [bg_thres, maps...] with ties to
+background; the walk for several step counts as one walk continued."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wsss_fast.irn.sem_seg import labels_from_soft
+from wsss_fast.irn.walk import labels_from_soft
 from wsss_fast.metrics import best_and_label
 
 
@@ -43,20 +44,20 @@ def test_the_walk_for_several_step_counts_continues_one_walk(monkeypatch):
     """make-sem-seg's choice on val walks the candidates' step counts as one walk continued
     (the walk is linear): each count's maps equal a walk of that count alone (CPU: the same bits),
     with and without the edge mask."""
-    import wsss_fast.irn.sem_seg as sem_seg
+    import wsss_fast.irn.walk as walk
     from wsss_fast.config import load_config
 
     g = torch.Generator().manual_seed(0)
     edge = torch.rand(2, 8, 10, generator=g) ** 3
-    monkeypatch.setattr(sem_seg, "_edges", lambda model, x, scales: edge)
+    monkeypatch.setattr(walk, "_edges", lambda model, x, scales: edge)
     items = [{"image": torch.zeros(3, 32, 40), "size": (32, 40), "id": f"i{b}",
               "cam": torch.rand(k, 8, 10, generator=g)} for b, k in enumerate((2, 1))]
     cfg = load_config(None, {"sem_seg": {"radius": 3}})
     masks = (True, False)
-    together = sem_seg._walk_soft(None, items, cfg, torch.device("cpu"), [8, 0, 3, 1], masks)
+    together = walk._walk_soft(None, items, cfg, torch.device("cpu"), [8, 0, 3, 1], masks)
     for m in masks:
         for n in (0, 1, 3, 8):
-            alone = sem_seg._walk_soft(None, items, cfg, torch.device("cpu"), [n], (m,))[(m, n)]
+            alone = walk._walk_soft(None, items, cfg, torch.device("cpu"), [n], (m,))[(m, n)]
             for a, b in zip(together[(m, n)], alone):
                 assert torch.equal(a, b), (m, n)
     assert not torch.equal(together[(True, 8)][0], together[(True, 0)][0])  # the walk moved the maps
