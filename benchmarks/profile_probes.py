@@ -145,7 +145,8 @@ def trace_summary(prof: Any, seconds: float, batches: int, top: int = 8) -> dict
     """What a traced window spent: the GPU kernels' time as a share of the window (summed as
     ``torch.profiler``'s table sums its device time; None without a GPU), the main thread's time
     inside profiled ops, and the ``top`` ops by self CPU time (``cudaStreamSynchronize`` and
-    ``aten::_local_scalar_dense`` are waits for the GPU; ``cudaLaunchKernel`` launch overhead).
+    ``aten::_local_scalar_dense`` are waits for the GPU; ``cudaEventSynchronize`` the wait for a
+    batch's copy to the host, one batch in flight; ``cudaLaunchKernel`` launch overhead).
 
     Returns:
         ``{"batches", "seconds", "kernel_share", "host_ops_share", "host_top": [{"op", "self_ms",

@@ -181,7 +181,7 @@ def test_ir_labels_on_cuda_agree_with_the_cpu_op(compiled_ops):
 
 def test_crf_inference_many_equals_one_image_at_a_time(device, compiled_ops):
     """Several images' maps in one call of the compiled CRF: each image's maps as alone (CPU:
-    the same bits), also with an image of no maps in the batch."""
+    the same bits), also with an image of no maps in the batch, and from uint8 tensors."""
     from wsss_fast.irn.crf import crf_inference_labels, crf_inference_many
 
     imgs, labs = [], []
@@ -192,12 +192,23 @@ def test_crf_inference_many_equals_one_image_at_a_time(device, compiled_ops):
         labs.append(rng.integers(0, 3, (k, 48, 48)))
     many = crf_inference_many(imgs, labs, 3, CRFParams(), device)
     assert [m.shape for m in many] == [(2, 48, 48), (0, 48, 48), (3, 48, 48)]
+    assert all(m.dtype == np.uint8 for m in many)  # at most 256 labels: uint8 maps come back
     for img, lab, got in zip(imgs, labs, many):
         want = crf_inference_labels(img, lab, 3, CRFParams(), "wsss_fast", device)
+        assert want.dtype == np.int64
         if device == "cpu":
             np.testing.assert_array_equal(got, want)
         else:
             assert lab.shape[0] == 0 or (got == want).mean() >= 0.999
+    # make-ir-label's form: uint8 tensors from the loader (pinned on CUDA), the same maps
+    pin = (lambda t: t.pin_memory()) if device == "cuda" else (lambda t: t)
+    again = crf_inference_many([pin(torch.from_numpy(im)) for im in imgs],
+                               [pin(torch.from_numpy(lab.astype(np.uint8))) for lab in labs], 3, CRFParams(), device)
+    for a, b in zip(again, many):
+        if device == "cpu":
+            np.testing.assert_array_equal(a, b)
+        else:
+            assert a.size == 0 or (a == b).mean() >= 0.999
     with pytest.raises(ValueError, match="one size"):
         crf_inference_many([imgs[0], imgs[1][:40]], labs[:2], 3)
 

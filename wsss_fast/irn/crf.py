@@ -195,37 +195,53 @@ def crf_inference_labels(img: np.ndarray, labels: np.ndarray, n_labels: int, par
         raise ValueError(f"CRF backend must be 'wsss_fast' or 'pydensecrf', got {backend!r}")
     if n_labels == 1 or labels.size == 0:
         return np.zeros(labels.shape, dtype=np.int64)
-    return crf_inference_many([img], [labels], n_labels, params, device)[0]
+    return crf_inference_many([img], [labels], n_labels, params, device)[0].astype(np.int64)
 
 
-def crf_inference_many(imgs: list[np.ndarray], labels: list[np.ndarray], n_labels: int,
-                       params: CRFParams = CRFParams(), device: str | torch.device = "cpu") -> list[np.ndarray]:
+def crf_inference_many(imgs: list[np.ndarray | torch.Tensor], labels: list[np.ndarray | torch.Tensor],
+                       n_labels: int, params: CRFParams = CRFParams(),
+                       device: str | torch.device = "cpu") -> list[np.ndarray]:
     """The compiled CRF on the label maps of several images in ONE call (a batch of all maps).
 
+    The maps travel to ``device`` in their own integer dtype (make-ir-label's are uint8) and come
+    back as uint8 when ``n_labels`` <= 256; on a GPU, CPU tensors from pinned memory (the
+    loader's) are copied without a wait.
+
     Args:
-        imgs: uint8 ``[H, W, 3]`` images, all of one size.
+        imgs: uint8 ``[H, W, 3]`` images (arrays or CPU tensors), all of one size.
         labels: integer ``[K_i, H, W]`` maps of each image, in ``[0, n_labels)``.
         n_labels: number of labels (the same for every image: it sets the unaries).
         params: CRF parameters; device: where the op runs.
 
     Returns:
-        int64 ``[K_i, H, W]`` refined maps per image (each map as :func:`crf_inference_label` alone).
+        ``[K_i, H, W]`` refined maps per image (each map as :func:`crf_inference_label` alone),
+        uint8 for ``n_labels`` <= 256, else int64.
     """
+    from ..engine.transfer import to_device
     from ..ops.dense_crf import dense_crf_unary, unary_from_labels
 
-    counts = [int(np.asarray(lab).shape[0]) for lab in labels]
+    out_dtype = np.uint8 if n_labels <= 256 else np.int64
+    counts = [int(lab.shape[0]) for lab in labels]
     if not imgs or sum(counts) == 0 or n_labels == 1:
-        return [np.zeros(np.asarray(lab).shape, dtype=np.int64) for lab in labels]
+        return [np.zeros(tuple(lab.shape), dtype=out_dtype) for lab in labels]
     h, w = imgs[0].shape[:2]
-    if any(im.shape[:2] != (h, w) for im in imgs):
-        raise ValueError(f"crf_inference_many: images of one size only, got {sorted({im.shape[:2] for im in imgs})}")
-    lab = torch.from_numpy(np.concatenate([np.asarray(x, dtype=np.int64) for x in labels])).to(device)
+    if any(tuple(im.shape[:2]) != (h, w) for im in imgs):
+        raise ValueError(f"crf_inference_many: images of one size only, got "
+                         f"{sorted({tuple(im.shape[:2]) for im in imgs})}")
+    device = torch.device(device)
+    lab = torch.cat([to_device(_tensor(x), device) for x in labels]).long()
     unary = unary_from_labels(lab, int(n_labels), params.gt_prob, zero_unsure=False)
-    image = torch.from_numpy(np.stack([np.require(im, requirements="W") for im in imgs])).to(device)
-    image = image.permute(0, 3, 1, 2).repeat_interleave(torch.tensor(counts, device=device), dim=0).contiguous()
+    image = torch.stack([to_device(_tensor(im), device) for im in imgs])
+    per_map = to_device(torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)), device)
+    image = image.permute(0, 3, 1, 2)[per_map].contiguous()  # each image once per map
     scale = params.spatial_scale(h, w)
     q = dense_crf_unary(unary, image, gaussian_sxy=params.gauss_sxy * scale, gaussian_compat=params.gauss_compat,
                         bilateral_sxy=params.bilateral_sxy * scale, bilateral_srgb=params.bilateral_srgb,
                         bilateral_compat=params.bilateral_compat, iterations=int(params.iterations))
-    out = q.argmax(1).cpu().numpy().astype(np.int64)
+    out = q.argmax(1).to(torch.uint8 if out_dtype is np.uint8 else torch.int64).cpu().numpy()
     return list(np.split(out, np.cumsum(counts)[:-1]))
+
+
+def _tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A CPU tensor of ``x`` (a tensor as is; an array shared, copied only when read-only)."""
+    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.require(x, requirements="W"))

@@ -232,7 +232,8 @@ def _run_batched(cfg: dict, paths: RunPaths, ds, todo: list[int], bar: tqdm, dev
     ``num_workers`` loader processes and the PNGs written by a thread pool."""
     params = CRFParams.from_cfg(get(cfg, "ir_label.crf"))
     loader = DataLoader(_Inputs(cfg, paths, ds, todo), batch_size=int(get(cfg, "ir_label.batch_size")),
-                        num_workers=int(get(cfg, "num_workers")), collate_fn=list)
+                        num_workers=int(get(cfg, "num_workers")), collate_fn=list,
+                        pin_memory=device.type == "cuda")  # images and maps go to a GPU from pinned memory
 
     def finish(item: tuple, refined: np.ndarray) -> None:
         image_id, _, cams, keys, _ = item
@@ -248,8 +249,8 @@ def _run_batched(cfg: dict, paths: RunPaths, ds, todo: list[int], bar: tqdm, dev
                 else:
                     groups.setdefault((tuple(it[1].shape[:2]), it[3].shape[0]), []).append(it)
             for (_, n_labels), group in groups.items():
-                refined = crf_inference_many([it[1].numpy() for it in group], [it[4].numpy() for it in group],
-                                             n_labels, params, device)
+                refined = crf_inference_many([it[1] for it in group], [it[4] for it in group], n_labels, params,
+                                             device)  # uint8 maps both ways
                 for it, r in zip(group, refined):
                     writer.submit(finish, it, r)
             bar.update(len(items))
