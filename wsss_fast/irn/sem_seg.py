@@ -31,7 +31,8 @@ from tqdm import tqdm
 
 from ..config import get
 from ..engine.dist import env_rank_world, resolve_device
-from ..engine.files import BackgroundWriter, atomic_write_bytes, load_cam_file, read_json, read_png, write_npy, write_png
+from ..engine.files import (BackgroundWriter, atomic_write_bytes, load_cam_file, read_json, read_png, write_npy,
+                            write_png)
 from ..engine.paths import RunPaths
 from ..engine.transfer import HostCopy, InFlight, to_device
 from ..metrics.segmentation import best_and_label

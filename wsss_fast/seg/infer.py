@@ -162,8 +162,8 @@ def seg_threshold(cfg: dict, paths: RunPaths, model: torch.nn.Module | None = No
             raise ValueError(f"predict-seg: seg.threshold 'val' needs val masks; {base.image_ids[idx]} has none")
         positive = bool(np.asarray(base.labels[idx]).any())
         # every threshold in one pass, where p is: probs_to_label(p, t) of each
-        add_sweep(evals, p[0], torch.ones_like(p[0], dtype=torch.long), to_device(torch.as_tensor(np.asarray(gt)), p.device),
-                  thresholds, positive)
+        gt = to_device(torch.as_tensor(np.asarray(gt)), p.device)
+        add_sweep(evals, p[0], torch.ones_like(p[0], dtype=torch.long), gt, thresholds, positive)
     sweep = {f"{t:g}": {k: v for k, v in ev.result().items() if k in ("miou_all", "miou_pos", "dice")}
              for t, ev in zip(thresholds, evals)}
     best = max(thresholds, key=lambda t: np.nan_to_num(sweep[f"{t:g}"][metric], nan=-1.0))
