@@ -167,6 +167,19 @@ def test_every_batch_runs_inside_the_loader_loop(trained, loop_watch):
     assert watch.calls > 0 and watch.outside == 0
 
 
+def test_walk_choice_rejects_mask_values_outside_the_classes(trained, monkeypatch):
+    """The walk's choice on val counts on the device and checks, once per batch, that every
+    mask pixel is a class or ignored: a bad mask raises, naming the image."""
+    from wsss_fast.irn.sem_seg import tune_walk
+
+    paths, datasets = trained
+    val = datasets["val"]
+    load = val.load_mask
+    monkeypatch.setattr(val, "load_mask", lambda i: load(i) + 7 * (i == 2))
+    with pytest.raises(ValueError, match=f"val image {val.image_ids[2]}: [1-9][0-9]* mask pixels outside"):
+        tune_walk(tiny_cfg(sem_seg={"steps": "val", "bg_thres": "val", "val_steps": [0, 2]}), paths, "cpu")
+
+
 def test_a_batch_is_saved_once_the_next_is_launched(trained, monkeypatch):
     """One batch in flight: make-sem-seg waits for a batch's maps (``_finish``) only after it
     queued the next batch (``_launch``); every batch is finished once, in order."""

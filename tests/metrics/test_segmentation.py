@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from wsss_fast.metrics import (SegEvaluator, add_sweep, confusion_matrix, dice_per_image, miou, multilabel_f1,
-                               threshold_sweep)
+                               sweep_counts, threshold_sweep)
 
 
 def test_confusion_matrix_by_hand():
@@ -143,6 +143,34 @@ def test_add_sweep_equals_add_per_threshold():
     ev = SegEvaluator(3)
     ev.add_counts(np.array([[4, 0, 0], [0, 0, 0], [0, 0, 0]]), 1.0)  # no truth foreground: negative
     assert (ev.n_images, ev.n_pos) == (1, 0)
+
+
+@pytest.mark.parametrize("n_cls", [2, 4])
+def test_sweep_counts_equals_threshold_sweep_and_never_waits(device, host_reads, n_cls):
+    """The walk's choice on val counts on the device: the same matrices and Dice as
+    threshold_sweep (bit for bit), no bad pixel on valid input, and no wait for the GPU."""
+    rng = np.random.default_rng(10 + n_cls)
+    ts = torch.tensor(THRESHOLDS, dtype=torch.float32, device=device)
+    for case in range(5):
+        best, label, gt = _sweep_case(rng, n_cls, case)
+        args = [torch.from_numpy(a).to(device) for a in (best, label, gt)]
+        with host_reads(device) as reads:
+            conf, dice, bad = sweep_counts(*args, ts, n_cls)
+        assert reads.count == 0, reads.where
+        want_conf, want_dice = threshold_sweep(*args, THRESHOLDS, n_cls)
+        np.testing.assert_array_equal(conf.cpu().numpy(), want_conf)
+        np.testing.assert_array_equal(dice.cpu().numpy(), want_dice)
+        assert bad.tolist() == [0, 0]
+
+
+def test_sweep_counts_counts_bad_pixels_instead_of_raising():
+    best, label, gt = torch.zeros(2, 3), torch.ones(2, 3, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long)
+    ts = torch.tensor([0.5])
+    gt[0, 0], gt[1, 2] = 7, 255  # one outside [0, 2), one ignored
+    assert sweep_counts(best, label, gt, ts, 2)[2].tolist() == [1, 0]
+    best[0, :2] = 1.0  # foreground with label 0 and 2: both outside [1, 2)
+    label[0, 0], label[0, 1] = 0, 2
+    assert sweep_counts(best, label, gt * 0, ts, 2)[2].tolist() == [0, 2]
 
 
 def test_threshold_sweep_errors():

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ..engine.transfer import to_device
 
 __all__ = ["confusion_matrix", "miou", "dice_per_image", "image_counts", "best_and_label", "threshold_sweep",
-           "add_sweep", "SegEvaluator"]
+           "sweep_counts", "add_sweep", "SegEvaluator"]
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -177,26 +177,63 @@ def threshold_sweep(best: ArrayLike, label: ArrayLike, gt: ArrayLike, thresholds
         raise ValueError(f"gt has values outside [0, {c}) other than ignore_index={ignore_index}: "
                          f"found {sorted(set(g[bad].unique().tolist()))[:10]}")
     ts = torch.tensor([float(t) for t in thresholds], dtype=torch.float32, device=dev)
-    sorted_t, order = torch.sort(ts, stable=True)
-    below = torch.searchsorted(sorted_t, b, right=False)  # thresholds < score: foreground for those
-    lab = torch.where(below > 0, lab, torch.zeros_like(lab))  # read only where foreground somewhere
+    below = torch.searchsorted(torch.sort(ts).values, b, right=False)
     bad = (below > 0) & ((lab < 1) | (lab >= c))
     if bool(bad.any()):
         raise ValueError(f"label has values outside [1, {c}) where the score exceeds a threshold: "
                          f"found {sorted(set(lab[bad].unique().tolist()))[:10]}")
+    conf, dice, _ = sweep_counts(b, lab, g, ts, c, None)
+    return conf.cpu().numpy().astype(np.int64), dice.cpu().numpy()
+
+
+def sweep_counts(best: torch.Tensor, label: torch.Tensor, gt: torch.Tensor, thresholds: torch.Tensor,
+                 num_classes: int, ignore_index: int | None = 255) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`threshold_sweep` where the tensors are, without reading them (no wait for a GPU).
+
+    Invalid values are counted, not raised: ``bad`` holds the number of ground-truth pixels
+    outside ``[0, num_classes)`` (other than ``ignore_index``) and of foreground pixels whose
+    label is outside ``[1, num_classes)``; the caller checks it once the counts reach the host.
+
+    Args:
+        best: ``[H, W]`` float scores; label: ``[H, W]`` integer labels; gt: ``[H, W]`` integer
+            ground truth, all on one device.
+        thresholds: float32 ``[T]`` background scores on that device.
+        num_classes: classes INCLUDING background; ignore_index: ground truth to skip.
+
+    Returns:
+        ``(conf, dice, bad)``: int64 ``[T, C, C]``, float64 ``[T]`` (as :func:`threshold_sweep`)
+        and int64 ``[2]``, on the tensors' device.
+    """
+    b = torch.nan_to_num(best.float().reshape(-1), nan=float("-inf"))
+    lab, g = label.long().reshape(-1), gt.long().reshape(-1)
+    c, n_t = int(num_classes), int(thresholds.numel())
+    bad_gt = (g < 0) | (g >= c)
+    if ignore_index is not None:  # ignored pixels go to an extra truth row, dropped at the end
+        ignored = g == ignore_index
+        bad_gt &= ~ignored
+        g = torch.where(ignored, torch.full_like(g, c), g)
+    sorted_t, order = torch.sort(thresholds, stable=True)
+    below = torch.searchsorted(sorted_t, b, right=False)  # thresholds < score: foreground for those
+    lab = torch.where(below > 0, lab, torch.zeros_like(lab))  # read only where foreground somewhere
+    bad_label = (below > 0) & ((lab < 1) | (lab >= c))
+    g, lab = g.clamp(0, c), lab.clamp(0, c - 1)  # (no-ops for valid input) inside the histogram
     rows = c + 1
-    hist = torch.bincount((below * rows + g) * c + lab, minlength=(n_t + 1) * rows * c).reshape(n_t + 1, rows, c)
-    hist = hist[:, :c]  # without the ignored pixels
+    idx, size = (below * rows + g) * c + lab, (n_t + 1) * rows * c
+    if idx.is_cuda:  # CUDA's bincount reads the input's max (a wait); integer sums are exact in any order
+        hist = torch.zeros(size, dtype=torch.long, device=idx.device).scatter_add_(0, idx, torch.ones_like(idx))
+    else:
+        hist = torch.bincount(idx, minlength=size)
+    hist = hist.reshape(n_t + 1, rows, c)[:, :c]  # without the ignored pixels
     fg = hist.flip(0).cumsum(0).flip(0)[1:]  # [T, C, C]: pixels with more than j thresholds below
     conf = fg.clone()
     conf[:, :, 0] += hist.sum((0, 2))[None] - fg.sum(2)  # the rest: background
     pred_fg = fg.sum((1, 2)).double()
     inter = fg[:, 1:].sum((1, 2)).double()
-    gt_fg = float(hist[:, 1:].sum())
+    gt_fg = hist[:, 1:].sum().double()
     dice = torch.where(pred_fg + gt_fg > 0, 2 * inter / (pred_fg + gt_fg).clamp_min(1), torch.ones_like(inter))
     inv = torch.empty_like(order)
-    inv[order] = torch.arange(n_t, device=dev)
-    return conf[inv].cpu().numpy().astype(np.int64), dice[inv].cpu().numpy()
+    inv[order] = torch.arange(n_t, device=order.device)
+    return conf[inv], dice[inv], torch.stack([bad_gt.sum(), bad_label.sum()])
 
 
 def image_counts(pred: ArrayLike, gt: ArrayLike, num_classes: int,
