@@ -176,9 +176,15 @@ def test_walk_steps_and_bg_thres_chosen_on_val(fake_data, metric, monkeypatch):
     other = RunPaths(paths.root.parent / "check")
     shutil.copytree(paths.cam, other.cam)
     shutil.copytree(paths.irn, other.irn)
-    num = tiny_cfg(sem_seg={"steps": n, "bg_thres": t, "splits": ["val"]})
+    num = tiny_cfg(sem_seg={"steps": n, "bg_thres": t, "splits": ["val"], "eval_thresholds": grid_thres})
     make_sem_seg(num, other)
-    assert eval_sem_seg(num, other, ["val"])["val"]["labels"][metric] == pytest.approx(scores[metric][best])
+    checked = eval_sem_seg(num, other, ["val"])["val"]
+    assert checked["labels"][metric] == pytest.approx(scores[metric][best])
+    # and the grid's row of those steps, every threshold: eval-sem-seg's sweep of the stored maps
+    row = tune["grid"][str(n)]
+    assert set(checked["sweep"]) == set(row)
+    for key, figures in row.items():
+        assert checked["sweep"][key] == pytest.approx(figures), key
     for name in val.image_ids:  # the run's own labels are those of the choice
         np.testing.assert_array_equal(read_png(paths.sem_seg / f"{name}.png"), read_png(other.sem_seg / f"{name}.png"))
     assert all((paths.sem_seg / f"{name}.png").exists() for name in datasets["train"].image_ids)
