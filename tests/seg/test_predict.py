@@ -188,6 +188,20 @@ def test_predict_multiclass_argmax_with_flip(setup):
     assert labels == {0, 1, 2}
 
 
+def test_threshold_sweep_on_val_is_the_same_for_any_batch_size(setup):
+    """The val sweep is counted on the device and copied once per batch: batches of 3 (the last
+    partial) give every threshold the figures of one image at a time."""
+    grid = [0.6, 0.93, 0.999, 0.2]
+    sweeps = []
+    for bs in (1, 3):
+        cfg, paths, _, _ = setup(1, n=7, image_size=40, eval_batch_size=bs, tta_flip=True, threshold="val",
+                                 eval_thresholds=grid)
+        paths = RunPaths(paths.root.parent / f"bs{bs}")
+        predict_seg(cfg, paths)
+        sweeps.append(json.loads((paths.seg_pred / "threshold.json").read_text())["sweep"])
+    assert sweeps[0] == sweeps[1] and len({json.dumps(v, sort_keys=True) for v in sweeps[0].values()}) > 1
+
+
 @pytest.mark.parametrize("metric", ["miou_all", "dice"])
 def test_threshold_chosen_on_val(setup, metric):
     """``seg.threshold: val``: the best of ``seg.eval_thresholds`` on val by ``seg.eval_metric``
