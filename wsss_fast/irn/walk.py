@@ -185,7 +185,7 @@ def _walk_classes(model: EdgeDisplacement, items: list[dict], cfg: dict, device:
 
 
 def _edge_mask(value) -> bool:
-    """``sem_seg.edge_mask`` as a bool (``val`` is resolved by :func:`walk_settings` first)."""
+    """``sem_seg.edge_mask`` as a bool (``val`` is resolved by :func:`wsss_fast.irn.sem_seg.walk_settings` first)."""
     if not isinstance(value, bool):
         raise ValueError(f"sem_seg.edge_mask must be true, false or val, got {value!r}")
     return value
