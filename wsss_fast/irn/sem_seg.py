@@ -105,7 +105,7 @@ def run_shard(cfg: dict, root: str, split: str, indices: list[int], device: str,
             if item["cam"].shape[0] == 0:  # no classes: no network, written at once
                 _write_empty(item, paths, writer)
             else:
-                pending.setdefault(item["size"], []).append(item)
+                pending.setdefault(tuple(item["size"]), []).append(item)  # (older torch pins tuples as lists)
             for key in [k for k, v in pending.items() if len(v) >= bs or n == len(loader)]:  # the rest with the last
                 flight.push(_launch(model, pending.pop(key), cfg, dev))
             if n == len(loader):  # inside the loader's last iteration, where a profile times the loop
@@ -219,8 +219,8 @@ def _val_counts(cfg: dict, paths: RunPaths, device: str, base, indices: list[int
     for items in tqdm(loader, desc="sem-seg: choose the walk on val", unit="batch", disable=not show_progress):
         counted: list[tuple[dict, bool, int]] = []  # (item, mask, steps), in the order of `parts`
         parts: list[torch.Tensor] = []
-        for group in {it["size"]: None for it in items}:
-            same = [it for it in items if it["size"] == group]
+        for group in {tuple(it["size"]): None for it in items}:
+            same = [it for it in items if tuple(it["size"]) == group]
             softs = _walk_soft(model, same, cfg, dev, steps_list, tuple(masks), host=False)
             for j, it in enumerate(same):
                 gt = it["gt"]
