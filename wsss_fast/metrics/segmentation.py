@@ -166,7 +166,7 @@ def threshold_sweep(best: ArrayLike, label: ArrayLike, gt: ArrayLike, thresholds
     b = torch.nan_to_num(b.float().reshape(-1), nan=float("-inf"))
     lab = torch.as_tensor(label, device=dev).long().reshape(-1)
     g = torch.as_tensor(np.asarray(gt) if not isinstance(gt, torch.Tensor) else gt, device=dev).long().reshape(-1)
-    c, n_t = int(num_classes), len(thresholds)
+    c = int(num_classes)
     # ignored pixels go to an extra truth row, dropped at the end (no boolean indexing: one pass)
     bad = (g < 0) | (g >= c)
     if ignore_index is not None:
