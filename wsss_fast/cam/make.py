@@ -108,7 +108,7 @@ def _finish(paths: RunPaths, writer: BackgroundWriter, pending: tuple[list[dict]
     """Wait for a launched batch's maps and queue its files on ``writer``."""
     group, host = pending
     for it, d in zip(group, host.wait()):
-        writer.submit(partial(_save, paths.cam_file(it["image_id"]), d))
+        writer.submit(_save, paths.cam_file(it["image_id"]), d)
 
 
 def make_cam(cfg: dict, paths: RunPaths) -> None:
@@ -174,7 +174,7 @@ def make_cam(cfg: dict, paths: RunPaths) -> None:
             for n, items in enumerate(loader, 1):
                 for it in items:
                     if "image" not in it:  # no class (cam.use_labels), no maps: no network, not read
-                        writer.submit(partial(_save, paths.cam_file(it["image_id"]), no_maps(it["size"], fields)))
+                        writer.submit(_save, paths.cam_file(it["image_id"]), no_maps(it["size"], fields))
                     else:
                         pending.append(it)
                 while len(pending) >= batch_size or (pending and n == len(loader)):  # the rest with the last
