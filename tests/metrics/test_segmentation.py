@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from wsss_fast.metrics import (SegEvaluator, add_sweep, confusion_matrix, dice_per_image, miou, multilabel_f1,
-                               sweep_counts, threshold_sweep)
+from wsss_fast.metrics import (BatchedSweeps, SegEvaluator, add_sweep, confusion_matrix, dice_per_image, miou,
+                               multilabel_f1, sweep_counts, threshold_sweep)
 
 
 def test_confusion_matrix_by_hand():
@@ -171,6 +171,39 @@ def test_sweep_counts_counts_bad_pixels_instead_of_raising():
     best[0, :2] = 1.0  # foreground with label 0 and 2: both outside [1, 2)
     label[0, 0], label[0, 1] = 0, 2
     assert sweep_counts(best, label, gt * 0, ts, 2)[2].tolist() == [0, 2]
+
+
+def test_batched_sweeps_add_what_add_sweep_adds(device):
+    """Counted on the maps' device and added at ``flush``: the same evaluators as add_sweep per
+    image, over two flushes; nothing is added before the flush."""
+    rng = np.random.default_rng(3)
+    one = [SegEvaluator(3) for _ in THRESHOLDS]
+    batched = [SegEvaluator(3) for _ in THRESHOLDS]
+    sweeps = BatchedSweeps(THRESHOLDS, device)
+    for case in range(5):
+        best, label, gt = _sweep_case(rng, 3, case)
+        add_sweep(one, best, label, gt, THRESHOLDS, case != 1)
+        sweeps.add(batched, *(torch.from_numpy(a).to(device) for a in (best, label, gt)), case != 1, f"image {case}")
+        if case == 1:
+            assert batched[0].n_images == 0
+            sweeps.flush()
+    sweeps.flush()
+    for a, b in zip(one, batched):
+        np.testing.assert_array_equal(a.conf_all, b.conf_all)
+        np.testing.assert_array_equal(a.conf_pos, b.conf_pos)
+        assert (a.n_images, a.n_pos) == (b.n_images, b.n_pos) == (5, 4)
+        assert a.dices == pytest.approx(b.dices, abs=1e-12)
+
+
+def test_batched_sweeps_name_the_image_with_bad_values():
+    sweeps = BatchedSweeps([0.5], "cpu")
+    best, label, gt = torch.ones(2, 3), torch.ones(2, 3, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long)
+    sweeps.add([SegEvaluator(2)], best, label, gt, True, "image a")
+    sweeps.add([SegEvaluator(2)], best, label * 2, gt + 7, True, "image b")
+    with pytest.raises(ValueError, match=r"image b: 6 mask pixels outside \[0, 2\) other than 255, 6 labels"):
+        sweeps.flush()
+    with pytest.raises(ValueError, match="2 evaluators for 1 thresholds"):
+        sweeps.add([SegEvaluator(2)] * 2, best, label, gt, True, "image c")
 
 
 def test_threshold_sweep_errors():

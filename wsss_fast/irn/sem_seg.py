@@ -34,7 +34,7 @@ from ..engine.dist import env_rank_world, resolve_device
 from ..engine.files import (BackgroundWriter, atomic_write_bytes, load_cam_file, read_json, read_png, write_npy,
                             write_png)
 from ..engine.paths import RunPaths
-from ..engine.transfer import HostCopy, InFlight, to_device, to_host
+from ..engine.transfer import HostCopy, InFlight, to_device
 from ..metrics.segmentation import best_and_label
 from . import common
 from .common import as_list
@@ -200,25 +200,22 @@ def _val_counts(cfg: dict, paths: RunPaths, device: str, base, indices: list[int
                 show_progress: bool = True) -> dict:
     """``{(edge_mask, steps, bg_thres): SegEvaluator}`` over the val images ``indices`` (all: None).
 
-    Every candidate's threshold sweep of a batch is counted on the walk's device
-    (:func:`~wsss_fast.metrics.sweep_counts`) and copied to the host once per batch."""
-    from ..metrics import SegEvaluator, sweep_counts
+    Every candidate's threshold sweep of a batch is counted on the walk's device and copied to
+    the host once per batch (:class:`~wsss_fast.metrics.BatchedSweeps`)."""
+    from ..metrics import BatchedSweeps, SegEvaluator
 
     n_cls = int(base.num_classes) + 1
     evals = {(m, n, t): SegEvaluator(n_cls) for m in masks for n in steps_list for t in thres_list}
-    ignore = next(iter(evals.values())).ignore_index
     dev = torch.device(device)
     net = load_irnet(paths.irn / "final.pt", map_location="cpu").to(dev).eval()
     model = EdgeDisplacement(net, displacement=False)
-    ts = to_device(torch.tensor(thres_list, dtype=torch.float32), dev)
+    sweeps = BatchedSweeps(thres_list, dev)
     indices = list(range(len(base.image_ids))) if indices is None else indices
     loader = DataLoader(_InferDataset(base, paths, indices, with_mask=True),
                         batch_size=max(1, int(get(cfg, "sem_seg.batch_size"))), shuffle=False,
                         num_workers=_workers(cfg), collate_fn=list,  # sizes and class counts differ
                         pin_memory=dev.type == "cuda")
     for items in tqdm(loader, desc="sem-seg: choose the walk on val", unit="batch", disable=not show_progress):
-        counted: list[tuple[dict, bool, int]] = []  # (item, mask, steps), in the order of `parts`
-        parts: list[torch.Tensor] = []
         for group in {tuple(it["size"]): None for it in items}:
             same = [it for it in items if tuple(it["size"]) == group]
             softs = _walk_soft(model, same, cfg, dev, steps_list, tuple(masks), host=False)
@@ -227,20 +224,13 @@ def _val_counts(cfg: dict, paths: RunPaths, device: str, base, indices: list[int
                 if gt is None:
                     raise ValueError(f"make-sem-seg: val image {it['id']} has no mask; give sem_seg.steps, "
                                      "bg_thres and edge_mask as values")
+                positive = bool(np.asarray(base.labels[it["index"]]).any())
                 gt_dev = to_device(gt, dev)
                 for m, n in itertools.product(masks, steps_list):  # every threshold in one pass, on dev
                     best, label = best_and_label(softs[(m, n)][j].float(), it["keys"], tuple(gt.shape))
-                    parts += sweep_counts(best, label, gt_dev, ts, n_cls, ignore)
-                    counted.append((it, m, n))
-        host = to_host(parts)  # the batch's one wait
-        for k, (it, m, n) in enumerate(counted):
-            conf, dice, bad = host[3 * k: 3 * k + 3]
-            if bad.any():
-                raise ValueError(f"make-sem-seg: val image {it['id']}: {int(bad[0])} mask pixels outside "
-                                 f"[0, {n_cls}) other than {ignore}, {int(bad[1])} labels outside [1, {n_cls})")
-            positive = bool(np.asarray(base.labels[it["index"]]).any())
-            for t_i, t in enumerate(thres_list):
-                evals[(m, n, t)].add_counts(conf[t_i].numpy(), float(dice[t_i]), positive)
+                    sweeps.add([evals[(m, n, t)] for t in thres_list], best, label, gt_dev, positive,
+                               f"make-sem-seg: val image {it['id']}")
+        sweeps.flush()  # the batch's one wait
     return evals
 
 

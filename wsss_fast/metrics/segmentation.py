@@ -18,10 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..engine.transfer import to_device
+from ..engine.transfer import to_device, to_host
 
 __all__ = ["confusion_matrix", "miou", "dice_per_image", "image_counts", "best_and_label", "threshold_sweep",
-           "sweep_counts", "add_sweep", "SegEvaluator"]
+           "sweep_counts", "add_sweep", "BatchedSweeps", "SegEvaluator"]
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -163,26 +163,22 @@ def threshold_sweep(best: ArrayLike, label: ArrayLike, gt: ArrayLike, thresholds
                          f"{tuple(np.shape(label))} and {tuple(np.shape(gt))}")
     b = torch.as_tensor(best)
     dev = b.device
-    b = torch.nan_to_num(b.float().reshape(-1), nan=float("-inf"))
-    lab = torch.as_tensor(label, device=dev).long().reshape(-1)
-    g = torch.as_tensor(np.asarray(gt) if not isinstance(gt, torch.Tensor) else gt, device=dev).long().reshape(-1)
-    c = int(num_classes)
-    # ignored pixels go to an extra truth row, dropped at the end (no boolean indexing: one pass)
-    bad = (g < 0) | (g >= c)
-    if ignore_index is not None:
-        ignored = g == ignore_index
-        bad &= ~ignored
-        g = torch.where(ignored, torch.full_like(g, c), g)
-    if bool(bad.any()):
-        raise ValueError(f"gt has values outside [0, {c}) other than ignore_index={ignore_index}: "
-                         f"found {sorted(set(g[bad].unique().tolist()))[:10]}")
+    lab = torch.as_tensor(label, device=dev)
+    g = torch.as_tensor(np.asarray(gt) if not isinstance(gt, torch.Tensor) else gt, device=dev)
     ts = torch.tensor([float(t) for t in thresholds], dtype=torch.float32, device=dev)
-    below = torch.searchsorted(torch.sort(ts).values, b, right=False)
-    bad = (below > 0) & ((lab < 1) | (lab >= c))
-    if bool(bad.any()):
+    conf, dice, bad = sweep_counts(b, lab, g, ts, num_classes, ignore_index)
+    if bool(bad.any()):  # name the values only when some are out of range
+        c, g, lab = int(num_classes), g.long().reshape(-1), lab.long().reshape(-1)
+        out = (g < 0) | (g >= c)
+        if ignore_index is not None:
+            out &= g != ignore_index
+        if bool(out.any()):
+            raise ValueError(f"gt has values outside [0, {c}) other than ignore_index={ignore_index}: "
+                             f"found {sorted(set(g[out].unique().tolist()))[:10]}")
+        below = torch.searchsorted(torch.sort(ts).values, torch.nan_to_num(b.float().reshape(-1), nan=float("-inf")))
+        out = (below > 0) & ((lab < 1) | (lab >= c))
         raise ValueError(f"label has values outside [1, {c}) where the score exceeds a threshold: "
-                         f"found {sorted(set(lab[bad].unique().tolist()))[:10]}")
-    conf, dice, _ = sweep_counts(b, lab, g, ts, c, None)
+                         f"found {sorted(set(lab[out].unique().tolist()))[:10]}")
     return conf.cpu().numpy().astype(np.int64), dice.cpu().numpy()
 
 
@@ -362,3 +358,44 @@ def add_sweep(evaluators: list[SegEvaluator], best: ArrayLike, label: ArrayLike,
     conf, dice = threshold_sweep(best, label, gt, thresholds, ev0.num_classes, ev0.ignore_index)
     for ev, c, d in zip(evaluators, conf, dice):
         ev.add_counts(c, d, positive)
+
+
+class BatchedSweeps:
+    """Threshold sweeps of several images counted where their maps are (:func:`sweep_counts`) and
+    added to their evaluators together, after one copy to the host: on a GPU one wait per batch,
+    not several per image.
+
+    Args:
+        thresholds: ``T`` background scores (compared in float32, any order).
+        device: where the maps of :meth:`add` are.
+    """
+
+    def __init__(self, thresholds: list[float], device: torch.device | str) -> None:
+        self.thresholds = to_device(torch.tensor([float(t) for t in thresholds], dtype=torch.float32), device)
+        self._pending: list[tuple[list[SegEvaluator], bool | None, str, tuple[torch.Tensor, ...]]] = []
+
+    def add(self, evaluators: list[SegEvaluator], best: torch.Tensor, label: torch.Tensor, gt: torch.Tensor,
+            positive: bool | None, name: str) -> None:
+        """Count one image, as :func:`add_sweep` would add it; ``name`` names it in an error."""
+        if len(evaluators) != self.thresholds.numel():
+            raise ValueError(f"{len(evaluators)} evaluators for {self.thresholds.numel()} thresholds")
+        ev = evaluators[0]
+        self._pending.append((evaluators, positive, name,
+                              sweep_counts(best, label, gt, self.thresholds, ev.num_classes, ev.ignore_index)))
+
+    def flush(self) -> None:
+        """Copy the counts to the host (the one wait), check them and add them to the evaluators.
+
+        Raises:
+            ValueError: an image's ground truth or labels are out of range (its ``name`` first).
+        """
+        pending, self._pending = self._pending, []
+        host = to_host([t for *_, counts in pending for t in counts])
+        for k, (evaluators, positive, name, _) in enumerate(pending):
+            conf, dice, bad = host[3 * k: 3 * k + 3]
+            if bad.any():
+                c, ignore = evaluators[0].num_classes, evaluators[0].ignore_index
+                raise ValueError(f"{name}: {int(bad[0])} mask pixels outside [0, {c}) other than {ignore}, "
+                                 f"{int(bad[1])} labels outside [1, {c})")
+            for ev, cf, d in zip(evaluators, conf, dice):
+                ev.add_counts(cf.numpy(), float(d), positive)

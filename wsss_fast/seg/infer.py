@@ -25,7 +25,7 @@ from ..config import get
 from ..engine.dist import resolve_device
 from ..engine.paths import RunPaths
 from ..engine.files import BackgroundWriter, atomic_write_bytes, write_png
-from ..engine.transfer import HostCopy, InFlight, to_device, to_host
+from ..engine.transfer import HostCopy, InFlight, to_device
 from .data import ImageDataset, eval_transform, seg_image_size
 from .model import model_from_cfg
 
@@ -132,7 +132,7 @@ def seg_threshold(cfg: dict, paths: RunPaths, model: torch.nn.Module | None = No
         ``{"threshold": float, "source": str, ...}`` (with the sweep when chosen on val).
     """
     from ..data import build_dataset
-    from ..metrics import SegEvaluator, sweep_counts
+    from ..metrics import BatchedSweeps, SegEvaluator
 
     thr = get(cfg, "seg.threshold")
     if thr != "val":
@@ -151,29 +151,22 @@ def seg_threshold(cfg: dict, paths: RunPaths, model: torch.nn.Module | None = No
     paths.seg_pred.mkdir(parents=True, exist_ok=True)
     flip, amp = bool(get(cfg, "seg.tta_flip")), bool(get(cfg, "seg.amp")) and device.type == "cuda"
     loader = _loader(cfg, base, list(range(len(base.image_ids))), device)
-    ts = to_device(torch.tensor(thresholds, dtype=torch.float32), device)
+    sweeps = BatchedSweeps(thresholds, device)
     bar = tqdm(total=len(base.image_ids), desc="predict-seg: choose the threshold on val", leave=False)
     for preds in _batch_predictions(model, loader, device, flip, amp):
         if preds[0][1].shape[0] != 1:  # multi-class: no threshold to choose
             res = {"threshold": None, "source": "multi-class: argmax, no threshold"}
             atomic_write_bytes((json.dumps(res, indent=2) + "\n").encode(), f)
             return res
-        parts: list[torch.Tensor] = []
         for idx, p in preds:  # every threshold in one pass, where p is: probs_to_label(p, t) of each
             gt = base.load_mask(idx)
             if gt is None:
                 raise ValueError(f"predict-seg: seg.threshold 'val' needs val masks; {base.image_ids[idx]} has none")
-            gt = to_device(torch.as_tensor(np.asarray(gt)), p.device)
-            parts += sweep_counts(p[0], torch.ones_like(p[0], dtype=torch.long), gt, ts, 2, evals[0].ignore_index)
-        host = to_host(parts)  # the batch's one wait
-        for k, (idx, _) in enumerate(preds):
-            conf, dice, bad = host[3 * k: 3 * k + 3]
-            if bad.any():
-                raise ValueError(f"predict-seg: val mask of {base.image_ids[idx]} has {int(bad[0])} pixels outside "
-                                 f"[0, 2) other than {evals[0].ignore_index}")
             positive = bool(np.asarray(base.labels[idx]).any())
-            for ev, c, d in zip(evals, conf, dice):
-                ev.add_counts(c.numpy(), float(d), positive)
+            gt = to_device(torch.as_tensor(np.asarray(gt)), p.device)
+            sweeps.add(evals, p[0], torch.ones_like(p[0], dtype=torch.long), gt, positive,
+                       f"predict-seg: val image {base.image_ids[idx]}")
+        sweeps.flush()  # the batch's one wait
         bar.update(len(preds))
     bar.close()
     sweep = {f"{t:g}": {k: v for k, v in ev.result().items() if k in ("miou_all", "miou_pos", "dice")}
