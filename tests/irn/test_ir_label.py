@@ -250,8 +250,8 @@ def test_images_without_classes_are_not_loaded(fake_data, monkeypatch, how, devi
     if backend == "pydensecrf":
         pytest.importorskip("pydensecrf")
     crf_calls = []
-    many = ir.crf_inference_many
-    monkeypatch.setattr(ir, "crf_inference_many", lambda imgs, *a, **k: crf_calls.append(len(imgs)) or many(imgs, *a, **k))
+    many = ir.crf_queue_many
+    monkeypatch.setattr(ir, "crf_queue_many", lambda imgs, *a, **k: crf_calls.append(len(imgs)) or many(imgs, *a, **k))
     make_ir_label(tiny_cfg(device=device, ir_label={"batch_size": 3, "workers": 0, "crf": {"backend": backend}}), paths)
     positive = [i for i in range(len(ds)) if ds.labels[i, 0]]
     assert sorted(loaded) == positive and 0 < len(positive) < len(ds)
@@ -260,6 +260,71 @@ def test_images_without_classes_are_not_loaded(fake_data, monkeypatch, how, devi
         if i not in positive:
             lab = read_png(paths.ir_label / f"{image_id}.png")
             assert lab.shape == (64, 64) and (lab == 0).all()
+
+
+def test_a_batch_is_labelled_once_the_next_is_launched(fake_data, monkeypatch):
+    """One batch in flight: the batched step makes a batch's labels (``_finish``) only after it
+    queued the next batch's CRF (``_launch``); every batch is finished once, in order."""
+    import wsss_fast.irn.ir_label as ir
+
+    paths, datasets = fake_data
+    calls: list[tuple[str, tuple]] = []
+    launch, finish = ir._launch, ir._finish
+
+    def spy_launch(items, *args):
+        out = launch(items, *args)
+        calls.append(("launch", tuple(it[0] for it in items)))
+        return out
+
+    def spy_finish(cfg, paths, writer, pending):
+        calls.append(("finish", tuple(it[0] for group, _ in pending for it in group)))
+        finish(cfg, paths, writer, pending)
+
+    monkeypatch.setattr(ir, "_launch", spy_launch)
+    monkeypatch.setattr(ir, "_finish", spy_finish)
+    make_ir_label(tiny_cfg(ir_label={"batch_size": 1, "workers": 0, "crf": {"backend": "wsss_fast"}}), paths)
+    launched = [b for what, b in calls if what == "launch"]
+    positives = [n for i, n in enumerate(datasets["train"].image_ids) if datasets["train"].labels[i, 0]]
+    assert [b for what, b in calls if what == "finish"] == launched and all(launched)  # no empty batch
+    assert [n for b in launched for n in b] == positives and len(positives) >= 3
+    for b, after in zip(launched, launched[1:]):
+        assert calls.index(("finish", b)) > calls.index(("launch", after))
+
+
+@pytest.mark.parametrize("fn", ["_finish", "_fg_finish"])
+def test_every_batch_is_labelled_inside_the_loader_loop(fake_data, loop_watch, fn):
+    """The batched step and the fg threshold's choice on val finish their last batch inside the
+    loader's last iteration, so a profile timing the loader's loop sees all of their work."""
+    import wsss_fast.irn.ir_label as ir
+
+    paths, _ = fake_data
+    watch = loop_watch(ir, ir, fn)
+    cfg = tiny_cfg(ir_label={"batch_size": 3, "workers": 0, "crf": {"backend": "wsss_fast"}})
+    if fn == "_finish":
+        make_ir_label(cfg, paths)
+    else:
+        ir.fg_threshold_on_val(cfg, paths)
+    assert watch.calls > 0 and watch.outside == 0
+
+
+def test_fg_choice_counts_an_image_once_the_next_is_launched(fake_data, monkeypatch):
+    """The fg threshold's choice on val queues an image's CRF before it counts the image
+    before it; every image with classes is counted once, in order."""
+    import wsss_fast.irn.ir_label as ir
+
+    paths, datasets = fake_data
+    calls: list[tuple[str, str]] = []
+    launch, finish = ir._fg_launch, ir._fg_finish
+    monkeypatch.setattr(ir, "_fg_launch", lambda it, *a: calls.append(("launch", it["id"])) or launch(it, *a))
+    monkeypatch.setattr(ir, "_fg_finish", lambda counts, p: calls.append(("finish", p[0]["id"])) or finish(counts, p))
+    cfg = tiny_cfg(ir_label={"crf": {"backend": "wsss_fast"}})
+    ir.fg_threshold_on_val(cfg, paths)
+    launched = [i for what, i in calls if what == "launch"]
+    val = datasets["val"]
+    assert [i for what, i in calls if what == "finish"] == launched
+    assert launched == [n for k, n in enumerate(val.image_ids) if val.labels[k, 0]] and len(launched) >= 2
+    for i, after in zip(launched, launched[1:]):
+        assert calls.index(("finish", i)) > calls.index(("launch", after))
 
 
 def test_crf_inference_labels_backends_and_batching():

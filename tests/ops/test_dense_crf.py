@@ -140,6 +140,18 @@ def test_unary_helpers_match_pydensecrf():
         unary_from_labels(torch.from_numpy(labels)[None], 4, 0.7, False)
 
 
+def test_unary_from_labels_reads_the_range_once(device, host_reads):
+    """The label range check waits for the device once (one read of min and max), and names
+    the range it found."""
+    labels = torch.tensor([[[0, 2], [1, 1]]], dtype=torch.uint8, device=device)
+    with host_reads(device) as reads:
+        unary = unary_from_labels(labels, 3, 0.7, zero_unsure=False)
+    assert reads.count <= 1, reads.where
+    assert unary.shape == (1, 3, 2, 2) and unary.device.type == device
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\], got \[0, 3\]"):
+        unary_from_labels(labels + 1 * (labels == 2), 3, 0.7, zero_unsure=False)
+
+
 def test_grey_equals_three_channels_and_batch_equals_single(device, compiled_ops):
     unary, _, image, _ = _case("chest", 2, "soft")
     u = torch.from_numpy(unary)[None].to(device)

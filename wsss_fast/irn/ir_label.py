@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+from functools import partial
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -37,9 +38,10 @@ from ..data.base import as_is
 from ..engine.dist import resolve_device
 from ..engine.files import BackgroundWriter, atomic_write_bytes, load_cam_file, write_png
 from ..engine.paths import RunPaths
+from ..engine.transfer import InFlight
 from . import common
 from .common import as_list, resize_image_uint8
-from .crf import CRFParams, crf_inference_labels, crf_inference_many, resolve_backend, to_rgb_uint8
+from .crf import CRFParams, QueuedMaps, crf_inference_labels, crf_queue_many, resolve_backend, to_rgb_uint8
 
 
 def _fg_maps(cams: np.ndarray, thresholds: Sequence[float], dtype: type = np.int64) -> np.ndarray:
@@ -226,33 +228,51 @@ class _Inputs(Dataset):
                 torch.from_numpy(preds.astype(np.uint8)))
 
 
+def _launch(items: list[tuple], params: CRFParams, device: torch.device) -> list[tuple[list[tuple], QueuedMaps]]:
+    """Queue the CRF of a batch's images with classes, one call per (size, label count), and
+    the copies of their refined maps to the host."""
+    groups: dict = {}
+    for it in items:
+        groups.setdefault((tuple(it[1].shape[:2]), it[3].shape[0]), []).append(it)
+    return [(group, crf_queue_many([it[1] for it in group], [it[4] for it in group], n_labels, params, device))
+            for (_, n_labels), group in groups.items()]  # uint8 maps both ways
+
+
+def _finish(cfg: dict, paths: RunPaths, writer: BackgroundWriter,
+            pending: list[tuple[list[tuple], QueuedMaps]]) -> None:
+    """Wait for a launched batch's refined maps and queue its IR labels on ``writer``."""
+    for group, queued in pending:
+        for it, refined in zip(group, queued.wait()):
+            writer.submit(_write_label, cfg, paths, it, refined)
+
+
+def _write_label(cfg: dict, paths: RunPaths, item: tuple, refined: np.ndarray) -> None:
+    """Combine an image's refined maps into its IR label and write it (on a writer thread)."""
+    image_id, _, cams, keys, _ = item
+    cams = np.asarray(cams, dtype=np.float32)  # as cam_to_ir_label reads them
+    write_png(_ir_combine(refined, cams, keys, cfg), paths.ir_label / f"{image_id}.png")
+
+
 def _run_batched(cfg: dict, paths: RunPaths, ds, todo: list[int], bar: tqdm, device: torch.device) -> None:
     """The compiled CRF in the main process on ``ir_label.batch_size`` images per call (the maps
     of the images of one size and label count in one batch), the inputs prepared by
-    ``num_workers`` loader processes and the PNGs written by a thread pool."""
+    ``num_workers`` loader processes and the PNGs written by a thread pool, one batch in flight
+    (:class:`~wsss_fast.engine.transfer.InFlight`): a batch's labels are made once the next
+    batch is queued. Images without classes are written at once."""
     params = CRFParams.from_cfg(get(cfg, "ir_label.crf"))
     loader = DataLoader(_Inputs(cfg, paths, ds, todo), batch_size=int(get(cfg, "ir_label.batch_size")),
                         num_workers=int(get(cfg, "num_workers")), collate_fn=list,
                         pin_memory=device.type == "cuda")  # images and maps go to a GPU from pinned memory
-
-    def finish(item: tuple, refined: np.ndarray) -> None:
-        image_id, _, cams, keys, _ = item
-        cams = np.asarray(cams, dtype=np.float32)  # as cam_to_ir_label reads them
-        write_png(_ir_combine(refined, cams, keys, cfg), paths.ir_label / f"{image_id}.png")
-
-    with BackgroundWriter() as writer:
-        for items in loader:
-            groups: dict = {}
-            for it in items:  # (size, labels): one CRF call each
-                if it[1] is None:
+    with BackgroundWriter() as writer, InFlight(partial(_finish, cfg, paths, writer)) as flight:
+        for n, items in enumerate(loader, 1):
+            for it in items:
+                if it[1] is None:  # no classes: all background, no CRF
                     writer.submit(write_png, it[2].numpy(), paths.ir_label / f"{it[0]}.png")
-                else:
-                    groups.setdefault((tuple(it[1].shape[:2]), it[3].shape[0]), []).append(it)
-            for (_, n_labels), group in groups.items():
-                refined = crf_inference_many([it[1] for it in group], [it[4] for it in group], n_labels, params,
-                                             device)  # uint8 maps both ways
-                for it, r in zip(group, refined):
-                    writer.submit(finish, it, r)
+            with_classes = [it for it in items if it[1] is not None]
+            if with_classes:  # (an empty push would finish the batch in flight before a next one is queued)
+                flight.push(_launch(with_classes, params, device))
+            if n == len(loader):  # inside the loader's last iteration, where a profile times the loop
+                flight.drain()
             bar.update(len(items))
 
 
@@ -319,6 +339,21 @@ class _FgValInputs(Dataset):
                 "img": torch.from_numpy(np.require(img, requirements=["C", "W"])), "preds": torch.from_numpy(preds)}
 
 
+def _fg_launch(it: dict, crf: CRFParams, backend: str, device: torch.device) -> QueuedMaps:
+    """Queue the CRF of a val image's fg maps (all thresholds in one call; pydensecrf: done here)."""
+    keys, img, preds = it["keys"], it["img"], it["preds"]
+    if backend == "wsss_fast":
+        return crf_queue_many([img], [preds], keys.shape[0], crf, device)
+    return QueuedMaps(None, [preds.shape[0]], [crf_inference_labels(img.numpy(), preds.numpy(), keys.shape[0], crf,
+                                                                    backend, device)])
+
+
+def _fg_finish(counts: np.ndarray, pending: tuple[dict, QueuedMaps]) -> None:
+    """Add a val image's counts (:func:`_fg_counts` of its refined fg maps) to ``counts`` in place."""
+    it, queued = pending
+    counts += _fg_counts(queued.wait()[0], it["keys"], it["gt"].numpy())
+
+
 def fg_threshold_on_val(cfg: dict, paths: RunPaths) -> tuple[float, list[dict]]:
     """The confident-fg threshold with the best IoU on val, after the CRF.
 
@@ -326,7 +361,8 @@ def fg_threshold_on_val(cfg: dict, paths: RunPaths) -> tuple[float, list[dict]]:
     ``cam.eval_thresholds`` (argmax of the CAMs padded with the threshold) is refined by the
     CRF (all thresholds in one call) and compared with the mask at the CAM's resolution.
     ``num_workers`` loader processes read the files and build the maps (and count them
-    without a CRF); the CRF runs in this process, on its backend's device.
+    without a CRF); the CRF runs in this process, on its backend's device, one image in flight:
+    an image's maps are counted once the next image's CRF is queued.
 
     Returns:
         ``(threshold, rows)``: rows ``{"threshold", "iou", "precision", "recall", "images"}``
@@ -342,17 +378,16 @@ def fg_threshold_on_val(cfg: dict, paths: RunPaths) -> tuple[float, list[dict]]:
     loader = DataLoader(_FgValInputs(ds, paths, thresholds, crf is not None), batch_size=None,
                         collate_fn=as_is, num_workers=int(get(cfg, "num_workers")))
     counts = np.zeros((4, len(thresholds)), np.int64)
-    for it in tqdm(loader, total=len(ds.image_ids), desc="ir-label: conf_fg_thres on val", unit="img"):
-        if it is None:
-            continue
-        if it.get("no_mask"):
-            raise ValueError(f"make-ir-label: conf_fg_thres 'val' needs val masks; {it['id']} has none")
-        if crf is None:
-            counts += it["counts"].numpy()
-            continue
-        keys = it["keys"]
-        preds = crf_inference_labels(it["img"].numpy(), it["preds"].numpy(), keys.shape[0], crf, backend, device)
-        counts += _fg_counts(preds, keys, it["gt"].numpy())
+    with InFlight(partial(_fg_finish, counts)) as flight:  # an image's CRF queued before the last one is counted
+        for n, it in enumerate(tqdm(loader, desc="ir-label: conf_fg_thres on val", unit="img"), 1):
+            if it is not None and it.get("no_mask"):
+                raise ValueError(f"make-ir-label: conf_fg_thres 'val' needs val masks; {it['id']} has none")
+            if it is not None and crf is None:
+                counts += it["counts"].numpy()
+            elif it is not None:
+                flight.push((it, _fg_launch(it, crf, backend, device)))
+            if n == len(loader):  # inside the loader's last iteration, where a profile times the loop
+                flight.drain()
     tp, fp, fn, kept = counts
     rows = [{"threshold": t, "iou": float(tp[k] / max(1, tp[k] + fp[k] + fn[k])),
              "precision": float(tp[k] / max(1, tp[k] + fp[k])), "recall": float(tp[k] / max(1, tp[k] + fn[k])),

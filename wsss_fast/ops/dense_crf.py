@@ -101,9 +101,10 @@ def unary_from_labels(labels: Tensor, n_labels: int, gt_prob: float, zero_unsure
         raise ValueError(f"unary_from_labels: labels must be an integer [B, H, W] tensor, got "
                          f"{getattr(labels, 'dtype', type(labels).__name__)} {list(getattr(labels, 'shape', []))}")
     hi = n_labels if zero_unsure else n_labels - 1
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > hi):
-        raise ValueError(f"unary_from_labels: labels must lie in [0, {hi}], got [{int(labels.min())}, "
-                         f"{int(labels.max())}]")
+    if labels.numel():
+        lo, top = torch.stack(torch.aminmax(labels)).tolist()  # one read of the range
+        if lo < 0 or top > hi:
+            raise ValueError(f"unary_from_labels: labels must lie in [0, {hi}], got [{lo}, {top}]")
     return _ref.unary_from_labels(labels, n_labels, gt_prob, zero_unsure)
 
 
