@@ -194,9 +194,9 @@ def test_a_batch_is_saved_once_the_next_is_launched(trained, monkeypatch):
         calls.append(("launch", tuple(it["id"] for it in items)))
         return out
 
-    def spy_finish(pending, *args):
+    def spy_finish(paths, writer, pending):
         calls.append(("finish", tuple(it["id"] for it in pending[0])))
-        finish(pending, *args)
+        finish(paths, writer, pending)
 
     monkeypatch.setattr(sem_seg, "_launch", spy_launch)
     monkeypatch.setattr(sem_seg, "_finish", spy_finish)
@@ -231,7 +231,7 @@ def test_a_batch_is_launched_without_waiting_for_the_device(device, host_reads, 
     assert reads.count == 0, reads.where
     paths = RunPaths(tmp_path)
     with BackgroundWriter() as writer:
-        sem_seg._finish(pending, paths, writer)
+        sem_seg._finish(paths, writer, pending)
     for it, soft in zip(items, want):
         torch.testing.assert_close(torch.from_numpy(np.load(paths.rw / f"{it['id']}.npy")), soft, rtol=0, atol=0)
         np.testing.assert_array_equal(read_png(paths.sem_seg / f"{it['id']}.png"),

@@ -376,7 +376,8 @@ def fg_threshold_on_val(cfg: dict, paths: RunPaths) -> tuple[float, list[dict]]:
     if missing:
         raise FileNotFoundError(f"make-ir-label: conf_fg_thres 'val' needs the val CAMs; {missing[0]} is missing")
     loader = DataLoader(_FgValInputs(ds, paths, thresholds, crf is not None), batch_size=None,
-                        collate_fn=as_is, num_workers=int(get(cfg, "num_workers")))
+                        collate_fn=as_is, num_workers=int(get(cfg, "num_workers")),
+                        pin_memory=device.type == "cuda")  # image and maps go to a GPU from pinned memory
     counts = np.zeros((4, len(thresholds)), np.int64)
     with InFlight(partial(_fg_finish, counts)) as flight:  # an image's CRF queued before the last one is counted
         for n, it in enumerate(tqdm(loader, desc="ir-label: conf_fg_thres on val", unit="img"), 1):

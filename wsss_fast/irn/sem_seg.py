@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,7 @@ def _launch(model: EdgeDisplacement, items: list[dict], cfg: dict,
     return items, HostCopy([*softs, *labels])
 
 
-def _finish(pending: tuple[list[dict], HostCopy], paths: RunPaths, writer: BackgroundWriter) -> None:
+def _finish(paths: RunPaths, writer: BackgroundWriter, pending: tuple[list[dict], HostCopy]) -> None:
     """Wait for a launched batch's copy and queue its files on ``writer``."""
     items, copy = pending
     host = copy.wait()
@@ -100,7 +101,7 @@ def run_shard(cfg: dict, root: str, split: str, indices: list[int], device: str,
                         collate_fn=list, pin_memory=dev.type == "cuda")  # items stay dicts
     pending: dict[tuple, list[dict]] = {}
     bar = tqdm(total=len(indices), desc=f"sem-seg {split} {device}", unit="img", disable=not show_progress)
-    with BackgroundWriter() as writer, InFlight(lambda p: _finish(p, paths, writer)) as flight:
+    with BackgroundWriter() as writer, InFlight(partial(_finish, paths, writer)) as flight:
         for n, (item,) in enumerate(loader, 1):
             if item["cam"].shape[0] == 0:  # no classes: no network, written at once
                 _write_empty(item, paths, writer)
