@@ -11,7 +11,8 @@
 #             CUDA, the GPU profile (PROFILE_IMAGES, default 128; PROFILE_ITERS, default 10);
 #   amp       make-cam under bfloat16 autocast (cam.amp): the CUDA tests of tests/cam, tests/seg,
 #             tests/irn, random_walk's and the training loops' waits (tests/cls/test_train.py,
-#             tests/engine) and the sweep's counts (tests/metrics/test_segmentation.py); the
+#             tests/engine), the sweep's counts (tests/metrics/test_segmentation.py) and the CRF
+#             unary's label-range read (tests/ops/test_dense_crf.py); the
 #             paper-setting CAM benchmark in float32, bfloat16 and
 #             bfloat16 channels-last;
 #             the pipeline stage's demo rerun from make-cam with cam.amp=true (paired figures); the
@@ -53,7 +54,8 @@ amp_stage() {  # the CUDA tests of the code this stage measures, cam.amp's bench
   "$PY" -c "import xdist" 2>/dev/null && xd="-n 4"
   # shellcheck disable=SC2086
   timeout "$(lim n*3/10)" "$PY" -m pytest tests/cam tests/seg tests/irn tests/ops/test_random_walk.py \
-    tests/cls/test_train.py tests/engine tests/metrics/test_segmentation.py -m cuda $xd -v \
+    tests/cls/test_train.py tests/engine tests/metrics/test_segmentation.py \
+    tests/ops/test_dense_crf.py::test_unary_from_labels_reads_the_range_once -m cuda $xd -v \
     --tb=short -p no:cacheprovider -o addopts="--import-mode=importlib" > "$a/tests.log" 2>&1
   echo "amp tests rc=$?: $(grep -c ' PASSED' "$a/tests.log") passed, $(grep -c ' FAILED' "$a/tests.log") failed"
   grep -E "^(FAILED|ERROR) |^E  " "$a/tests.log" | cut -c1-200 | head -20
