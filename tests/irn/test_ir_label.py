@@ -213,6 +213,27 @@ def test_crf_inference_many_equals_one_image_at_a_time(device, compiled_ops):
         crf_inference_many([imgs[0], imgs[1][:40]], labs[:2], 3)
 
 
+def test_crf_queue_waits_only_for_the_label_range_and_the_lattices(device, compiled_ops, host_reads):
+    """``crf_queue_many`` waits for the device at most three times, inside ``ops/dense_crf.py``
+    (the labels' range and the sizes of the two lattices), not for the mean field or the copy of
+    the maps to the host; its ``wait()`` gives ``crf_inference_many``'s maps."""
+    from wsss_fast.irn.crf import crf_inference_many, crf_queue_many
+
+    pin = (lambda t: t.pin_memory()) if device == "cuda" else (lambda t: t)
+    imgs, labs = [], []
+    for seed in range(2):
+        img, _ = _cam_case(seed, size=48)
+        imgs.append(pin(torch.from_numpy(to_rgb_uint8(img))))
+        labs.append(pin(torch.from_numpy(np.random.default_rng(seed).integers(0, 3, (2, 48, 48), np.uint8))))
+    want = crf_inference_many(imgs, labs, 3, CRFParams(), device)  # also the warm-up
+    with host_reads(device) as reads:
+        queued = crf_queue_many(imgs, labs, 3, CRFParams(), device)
+    assert reads.count <= 3 and all("dense_crf.py" in w for w in reads.where), reads.where
+    for got, ref in zip(queued.wait(), want):
+        assert got.shape == (2, 48, 48) and got.dtype == np.uint8
+        assert (got == ref).mean() >= (1.0 if device == "cpu" else 0.999)
+
+
 @pytest.mark.parametrize("loaders", [0, 2])
 @pytest.mark.parametrize("min_region", [0, 10_000])
 def test_batched_step_equals_one_image_at_a_time(fake_data, loaders, min_region):
