@@ -214,9 +214,9 @@ def test_crf_inference_many_equals_one_image_at_a_time(device, compiled_ops):
 
 
 def test_crf_queue_waits_only_for_the_label_range_and_the_lattices(device, compiled_ops, host_reads):
-    """``crf_queue_many`` waits for the device at most three times, inside ``ops/dense_crf.py``
-    (the labels' range and the sizes of the two lattices), not for the mean field or the copy of
-    the maps to the host; its ``wait()`` gives ``crf_inference_many``'s maps."""
+    """``crf_queue_many`` waits for the device at most three times, in ``ops/dense_crf.py`` and
+    the compiled op it calls (the labels' range and the sizes of the two lattices), not for the
+    mean field or the copy of the maps to the host; its ``wait()`` gives ``crf_inference_many``'s maps."""
     from wsss_fast.irn.crf import crf_inference_many, crf_queue_many
 
     pin = (lambda t: t.pin_memory()) if device == "cuda" else (lambda t: t)
@@ -228,7 +228,8 @@ def test_crf_queue_waits_only_for_the_label_range_and_the_lattices(device, compi
     want = crf_inference_many(imgs, labs, 3, CRFParams(), device)  # also the warm-up
     with host_reads(device) as reads:
         queued = crf_queue_many(imgs, labs, 3, CRFParams(), device)
-    assert reads.count <= 3 and all("dense_crf.py" in w for w in reads.where), reads.where
+    # a wait inside the compiled op is reported at torch's _ops.py, which calls it
+    assert reads.count <= 3 and all(w.split(":")[0] in ("dense_crf.py", "_ops.py") for w in reads.where), reads.where
     for got, ref in zip(queued.wait(), want):
         assert got.shape == (2, 48, 48) and got.dtype == np.uint8
         assert (got == ref).mean() >= (1.0 if device == "cpu" else 0.999)
