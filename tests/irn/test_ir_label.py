@@ -284,7 +284,7 @@ def test_images_without_classes_are_not_loaded(fake_data, monkeypatch, how, devi
             assert lab.shape == (64, 64) and (lab == 0).all()
 
 
-def test_a_batch_is_labelled_once_the_next_is_launched(fake_data, monkeypatch):
+def test_a_batch_is_labelled_once_the_next_is_launched(fake_data, monkeypatch, device):
     """One batch in flight: the batched step makes a batch's labels (``_finish``) only after it
     queued the next batch's CRF (``_launch``); every batch is finished once, in order."""
     import wsss_fast.irn.ir_label as ir
@@ -304,7 +304,8 @@ def test_a_batch_is_labelled_once_the_next_is_launched(fake_data, monkeypatch):
 
     monkeypatch.setattr(ir, "_launch", spy_launch)
     monkeypatch.setattr(ir, "_finish", spy_finish)
-    make_ir_label(tiny_cfg(ir_label={"batch_size": 1, "workers": 0, "crf": {"backend": "wsss_fast"}}), paths)
+    make_ir_label(tiny_cfg(device=device, ir_label={"batch_size": 1, "workers": 0, "crf": {"backend": "wsss_fast"}}),
+                  paths)
     launched = [b for what, b in calls if what == "launch"]
     positives = [n for i, n in enumerate(datasets["train"].image_ids) if datasets["train"].labels[i, 0]]
     assert [b for what, b in calls if what == "finish"] == launched and all(launched)  # no empty batch
@@ -329,7 +330,7 @@ def test_every_batch_is_labelled_inside_the_loader_loop(fake_data, loop_watch, f
     assert watch.calls > 0 and watch.outside == 0
 
 
-def test_fg_choice_counts_an_image_once_the_next_is_launched(fake_data, monkeypatch):
+def test_fg_choice_counts_an_image_once_the_next_is_launched(fake_data, monkeypatch, device):
     """The fg threshold's choice on val queues an image's CRF before it counts the image
     before it; every image with classes is counted once, in order."""
     import wsss_fast.irn.ir_label as ir
@@ -339,7 +340,7 @@ def test_fg_choice_counts_an_image_once_the_next_is_launched(fake_data, monkeypa
     launch, finish = ir._fg_launch, ir._fg_finish
     monkeypatch.setattr(ir, "_fg_launch", lambda it, *a: calls.append(("launch", it["id"])) or launch(it, *a))
     monkeypatch.setattr(ir, "_fg_finish", lambda counts, p: calls.append(("finish", p[0]["id"])) or finish(counts, p))
-    cfg = tiny_cfg(ir_label={"crf": {"backend": "wsss_fast"}})
+    cfg = tiny_cfg(device=device, ir_label={"crf": {"backend": "wsss_fast"}})
     ir.fg_threshold_on_val(cfg, paths)
     launched = [i for what, i in calls if what == "launch"]
     val = datasets["val"]
