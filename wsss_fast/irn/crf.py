@@ -217,32 +217,12 @@ def crf_inference_many(imgs: list[np.ndarray | torch.Tensor], labels: list[np.nd
         ``[K_i, H, W]`` refined maps per image (each map as :func:`crf_inference_label` alone),
         uint8 for ``n_labels`` <= 256, else int64.
     """
-    return crf_queue_many(imgs, labels, n_labels, params, device).wait()
-
-
-class QueuedMaps:
-    """Refined maps of :func:`crf_queue_many` on their way to the host; :meth:`wait` waits.
-
-    Args:
-        copy: the queued copy of all maps ``[sum K_i, H, W]`` (None: ``maps`` given).
-        counts: ``K_i`` of each image.
-        maps: the result when nothing was queued.
-    """
-
-    def __init__(self, copy: HostCopy | None, counts: list[int], maps: list[np.ndarray] | None = None) -> None:
-        self._copy, self._counts, self._maps = copy, counts, maps
-
-    def wait(self) -> list[np.ndarray]:
-        """``[K_i, H, W]`` maps per image (views of one host buffer)."""
-        if self._maps is None:
-            out = self._copy.wait()[0].numpy()
-            self._maps = list(np.split(out, np.cumsum(self._counts)[:-1]))
-        return self._maps
+    return [m.numpy() for m in crf_queue_many(imgs, labels, n_labels, params, device).wait()]
 
 
 def crf_queue_many(imgs: list[np.ndarray | torch.Tensor], labels: list[np.ndarray | torch.Tensor],
                    n_labels: int, params: CRFParams = CRFParams(),
-                   device: str | torch.device = "cpu") -> QueuedMaps:
+                   device: str | torch.device = "cpu") -> HostCopy:
     """Queue the compiled CRF on the label maps of several images, in one call, and the copy of
     its refined maps to the host (:class:`~wsss_fast.engine.transfer.HostCopy`).
 
@@ -254,14 +234,15 @@ def crf_queue_many(imgs: list[np.ndarray | torch.Tensor], labels: list[np.ndarra
     Args: as :func:`crf_inference_many`.
 
     Returns:
-        :class:`QueuedMaps` whose ``wait()`` gives :func:`crf_inference_many`'s result.
+        A :class:`~wsss_fast.engine.transfer.HostCopy` of the ``[K_i, H, W]`` maps of each image:
+        its ``wait()`` gives :func:`crf_inference_many`'s maps as CPU tensors.
     """
     from ..ops.dense_crf import dense_crf_unary, unary_from_labels
 
-    out_dtype = np.uint8 if n_labels <= 256 else np.int64
+    out_torch = torch.uint8 if n_labels <= 256 else torch.int64
     counts = [int(lab.shape[0]) for lab in labels]
     if not imgs or sum(counts) == 0 or n_labels == 1:
-        return QueuedMaps(None, counts, [np.zeros(tuple(lab.shape), dtype=out_dtype) for lab in labels])
+        return HostCopy([torch.zeros(tuple(lab.shape), dtype=out_torch) for lab in labels])
     h, w = imgs[0].shape[:2]
     if any(tuple(im.shape[:2]) != (h, w) for im in imgs):
         raise ValueError(f"crf_inference_many: images of one size only, got "
@@ -276,8 +257,7 @@ def crf_queue_many(imgs: list[np.ndarray | torch.Tensor], labels: list[np.ndarra
     q = dense_crf_unary(unary, image, gaussian_sxy=params.gauss_sxy * scale, gaussian_compat=params.gauss_compat,
                         bilateral_sxy=params.bilateral_sxy * scale, bilateral_srgb=params.bilateral_srgb,
                         bilateral_compat=params.bilateral_compat, iterations=int(params.iterations))
-    out = q.argmax(1).to(torch.uint8 if out_dtype is np.uint8 else torch.int64)
-    return QueuedMaps(HostCopy([out]), counts)
+    return HostCopy(list(q.argmax(1).to(out_torch).split(counts)))
 
 
 def _tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -38,10 +38,10 @@ from ..data.base import as_is
 from ..engine.dist import resolve_device
 from ..engine.files import BackgroundWriter, atomic_write_bytes, load_cam_file, write_png
 from ..engine.paths import RunPaths
-from ..engine.transfer import InFlight
+from ..engine.transfer import HostCopy, InFlight
 from . import common
 from .common import as_list, resize_image_uint8
-from .crf import CRFParams, QueuedMaps, crf_inference_labels, crf_queue_many, resolve_backend, to_rgb_uint8
+from .crf import CRFParams, crf_inference_labels, crf_queue_many, resolve_backend, to_rgb_uint8
 
 
 def _fg_maps(cams: np.ndarray, thresholds: Sequence[float], dtype: type = np.int64) -> np.ndarray:
@@ -228,7 +228,7 @@ class _Inputs(Dataset):
                 torch.from_numpy(preds.astype(np.uint8)))
 
 
-def _launch(items: list[tuple], params: CRFParams, device: torch.device) -> list[tuple[list[tuple], QueuedMaps]]:
+def _launch(items: list[tuple], params: CRFParams, device: torch.device) -> list[tuple[list[tuple], HostCopy]]:
     """Queue the CRF of a batch's images with classes, one call per (size, label count), and
     the copies of their refined maps to the host."""
     groups: dict = {}
@@ -239,11 +239,11 @@ def _launch(items: list[tuple], params: CRFParams, device: torch.device) -> list
 
 
 def _finish(cfg: dict, paths: RunPaths, writer: BackgroundWriter,
-            pending: list[tuple[list[tuple], QueuedMaps]]) -> None:
+            pending: list[tuple[list[tuple], HostCopy]]) -> None:
     """Wait for a launched batch's refined maps and queue its IR labels on ``writer``."""
     for group, queued in pending:
         for it, refined in zip(group, queued.wait()):
-            writer.submit(_write_label, cfg, paths, it, refined)
+            writer.submit(_write_label, cfg, paths, it, refined.numpy())
 
 
 def _write_label(cfg: dict, paths: RunPaths, item: tuple, refined: np.ndarray) -> None:
@@ -339,19 +339,19 @@ class _FgValInputs(Dataset):
                 "img": torch.from_numpy(np.require(img, requirements=["C", "W"])), "preds": torch.from_numpy(preds)}
 
 
-def _fg_launch(it: dict, crf: CRFParams, backend: str, device: torch.device) -> QueuedMaps:
+def _fg_launch(it: dict, crf: CRFParams, backend: str, device: torch.device) -> HostCopy:
     """Queue the CRF of a val image's fg maps (all thresholds in one call; pydensecrf: done here)."""
     keys, img, preds = it["keys"], it["img"], it["preds"]
     if backend == "wsss_fast":
         return crf_queue_many([img], [preds], keys.shape[0], crf, device)
-    return QueuedMaps(None, [preds.shape[0]], [crf_inference_labels(img.numpy(), preds.numpy(), keys.shape[0], crf,
-                                                                    backend, device)])
+    return HostCopy([torch.from_numpy(crf_inference_labels(img.numpy(), preds.numpy(), keys.shape[0], crf, backend,
+                                                           device))])
 
 
-def _fg_finish(counts: np.ndarray, pending: tuple[dict, QueuedMaps]) -> None:
+def _fg_finish(counts: np.ndarray, pending: tuple[dict, HostCopy]) -> None:
     """Add a val image's counts (:func:`_fg_counts` of its refined fg maps) to ``counts`` in place."""
     it, queued = pending
-    counts += _fg_counts(queued.wait()[0], it["keys"], it["gt"].numpy())
+    counts += _fg_counts(queued.wait()[0].numpy(), it["keys"], it["gt"].numpy())
 
 
 def fg_threshold_on_val(cfg: dict, paths: RunPaths) -> tuple[float, list[dict]]:
@@ -381,11 +381,13 @@ def fg_threshold_on_val(cfg: dict, paths: RunPaths) -> tuple[float, list[dict]]:
     counts = np.zeros((4, len(thresholds)), np.int64)
     with InFlight(partial(_fg_finish, counts)) as flight:  # an image's CRF queued before the last one is counted
         for n, it in enumerate(tqdm(loader, desc="ir-label: conf_fg_thres on val", unit="img"), 1):
-            if it is not None and it.get("no_mask"):
+            if it is None:  # no CAM classes
+                pass
+            elif it.get("no_mask"):
                 raise ValueError(f"make-ir-label: conf_fg_thres 'val' needs val masks; {it['id']} has none")
-            if it is not None and crf is None:
+            elif crf is None:
                 counts += it["counts"].numpy()
-            elif it is not None:
+            else:
                 flight.push((it, _fg_launch(it, crf, backend, device)))
             if n == len(loader):  # inside the loader's last iteration, where a profile times the loop
                 flight.drain()
