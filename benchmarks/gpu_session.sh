@@ -8,8 +8,8 @@
 # `status` shows less device time), so that the logs and figures reach $OUT before the call is stopped.
 # A stage with too little time left says so and is skipped.
 #   pipeline  gpu_pipeline.sh: the build for sm_90 (unless one is there), torchrun (NCCL), the demo on
-#             CUDA, the GPU profile (PROFILE_IMAGES, default 256: with SIIM's share of positives, about
-#             56 images run make-cam's and make-sem-seg's networks; PROFILE_ITERS, default 10);
+#             CUDA, the GPU profile (PROFILE_IMAGES, default 256: with SIIM's share of positives, 57 of them
+#             run make-cam's and make-sem-seg's networks; PROFILE_ITERS, default 10);
 #   amp       make-cam under bfloat16 autocast (cam.amp): the CUDA tests of tests/cam, tests/seg,
 #             tests/irn, random_walk's and the training loops' waits (tests/cls/test_train.py,
 #             tests/engine), the sweep's counts (tests/metrics/test_segmentation.py) and the CRF
@@ -35,6 +35,7 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_out}"
 WORK="${WORK:-/tmp/wsss_gpu}"
 STAGES="${STAGES:-pipeline amp}"
+PROFILE_IMAGES="${PROFILE_IMAGES:-256}" PROFILE_ITERS="${PROFILE_ITERS:-10}"  # both profiles
 SESSION_DEADLINE="${SESSION_DEADLINE:-560}"
 PY="${PYTHON:-python3}"
 mkdir -p "$OUT" "$WORK"
@@ -84,7 +85,7 @@ EOF
   # a fresh profile writes its DICOMs (~20 s per 128 images on the H200) and trains the classifier before make-cam
   [ "$n" -ge "${AMP_PROFILE_MIN:-100}" ] || { echo "amp profile: ${n}s left (< ${AMP_PROFILE_MIN:-100}s), skipped"; return 0; }
   OUT="$WORK/amp_profile" WORK="$WORK/runs_amp" DEADLINE="$n" SKIP_BUILD=1 PARTS=profile PROFILE_REFERENCE=0 \
-    PROFILE_IMAGES="${PROFILE_IMAGES:-256}" PROFILE_ITERS="${PROFILE_ITERS:-10}" \
+    PROFILE_IMAGES="$PROFILE_IMAGES" PROFILE_ITERS="$PROFILE_ITERS" \
     PROFILE_ARGS="${PROFILE_ARGS:-} cam.amp=true" bash benchmarks/gpu_pipeline.sh
   local prc=$?
   cp "$WORK/amp_profile/pipeline_profile.json" "$OUT/pipeline_profile_amp.json" 2>/dev/null
@@ -107,8 +108,8 @@ session() {
       pipeline)
         n=$(left)
         stamp "pipeline: torchrun, demo, profile (<= ${n}s)"
-        OUT="$WORK/pipeline" WORK="$WORK/runs" DEADLINE="$n" SKIP_BUILD=1 PROFILE_IMAGES="${PROFILE_IMAGES:-256}" \
-          PROFILE_ITERS="${PROFILE_ITERS:-10}" bash benchmarks/gpu_pipeline.sh || rc=1
+        OUT="$WORK/pipeline" WORK="$WORK/runs" DEADLINE="$n" SKIP_BUILD=1 PROFILE_IMAGES="$PROFILE_IMAGES" \
+          PROFILE_ITERS="$PROFILE_ITERS" bash benchmarks/gpu_pipeline.sh || rc=1
         cp "$WORK/pipeline/pipeline_profile.json" "$WORK/pipeline/demo_report.json" "$OUT/" 2>/dev/null ;;
       amp)
         n=$(left)
