@@ -126,7 +126,7 @@ session() {
           bash benchmarks/gpu_check.sh || rc=1
         "$PY" benchmarks/summarize.py $(find "$WORK/oracle" "$WORK/rest" -maxdepth 1 -name 'bench*.json' -size +0) \
           --out "$OUT/rest_figures.json" > /dev/null 2>&1 ;;
-      *) echo "unknown stage '$stage' (crf | pipeline | rest)"; rc=1 ;;
+      *) echo "unknown stage '$stage' (crf | pipeline | amp | rest)"; rc=1 ;;
     esac
   done
   stamp "done (rc=$rc); back in \$OUT: $(cd "$OUT" && ls | tr '\n' ' ')"
