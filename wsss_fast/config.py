@@ -179,10 +179,18 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] | dict 
     return cfg
 
 
-def save_config(cfg: dict, path: str | Path) -> None:
-    """Write the resolved configuration beside a run's outputs."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(yaml.safe_dump(cfg, sort_keys=False))
+def save_config(cfg: dict, path: str | Path) -> bool:
+    """Write the resolved configuration beside a run's outputs.
+
+    Returns:
+        True when it replaced a different configuration saved there before (the run's earlier
+        steps ran with that one).
+    """
+    path, text = Path(path), yaml.safe_dump(cfg, sort_keys=False)
+    old = path.read_text() if path.exists() else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return old is not None and old != text
 
 
 def get(cfg: dict, dotted: str) -> Any:

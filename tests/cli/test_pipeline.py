@@ -122,6 +122,31 @@ def test_rerunning_an_earlier_step_clears_stale_later_outputs(tmp_path):
     assert calls == PIPELINE[PIPELINE.index("make-cam"):]
 
 
+def test_a_changed_configuration_is_saved_and_noted(tmp_path, monkeypatch, capsys):
+    """A step or a run with other settings than the run folder's saves its own and says so;
+    the same settings again say nothing."""
+    out = tmp_path / "run"
+    ran = []
+    monkeypatch.setattr("wsss_fast.steps.Step.resolve", lambda self: lambda cfg, paths: ran.append(cfg))
+    note = "differs from the one saved in"
+    for overrides, noted in ((["ir_label.workers=0"], False), (["ir_label.workers=0"], False),
+                             (["ir_label.workers=1"], True)):
+        assert cli.main(["make-ir-label", "--config", "demo", "--out", str(out), *overrides]) == 0
+        assert (note in capsys.readouterr().err) is noted
+        assert load_config(out / "config.yaml")["ir_label"]["workers"] == ran[-1]["ir_label"]["workers"]
+    assert [c["ir_label"]["workers"] for c in ran] == [0, 0, 1]
+
+    logs: list = []
+    steps = _stub_steps([])
+    cfg = load_config(out / "config.yaml")
+    run_pipeline(cfg, RunPaths(out), steps=steps, log=logs.append)
+    assert not any(note in line for line in logs)
+    cfg["ir_label"]["workers"] = 2
+    run_pipeline(cfg, RunPaths(out), steps=steps, log=logs.append)
+    assert sum(note in line for line in logs) == 1
+    assert load_config(out / "config.yaml")["ir_label"]["workers"] == 2
+
+
 def test_cli_parses_run_and_demo(tmp_path, monkeypatch):
     seen = {}
 

@@ -52,11 +52,14 @@ def _add_common(p: argparse.ArgumentParser, config_required: bool = True) -> Non
 
 
 def prepare(args: argparse.Namespace) -> tuple[dict, RunPaths]:
-    """Load the config (with overrides), create the run folder and save the resolved config."""
+    """Load the config (with overrides), create the run folder and save the resolved config
+    (saying so on stderr when it replaces a different one)."""
     cfg = load_config(args.config, args.overrides)
     paths = RunPaths(args.out)
     paths.root.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, paths.config)
+    if save_config(cfg, paths.config):
+        print(f"[{args.command}] note: the configuration differs from the one saved in {paths.config}, "
+              "which now holds this command's", file=sys.stderr)
     return cfg, paths
 
 

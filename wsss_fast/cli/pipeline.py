@@ -73,14 +73,9 @@ def run_pipeline(cfg: dict, paths: RunPaths, start: str | None = None,
             raise ValueError(f"--from must be one of {names}, got '{start}'")
         clear_outputs(paths, order[names.index(start):], log)
     paths.root.mkdir(parents=True, exist_ok=True)
-    if paths.config.exists():
-        old = paths.config.read_text()
-        save_config(cfg, paths.config)
-        if old != paths.config.read_text():
-            log(f"[run] note: the configuration differs from the one saved in {paths.config}; "
-                "finished steps are kept (use --from STEP to redo them)")
-    else:
-        save_config(cfg, paths.config)
+    if save_config(cfg, paths.config):
+        log(f"[run] note: the configuration differs from the one saved in {paths.config}; "
+            "finished steps are kept (use --from STEP to redo them)")
     from ..report import read_timings
 
     timings = read_timings(paths)
