@@ -245,7 +245,7 @@ def crf_queue_many(imgs: list[np.ndarray | torch.Tensor], labels: list[np.ndarra
         return HostCopy([torch.zeros(tuple(lab.shape), dtype=out_torch) for lab in labels])
     h, w = imgs[0].shape[:2]
     if any(tuple(im.shape[:2]) != (h, w) for im in imgs):
-        raise ValueError(f"crf_inference_many: images of one size only, got "
+        raise ValueError(f"crf_queue_many: imgs must be of one size only, got "
                          f"{sorted({tuple(im.shape[:2]) for im in imgs})}")
     device = torch.device(device)
     lab = torch.cat([to_device(_tensor(x), device) for x in labels]).long()
