@@ -84,6 +84,17 @@ SPLITS = {"train": dict(n=8, seed=0, prefix="tr"), "val": dict(n=4, seed=1, pref
           "test": dict(n=2, seed=2, prefix="te")}
 
 
+def assert_one_in_flight(calls: list[tuple[str, object]]) -> list:
+    """Asserts one batch in flight in ``calls``, the ``("launch", key)`` / ``("finish", key)``
+    events of a step in the order they happened: every launched key is finished once, in launch
+    order, and only after the next key was launched. Returns the launched keys."""
+    launched = [key for what, key in calls if what == "launch"]
+    assert [key for what, key in calls if what == "finish"] == launched
+    for key, after in zip(launched, launched[1:]):
+        assert calls.index(("finish", key)) > calls.index(("launch", after))
+    return launched
+
+
 def tiny_cfg(**over) -> dict:
     o = {"device": "cpu", "num_workers": 0, "seed": 0,
          "ir_label": {"workers": 0, "conf_fg_thres": 0.30, "conf_bg_thres": 0.05},  # IRNet's; "val": tests

@@ -21,7 +21,7 @@ from wsss_fast.irn.walk import labels_from_soft
 from wsss_fast.engine.paths import RunPaths
 from wsss_fast.engine.files import load_cam_file, save_cam_file
 
-from .conftest import FakeDataset, tiny_cfg
+from .conftest import FakeDataset, assert_one_in_flight, tiny_cfg
 
 
 def _log(paths):
@@ -203,10 +203,7 @@ def test_a_batch_is_saved_once_the_next_is_launched(trained, monkeypatch):
     n = len(datasets["train"].image_ids)
     run_shard(tiny_cfg(sem_seg={"batch_size": 1}), str(paths.root), "train", list(range(n)), "cpu",
               show_progress=False)
-    launched = [b for what, b in calls if what == "launch"]
-    assert [b for what, b in calls if what == "finish"] == launched and len(launched) >= 3
-    for b, after in zip(launched, launched[1:]):
-        assert calls.index(("finish", b)) > calls.index(("launch", after))
+    assert len(assert_one_in_flight(calls)) >= 3
 
 
 def test_a_batch_is_launched_without_waiting_for_the_device(device, host_reads, monkeypatch, tmp_path):
