@@ -23,7 +23,7 @@ CONSTRAINTS ?= -c constraints.txt
 
 $(VENV)/.stamp: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade "pip>=24" "setuptools>=68" wheel ninja
+	$(PIP) install -q --upgrade "pip>=24" "setuptools>=77" wheel ninja
 	$(PIP) install -q $(TORCH_PINS)
 	WSSS_FAST_NO_EXT=1 $(PIP) install -q --no-build-isolation $(CONSTRAINTS) -e ".[test]"
 	touch $@
@@ -53,9 +53,12 @@ gpu-check:
 
 # Wheels the GPU machine lacks (it has no network), carried in .whl/: pure-Python ones, and
 # pydensecrf2 (the CRF oracle) built here for this Python in .whl/native/; for another Python
-# (the GPU image's 3.12) its sdist and the pure-Python Cython 0.29 it builds with, in .whl/src/.
+# (the GPU image's 3.12) its sdist and the pure-Python Cython 0.29 it builds with, in .whl/src/;
+# in .whl/build/ a setuptools that reads pyproject.toml's license string (>= 77), used by the build
+# there only if the image's setuptools is older.
 gpu-wheels: venv
-	mkdir -p .whl/native .whl/src
+	mkdir -p .whl/native .whl/src .whl/build
+	$(PIP) download -q --no-deps --only-binary=:all: -d .whl/build "setuptools>=77"
 	$(PIP) wheel -q --no-deps -w .whl grad-cam==1.5.7 ttach==0.0.3 segmentation-models-pytorch==0.6.0 pydicom==3.0.2 expecttest==0.3.0
 	$(PIP) wheel -q --no-deps -w .whl/native pydensecrf2==1.1
 	$(PIP) download -q --no-deps --no-binary=:all: -d .whl/src pydensecrf2==1.1

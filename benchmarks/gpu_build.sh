@@ -20,8 +20,20 @@ if [ "${SKIP_BUILD:-0}" != 1 ] || ! ls wsss_fast/_C*.so >/dev/null 2>&1; then
   # builds an extension whose errors reach Python. Prefer the system compiler when there is one.
   if [ -x /usr/bin/g++ ] && [ -x /usr/bin/gcc ]; then export CC=/usr/bin/gcc CXX=/usr/bin/g++; fi
   echo "CC=${CC:-} CXX=${CXX:-} ($(${CXX:-c++} --version | head -1))"
+  # pyproject.toml's license is an SPDX string, which setuptools reads from 77.0 on; where the
+  # image's setuptools is older, the build (only) uses the one carried in .whl/build/.
+  build_path="${PYTHONPATH:-}"
+  if ! "$PY" -c "import setuptools, sys; sys.exit(int(setuptools.__version__.split('.')[0]) < 77)" 2>/dev/null; then
+    if ls .whl/build/setuptools-*.whl >/dev/null 2>&1 && "$PY" -m pip install -q --no-index --no-deps \
+        --no-compile --no-cache-dir --upgrade --target /tmp/build_site .whl/build/setuptools-*.whl; then
+      build_path="/tmp/build_site${build_path:+:$build_path}"
+    else
+      echo "WARNING: setuptools < 77 and none carried in .whl/build (make gpu-wheels): the build will fail"
+    fi
+  fi
+  PYTHONPATH="$build_path" "$PY" -c "import setuptools; print('setuptools', setuptools.__version__, 'from', setuptools.__file__)"
   rm -rf build wsss_fast/_C*.so
-  if ! timeout "$(budget "${BUILD_TIMEOUT:-240}")" "$PY" setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
+  if ! PYTHONPATH="$build_path" timeout "$(budget "${BUILD_TIMEOUT:-240}")" "$PY" setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
     grep -E "error|Error" "$OUT/build.log" | head -30; tail -20 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
   fi
 fi
