@@ -15,6 +15,8 @@ from typing import Any, Iterable
 
 import yaml
 
+from .engine.files import atomic_write_bytes
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
@@ -188,8 +190,7 @@ def save_config(cfg: dict, path: str | Path) -> bool:
     """
     path, text = Path(path), yaml.safe_dump(cfg, sort_keys=False)
     old = path.read_text() if path.exists() else None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    atomic_write_bytes(text.encode(), path)  # a killed step leaves the old file or the new one
     return old is not None and old != text
 
 
