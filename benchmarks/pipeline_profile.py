@@ -50,9 +50,10 @@ for _p in (ROOT, Path(__file__).resolve().parent):  # the package; this folder's
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from wsss_fast.config import get, load_config, save_config  # noqa: E402
+from wsss_fast.config import get, load_config  # noqa: E402
 from wsss_fast.data import build_dataset, write_synthetic_siim  # noqa: E402
 from wsss_fast.engine.dist import resolve_device  # noqa: E402
+from wsss_fast.engine.files import save_config  # noqa: E402
 from wsss_fast.irn import train as irn_train  # noqa: E402
 from wsss_fast.engine.paths import RunPaths  # noqa: E402
 from wsss_fast.steps import PIPELINE  # noqa: E402

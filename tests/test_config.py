@@ -136,22 +136,3 @@ def test_override_value_may_contain_equals_signs():
     cfg = load_config(None, ["dataset.root=/d/a=b", "dataset.csv=x=1=2.csv"])
     assert cfg["dataset"]["root"] == "/d/a=b" and cfg["dataset"]["csv"] == "x=1=2.csv"
 
-
-def test_save_config_replaces_the_file_whole_or_not_at_all(tmp_path, monkeypatch):
-    """A step killed while saving its configuration leaves the run's earlier one, not half a file."""
-    import os
-
-    from wsss_fast.config import save_config
-
-    path = tmp_path / "run" / "config.yaml"
-    assert save_config({"cls": {"epochs": 1}}, path) is False
-    before = path.read_text()
-
-    def killed(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(os, "replace", killed)
-    with pytest.raises(KeyboardInterrupt):
-        save_config({"cls": {"epochs": 2}}, path)
-    assert path.read_text() == before
-    assert sorted(p.name for p in path.parent.iterdir()) == ["config.yaml"]  # no temporary left

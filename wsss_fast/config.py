@@ -15,8 +15,6 @@ from typing import Any, Iterable
 
 import yaml
 
-from .engine.files import atomic_write_bytes
-
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
@@ -179,19 +177,6 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] | dict 
                 check_keys(cfg, ov, f"override '{item}'", known=known)
                 cfg = _merge(cfg, ov)
     return cfg
-
-
-def save_config(cfg: dict, path: str | Path) -> bool:
-    """Write the resolved configuration beside a run's outputs.
-
-    Returns:
-        True when it replaced a different configuration saved there before (the run's earlier
-        steps ran with that one).
-    """
-    path, text = Path(path), yaml.safe_dump(cfg, sort_keys=False)
-    old = path.read_text() if path.exists() else None
-    atomic_write_bytes(text.encode(), path)  # a killed step leaves the old file or the new one
-    return old is not None and old != text
 
 
 def get(cfg: dict, dotted: str) -> Any:

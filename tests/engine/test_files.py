@@ -50,6 +50,25 @@ def test_atomic_write_bytes_crash_leaves_no_partial_file(tmp_path, monkeypatch, 
     assert files_in(tmp_path) == ["old.png"] and old.read_bytes() == b"complete"
 
 
+def test_save_config_replaces_the_file_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A step killed while saving its configuration leaves the run's earlier one, no half file."""
+    path = tmp_path / "config.yaml"
+    assert files.save_config({"cls": {"epochs": 1}}, path) is False
+    before = path.read_text()
+    assert files.save_config({"cls": {"epochs": 1}}, path) is False  # the same one: not a change
+
+    def boom(*args, **kwargs):
+        raise _Boom()
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(_Boom):
+        files.save_config({"cls": {"epochs": 2}}, path)
+    assert path.read_text() == before and files_in(tmp_path) == ["config.yaml"]
+    monkeypatch.undo()
+    assert files.save_config({"cls": {"epochs": 2}}, path) is True
+    assert "epochs: 2" in path.read_text()
+
+
 def _label() -> np.ndarray:
     return (np.arange(48 * 40).reshape(48, 40) % 7).astype(np.uint8)
 

@@ -10,7 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..config import ConfigError, load_config, save_config
+from ..config import ConfigError, load_config
+from ..engine.files import save_config
 from ..engine.paths import RunPaths
 from ..steps import STEPS, get_step
 

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..config import get, load_config, save_config
-from ..engine.files import atomic_write_bytes
+from ..config import get, load_config
+from ..engine.files import atomic_write_bytes, save_config
 from ..engine.paths import RunPaths
 from ..steps import PIPELINE, Step, get_step
 

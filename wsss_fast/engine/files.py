@@ -1,4 +1,4 @@
-"""Atomic file I/O of a run: checkpoints, CAM files, label PNGs and arrays.
+"""Atomic file I/O of a run: its configuration, checkpoints, CAM files, label PNGs and arrays.
 
 Resumable steps skip every per-image output that exists, so each one is written by
 :func:`atomic_write_bytes` (a temporary file in the same folder, then ``os.replace``): a
@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image
 
 
@@ -85,6 +86,23 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(buf.getvalue(), path)
+
+
+def save_config(cfg: dict, path: str | Path) -> bool:
+    """Write the resolved configuration beside a run's outputs (``RUN/config.yaml``), atomically.
+
+    Args:
+        cfg: the configuration from :func:`wsss_fast.config.load_config`.
+        path: the YAML file.
+
+    Returns:
+        True when it replaced a different configuration saved there before (the run's earlier
+        steps ran with that one).
+    """
+    path, text = Path(path), yaml.safe_dump(cfg, sort_keys=False)
+    old = path.read_text() if path.exists() else None
+    atomic_write_bytes(text.encode(), path)
+    return old is not None and old != text
 
 
 def save_cam_file(path: str | Path, keys: np.ndarray, cam: np.ndarray, high_res: np.ndarray,
