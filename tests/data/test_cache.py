@@ -12,7 +12,7 @@ import torch
 from wsss_fast.config import load_config
 from wsss_fast.data import SIIMPneumothorax, build_dataset
 from wsss_fast.data import siim as siim_mod
-from wsss_fast.data.cache import cache_folder, read_cached
+from wsss_fast.data.cache import cache_folder, read_cached, write_cached
 from wsss_fast.engine.paths import RunPaths
 
 from .conftest import N_IMAGES, SIZE
@@ -112,3 +112,13 @@ def test_folder_per_size_and_source_and_off_switch(synth_root, tmp_path):
     assert build_dataset(png, None, RunPaths(tmp_path / "p"), train=False).cache_dir is None
     direct = SIIMPneumothorax(synth_root)
     assert direct.cache_dir is None and direct.load_image(0).shape[:2] == (SIZE, SIZE)
+
+
+def test_a_cached_file_keeps_its_image_and_a_non_square_original_size(tmp_path):
+    """Predictions go back to the original (H0, W0); SIIM's are square, other sets' are not."""
+    img = np.arange(4 * 6, dtype=np.uint8).reshape(4, 6)
+    write_cached(tmp_path / "a.npz", img, (300, 400))
+    got, size = read_cached(tmp_path / "a.npz")
+    assert size == (300, 400) and got.dtype == np.uint8 and np.array_equal(got, img)
+    assert read_cached(tmp_path / "missing.npz") is None
+

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wsss_fast.data.rle import (RLEError, parse_rle, rle_decode, rle_decode_union, rle_encode,
+from wsss_fast.data.rle import (RLEError, is_empty_rle, parse_rle, rle_decode, rle_decode_union, rle_encode,
                                 rle_encode_regions)
 
 
@@ -100,3 +100,26 @@ def test_run_past_image_end():
     with pytest.raises(RLEError, match="past the image"):
         rle_decode("10 7", 4, 4)
     assert rle_decode("10 6", 4, 4).sum() == 6
+
+
+def test_empty_markers():
+    """The competition's -1, an empty cell, and a cell a spreadsheet or pandas turned into NaN."""
+    for code in ("-1", " -1 ", "", None, "nan", "NaN", float("nan")):
+        assert is_empty_rle(code), code
+        assert rle_decode(code, 3, 2).sum() == 0
+    assert not is_empty_rle("0 1")
+
+
+def test_regions_are_8_connected_in_column_major_order():
+    m = np.zeros((6, 6), np.uint8)
+    m[0, 4:6] = 1  # first in row-major order, but its first column-major pixel is in column 4
+    m[3:5, 0] = 1  # first column-major pixel (3, 0)
+    m[5, 1] = 1    # touches the region above only at a corner
+    second = np.zeros_like(m)
+    second[0, 4:6] = 1
+    codes = rle_encode_regions(m)
+    assert len(codes) == 2
+    np.testing.assert_array_equal(rle_decode(codes[0], 6, 6), m & ~second)
+    np.testing.assert_array_equal(rle_decode(codes[1], 6, 6), second)
+    assert len(rle_encode_regions(m, connectivity=1)) == 3
+

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from wsss_fast.metrics import (BatchedSweeps, SegEvaluator, add_sweep, confusion_matrix, dice_per_image, miou,
-                               multilabel_f1, sweep_counts, threshold_sweep)
+                               sweep_counts, threshold_sweep)
 
 
 def test_confusion_matrix_by_hand():
@@ -81,15 +81,6 @@ def test_miou_pools_pixels_not_images():
     ev.add(p2, g2, True)                      # all wrong, 1 px each
     np.testing.assert_array_equal(ev.conf_pos, [[50, 1], [1, 50]])
     assert ev.result()["miou_pos"] == pytest.approx(50 / 52)
-
-
-def test_multilabel_f1():
-    probs = np.array([[0.9, 0.2], [0.6, 0.7], [0.1, 0.4]])
-    labels = np.array([[1, 0], [0, 1], [0, 1]])
-    # class 0: TP1 FP1 FN0 ; class 1: TP1 FP0 FN1 -> micro: 2*2/(4+1+1)
-    assert multilabel_f1(probs, labels) == pytest.approx(4 / 6)
-    assert multilabel_f1(probs, labels, average="macro") == pytest.approx((2 / 3 + 2 / 3) / 2)
-    assert multilabel_f1(torch.tensor(probs), torch.tensor(labels), 0.95) == 0.0
 
 
 THRESHOLDS = [0.5, 0.1, 0.9, 0.25, 0.5, 0.0, 1.0]  # unsorted, repeated, the ends

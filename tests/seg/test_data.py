@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torchvision import tv_tensors
@@ -9,7 +10,8 @@ from torchvision.transforms import v2
 
 from wsss_fast.config import load_config
 from wsss_fast.data import denormalize
-from wsss_fast.seg.data import eval_transform, train_transform
+from wsss_fast.engine.files import write_png
+from wsss_fast.seg.data import PseudoLabelDataset, eval_transform, train_transform
 
 
 def _square(size: int = 64) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
@@ -76,3 +78,38 @@ def test_eval_transform_resizes_and_normalizes():
     img, _ = _square()
     x = eval_transform(_cfg())(img)
     assert x.shape == (3, 48, 48) and x.dtype == torch.float32
+
+
+class _Base:
+    """A data set of one RGB image, 6 x 10 (not square)."""
+
+    image_ids = ["img0"]
+
+    def load_image(self, i: int) -> np.ndarray:
+        return np.full((6, 10, 3), 7, np.uint8)
+
+
+def test_a_pseudo_label_of_another_size_is_resized_nearest(tmp_path):
+    """Labels at half the image's size are scaled up without inventing values (0, 1, 255 only)."""
+    label = np.array([[0, 1, 1, 255, 0], [1, 1, 0, 0, 255], [255, 0, 1, 1, 1]], np.uint8)  # 3 x 5
+    write_png(label, tmp_path / "img0.png")
+    item = PseudoLabelDataset(_Base(), tmp_path, lambda img, mask: (img, mask))[0]
+    want = np.repeat(np.repeat(label, 2, axis=0), 2, axis=1)
+    assert item["image"].shape == (3, 6, 10)
+    np.testing.assert_array_equal(item["mask"].numpy(), want)
+
+
+def test_pixels_a_crop_pads_in_are_ignored():
+    """A crop larger than the image pads the image black and the mask with 255 (ignored by the loss)."""
+    cfg = _cfg(enabled=False)
+    cfg["seg"]["image_size"], cfg["seg"]["crop_size"] = 32, 40
+    img, mask = _square(32)
+    x, m = train_transform(cfg)(img, mask)
+    assert m.shape == (40, 40)
+    padded = torch.ones(40, 40, dtype=torch.bool)
+    ys, xs = torch.nonzero(m != 255, as_tuple=True)
+    top, left = int(ys.min()), int(xs.min())
+    padded[top:top + 32, left:left + 32] = False
+    assert (m[padded] == 255).all() and (m[~padded] != 255).all()
+    assert (denormalize(x.as_subclass(torch.Tensor))[:, padded].abs() < 1e-6).all()
+
