@@ -132,6 +132,8 @@ def test_opcheck(compiled_ops, device):
         torch.ops.wsss_fast.gradcampp_weights.default,
         (a64.requires_grad_(), g64.requires_grad_(), "wsmis", 1e-3),
     )
+    # the schema's defaults (variant, eps) left out, gradients included
+    torch.library.opcheck(torch.ops.wsss_fast.gradcampp_weights.default, (a64, g64))
 
 
 def test_compile_fullgraph(compiled_ops, device):
@@ -150,6 +152,8 @@ def test_bad_inputs(compiled_ops, device):
         gradcampp_weights(a, g[:, :, :4])
     with pytest.raises(TypeError, match="share one floating dtype"):
         gradcampp_weights(a, g.double())
+    with pytest.raises(RuntimeError, match="same device"):
+        gradcampp_weights(a, g.to("meta"))
     with pytest.raises(TypeError, match="must be tensors"):
         gradcampp_weights(a.cpu().numpy(), g)
     with pytest.raises(ValueError, match="variant must be one of"):

@@ -116,6 +116,7 @@ def test_opcheck(compiled_ops, device):
     torch.library.opcheck(
         torch.ops.wsss_fast.weighted_cam.default, (a.requires_grad_(), w.requires_grad_(), [9, 11], True)
     )
+    torch.library.opcheck(torch.ops.wsss_fast.weighted_cam.default, (a, w))  # the schema's defaults, with gradients
 
 
 def test_compile_fullgraph(compiled_ops, device):
@@ -134,6 +135,8 @@ def test_bad_inputs(compiled_ops, device):
         weighted_cam(a, w[..., :5])
     with pytest.raises(TypeError, match="share one floating dtype"):
         weighted_cam(a, w.double())
+    with pytest.raises(RuntimeError, match="same device"):
+        weighted_cam(a, w.to("meta"))
     with pytest.raises(ValueError, match="out_size must be None or two positive ints"):
         weighted_cam(a, w, out_size=(0, 4))
     with pytest.raises(ValueError, match="out_size must be None or two positive ints"):

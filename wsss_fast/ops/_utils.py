@@ -162,7 +162,6 @@ def register_not_differentiable(qualname: str, hint: str) -> None:
 def register_closed_form_autograd(
     qualname: str,
     formula: Callable[..., tuple[torch.Tensor, torch.Tensor]],
-    defaults: tuple,
 ) -> None:
     """Register the autograd of an op ``(a, b, *args) -> out`` differentiable in ``a`` and ``b``.
 
@@ -170,16 +169,15 @@ def register_closed_form_autograd(
         qualname: "wsss_fast::name".
         formula: ``formula(a, b, grad_out, *args) -> (grad_a, grad_b)``, the gradients in
             closed form (in any floating dtype; they are cast to ``a``'s and ``b``'s).
-        defaults: the schema defaults of ``args``, for the ones a call leaves out.
     """
 
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(inputs[0], inputs[1])
-        ctx.args = tuple(inputs[2:]) + defaults[len(inputs) - 2:]
+        ctx.args = tuple(inputs[2:])  # every argument: the dispatcher fills in the schema's defaults
 
     def backward(ctx, grad_out):
         a, b = ctx.saved_tensors
         grad_a, grad_b = formula(a, b, grad_out, *ctx.args)
-        return (grad_a.to(a.dtype), grad_b.to(b.dtype)) + (None,) * len(defaults)
+        return (grad_a.to(a.dtype), grad_b.to(b.dtype)) + (None,) * len(ctx.args)
 
     torch.library.register_autograd(qualname, backward, setup_context=setup_context)

@@ -115,4 +115,4 @@ def _backward_formula(
 
 if _HAS_OP:
     torch.library.register_fake("wsss_fast::gradcampp_weights", _fake)
-    _utils.register_closed_form_autograd("wsss_fast::gradcampp_weights", _backward_formula, ("paper", None))
+    _utils.register_closed_form_autograd("wsss_fast::gradcampp_weights", _backward_formula)

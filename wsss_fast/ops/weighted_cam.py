@@ -130,4 +130,4 @@ def _backward_formula(a: Tensor, w: Tensor, grad: Tensor, out_size, normalize: b
 
 if _HAS_OP:
     torch.library.register_fake("wsss_fast::weighted_cam", _fake)
-    _utils.register_closed_form_autograd("wsss_fast::weighted_cam", _backward_formula, (None, True))
+    _utils.register_closed_form_autograd("wsss_fast::weighted_cam", _backward_formula)
