@@ -101,10 +101,12 @@ def test_from_step_reruns_and_clears_later_outputs(tmp_path):
     steps = _stub_steps(calls)
     run_pipeline(cfg, paths, steps=steps, log=lambda s: None)
     (paths.seg / "stale.pt").write_text("old")
+    paths.rw.mkdir(parents=True, exist_ok=True)
+    (paths.rw / "stale.npy").write_text("old")  # make-sem-seg's walk outputs, beside sem_seg/
     calls.clear()
     run_pipeline(cfg, paths, start="make-sem-seg", steps=steps, log=lambda s: None)
     assert calls == PIPELINE[PIPELINE.index("make-sem-seg"):]
-    assert not (paths.seg / "stale.pt").exists()
+    assert not (paths.seg / "stale.pt").exists() and not (paths.rw / "stale.npy").exists()
     assert (paths.cls / "out.txt").exists()  # earlier steps untouched
     with pytest.raises(ValueError, match="--from"):
         run_pipeline(cfg, paths, start="nope", steps=steps, log=lambda s: None)

@@ -203,3 +203,6 @@ def test_weights_errors(tmp_path):
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="could not read"):
         Classifier("resnet18", 1, pretrained_path=path)
+    torch.save({"epoch": 3, "lr": 0.01}, path)  # a training log, not weights
+    with pytest.raises(ValueError, match=r"r18\.pth' does not hold a state dict of tensors"):
+        Classifier("resnet18", 1, pretrained_path=path)

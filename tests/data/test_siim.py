@@ -162,6 +162,24 @@ def test_build_dataset_synthetic(tmp_path):
     assert len(tr) + len(va) + len(build_dataset(cfg, "test", paths, train=False)) == 12
 
 
+def test_build_dataset_follows_the_split_and_synthetic_settings(tmp_path):
+    """dataset.split_seed (null: the run's seed) and dataset.split_counts decide the split;
+    dataset.synthetic.positive_fraction the share of positive images."""
+    def build(run, split="val", seed=0, fraction=0.5, **dataset):
+        cfg = load_config(None, {"seed": seed, "dataset": {
+            "name": "synthetic", "root": str(tmp_path / f"data{fraction}"), "image_size": 32, **dataset,
+            "synthetic": {"num_images": 24, "image_size": 32, "positive_fraction": fraction, "seed": 0}}})
+        return build_dataset(cfg, split, RunPaths(tmp_path / run), train=False)
+
+    one = build("a", split_seed=1).image_ids
+    assert build("b", split_seed=2).image_ids != one
+    assert build("c", seed=1, split_seed=None).image_ids == one
+    more_val = {"train": [1, 1], "val": [2, 2], "test": [1, 1]}
+    assert len(build("d", split_seed=1, split_counts=more_val)) > len(one)
+    assert build("e", None, fraction=0.25).labels.sum() == 6
+    assert build("f", None, fraction=0.75).labels.sum() == 18
+
+
 # ----------------------------------------------------------------- malformed CSV rows
 
 

@@ -365,6 +365,8 @@ def test_bad_input_errors(device):
         drop_block2d(x, 0.1, 0)
     with pytest.raises(TypeError, match="block_size"):
         drop_block2d(x, 0.1, 2.5)
+    with pytest.raises(TypeError, match="block_size"):
+        drop_block2d(x, 0.1, True)  # a bool is not a size
     with pytest.raises(ValueError, match="4-D"):
         drop_block2d(x[0], 0.1, 3)
     with pytest.raises(TypeError, match="floating"):
