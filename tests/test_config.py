@@ -135,4 +135,3 @@ def test_override_value_may_contain_equals_signs():
     """Only the first '=' of ``key=value`` separates the key: a path holding '=' is kept whole."""
     cfg = load_config(None, ["dataset.root=/d/a=b", "dataset.csv=x=1=2.csv"])
     assert cfg["dataset"]["root"] == "/d/a=b" and cfg["dataset"]["csv"] == "x=1=2.csv"
-

@@ -121,4 +121,3 @@ def test_a_cached_file_keeps_its_image_and_a_non_square_original_size(tmp_path):
     got, size = read_cached(tmp_path / "a.npz")
     assert size == (300, 400) and got.dtype == np.uint8 and np.array_equal(got, img)
     assert read_cached(tmp_path / "missing.npz") is None
-

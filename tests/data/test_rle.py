@@ -122,4 +122,3 @@ def test_regions_are_8_connected_in_column_major_order():
     np.testing.assert_array_equal(rle_decode(codes[0], 6, 6), m & ~second)
     np.testing.assert_array_equal(rle_decode(codes[1], 6, 6), second)
     assert len(rle_encode_regions(m, connectivity=1)) == 3
-

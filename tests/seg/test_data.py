@@ -112,4 +112,3 @@ def test_pixels_a_crop_pads_in_are_ignored():
     padded[top:top + 32, left:left + 32] = False
     assert (m[padded] == 255).all() and (m[~padded] != 255).all()
     assert (denormalize(x.as_subclass(torch.Tensor))[:, padded].abs() < 1e-6).all()
-
